@@ -1,0 +1,1 @@
+"""The command-line layer: parse, load config, call a service, render. Nothing else."""

@@ -1,0 +1,44 @@
+"""The `heart` command: one Typer app, one sub-command module per capability."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from heartcli import __version__
+from heartcli.cli import config_cmd
+from heartcli.cli._util import Output, make_app, set_output
+
+app = make_app(
+    "heart: ECG heartbeat classification on MIT-BIH, from raw PhysioNet records to an "
+    "honestly evaluated, exported model.\n\n"
+    "Global flags (anywhere on the line): --json prints the result as one JSON document on "
+    "stdout (progress goes to stderr); -q/--quiet hides progress. "
+    "Exit codes: 0 success, 1 runtime failure, 2 bad usage or config."
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"heart {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress and logs.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
+    ] = False,
+) -> None:
+    set_output(Output(json=json_, quiet=quiet))
+
+
+def main() -> None:
+    app()

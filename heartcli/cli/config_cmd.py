@@ -1,0 +1,40 @@
+"""`heart config init` and `heart config show`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from heartcli.cli._util import ConfigOption, SetOption, make_app, out, resolve_config
+from heartcli.config import HeartConfig, dumps, load_document, save_config
+from heartcli.errors import UsageError
+
+app = make_app("Write or show the TOML config that every command reads.")
+
+
+@app.command("init")
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("heart.toml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the complete default config, with a comment on every key."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    save_config(HeartConfig(), path)
+    o = out()
+    o.result({"written": str(path)}, lambda: o.console.print(f"wrote {path}", highlight=False))
+
+
+@app.command("show")
+def show(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Print the resolved config (file + --set over the defaults) as TOML, or JSON with --json."""
+    resolved = resolve_config(config, set_)
+    base = load_document(config) if config is not None else None
+    o = out()
+    o.result(
+        resolved.to_dict(),
+        lambda: sys.stdout.write(dumps(resolved, base)),
+    )

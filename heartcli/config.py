@@ -1,0 +1,488 @@
+"""One TOML config for every command: schema, defaults, loading, overrides and writing back.
+
+Precedence, in this one place: ``--set`` overrides > the TOML file > the defaults below.
+The file is read with tomlkit (so comments survive a round trip) and validated with strict
+pydantic models that forbid unknown keys. Every problem is reported at once, one line each:
+``FILE:LINE section.key: message (expected ..., got ...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import tomlkit
+import tomlkit.exceptions
+import tomlkit.items
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from heartcli.errors import ConfigError
+from heartcli.io import write_text
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    """Where the beat dataset lives and how `heart fetch` builds it."""
+
+    dir: str = Field(
+        "data/mitbih", description="dataset folder written by `heart fetch` and read by training"
+    )
+    split: str = Field(
+        "random",
+        description='split to train and evaluate on: "random" (beat-level, Kaggle protocol) '
+        'or "inter-patient" (de Chazal DS1/DS2), or any split folder name under dir',
+    )
+    records: str = Field(
+        "data/mitbih/records", description="folder of the raw MIT-BIH records (.dat .hea .atr)"
+    )
+    url: str = Field(
+        "https://physionet.org/files/mitdb/1.0.0/",
+        description="PhysioNet base URL the records are downloaded from",
+    )
+    lead: Literal["channel0", "MLII"] = Field(
+        "channel0",
+        description='"channel0" = Kaggle-exact (lead 0 of every record); '
+        '"MLII" = the MLII lead chosen by name in every record',
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="test share of the beat-level random split"
+    )
+    seed: int = Field(42, description="seed of the random split")
+
+
+class TrackingConfig(Section):
+    """Experiment tracking."""
+
+    uri: str = Field(
+        "",
+        description='MLflow tracking URI; "" = sqlite:///mlflow.db in the working folder '
+        "(MLFLOW_TRACKING_URI wins over this key)",
+    )
+    experiment: str = Field("heart", description="MLflow experiment name")
+    enabled: bool = Field(True, description="log runs to MLflow")
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars into the run")
+
+
+PoolKind = Literal["max", "avg", "none"]
+
+
+class ModelConfig(Section):
+    """The 1D CNN. The defaults are the seed architecture (5 conv layers, SE, residual)."""
+
+    conv_layers: int = Field(5, ge=1, le=12, description="number of conv layers (search: 2-6)")
+    channels: list[int] = Field(
+        [32, 64, 64, 128, 160], description="output channels of each conv layer"
+    )
+    kernel_sizes: list[int] = Field(
+        [11, 7, 5, 3, 3], description="kernel size of each conv layer (odd, 3-11 in the search)"
+    )
+    pooling: list[PoolKind] = Field(
+        ["none", "max", "none", "none", "none"],
+        description='pooling after each conv layer: "max", "avg" (kernel 2, stride 2) or "none"',
+    )
+    dilation: int = Field(1, ge=1, le=16, description="dilation of every conv (1, 2, 4, 8)")
+    squeeze_excite: bool = Field(True, description="squeeze-excite after every layer but the first")
+    residual: bool = Field(
+        True, description="layers between the first two and the last are residual blocks"
+    )
+    attention: bool = Field(
+        False, description="multi-head temporal self-attention over the final conv features"
+    )
+    attention_heads: int = Field(4, ge=1, description="heads of the self-attention layer")
+    pool_output: int = Field(8, ge=1, description="length of the adaptive average pool output")
+    fc: list[int] = Field([384, 256, 96], description="sizes of the fully connected layers")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout after each FC layer")
+
+    @model_validator(mode="after")
+    def _per_layer_lengths(self) -> ModelConfig:
+        for key in ("channels", "kernel_sizes", "pooling"):
+            value = getattr(self, key)
+            if len(value) != self.conv_layers:
+                raise ValueError(
+                    f"{key}: needs one entry per conv layer "
+                    f"(expected {self.conv_layers} for conv_layers = {self.conv_layers}, "
+                    f"got {len(value)})"
+                )
+        if any(c < 1 for c in self.channels):
+            raise ValueError("channels: every entry must be >= 1")
+        if any(k < 1 for k in self.kernel_sizes):
+            raise ValueError("kernel_sizes: every entry must be >= 1")
+        if any(f < 1 for f in self.fc):
+            raise ValueError("fc: every size must be >= 1")
+        return self
+
+
+class ResampleConfig(Section):
+    """Class rebalancing, applied to the training fold only (never validation or test)."""
+
+    strategy: Literal["none", "class_weight", "random", "smote", "adasyn", "smote_tomek"] = Field(
+        "none",
+        description='"none", "class_weight" (weighted loss), "random" (under/over-sample every '
+        'class to target), "smote", "adasyn", "smote_tomek"',
+    )
+    target: int = Field(
+        15000, ge=1, description="beats per class after resampling (seed search: 5,000-25,000)"
+    )
+    majority: Literal["keep", "cap", "drop"] = Field(
+        "cap",
+        description='class 0 (N): "cap" at target like every class, "keep" all, or "drop" it',
+    )
+    k_neighbors: int = Field(5, ge=1, description="neighbours for SMOTE / ADASYN")
+    seed: int = Field(42, description="seed of the resampler")
+
+
+class TrainConfig(Section):
+    """Training loop. Validation is carved from the training split; test is never read."""
+
+    epochs: int = Field(50, ge=1, description="maximum epochs")
+    batch_size: int = Field(32, ge=1, description="beats per batch")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description='"adam" or "adamw"')
+    lr: float = Field(1e-3, gt=0.0, description="learning rate")
+    weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
+    scheduler: Literal["plateau", "onecycle", "cosine", "none"] = Field(
+        "plateau", description='LR schedule: "plateau", "onecycle", "cosine" or "none"'
+    )
+    patience: int = Field(10, ge=1, description="early stopping: epochs without val improvement")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="share of the training split held out for validation"
+    )
+    steps_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="share of a full pass run as one epoch (1/10 to 1)"
+    )
+    seed: int = Field(42, description="seed for weights, batches and the validation carve-out")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description='"auto" picks cuda, then mps, then cpu'
+    )
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    runs_dir: str = Field("runs", description="folder that holds the run folders")
+
+
+SearchKind = Literal["choice", "uniform", "loguniform", "quniform", "bool"]
+
+
+class SearchConfig(Section):
+    """Hyperparameter search (`heart tune`)."""
+
+    evals: int = Field(20, ge=1, description="number of trials")
+    seed: int = Field(42, description="seed of the TPE sampler")
+    metric: str = Field("val_macro_f1", description="validation metric to maximise")
+    max_minutes: float = Field(0.0, ge=0.0, description="wall-clock budget; 0 = none")
+    median_stopping: bool = Field(True, description="prune trials below the running median")
+    warmup_epochs: int = Field(3, ge=0, description="epochs before a trial can be pruned")
+    min_trials: int = Field(3, ge=1, description="finished trials before pruning starts")
+    backend: Literal["hyperopt", "ray"] = Field("hyperopt", description='"hyperopt" or "ray"')
+    concurrency: int = Field(2, ge=1, description="parallel trials (ray backend)")
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description='config key -> distribution, e.g. "train.lr" = {loguniform = [1e-5, 1e-2]}',
+    )
+
+
+class ExportConfig(Section):
+    """Model export (`heart export`)."""
+
+    formats: list[Literal["onnx", "pt2", "torchscript"]] = Field(
+        ["onnx", "pt2", "torchscript"], description="formats `heart export` writes by default"
+    )
+    opset: int = Field(18, ge=7, description="ONNX opset")
+    parity_beats: int = Field(1000, ge=1, description="real test beats used by the parity check")
+    atol: float = Field(1e-4, gt=0.0, description="max |p_export - p_torch| allowed")
+
+
+class HeartConfig(Section):
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # type: ignore[arg-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
+    resample: ResampleConfig = Field(default_factory=ResampleConfig)  # type: ignore[arg-type]
+    train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+    search: SearchConfig = Field(default_factory=SearchConfig)  # type: ignore[arg-type]
+    export: ExportConfig = Field(default_factory=ExportConfig)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in HeartConfig.model_fields.items()
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Map ``(section, key)`` and ``(section,)`` to their 1-based line in a TOML text."""
+    index: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    assign = re.compile(r'^\s*("?[A-Za-z0-9_.\-"]+"?)\s*=')
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if m := header.match(line):
+            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
+            index.setdefault(table, lineno)
+        elif m := assign.match(line):
+            key = tuple(part.strip().strip('"') for part in m.group(1).split("."))
+            index.setdefault(table + key, lineno)
+    return index
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        return f'string "{value}"'
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    return type(value).__name__
+
+
+def _expected(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    simple = {
+        "int_type": "an integer",
+        "int_parsing": "an integer",
+        "float_type": "a number",
+        "float_parsing": "a number",
+        "bool_type": "true or false",
+        "bool_parsing": "true or false",
+        "string_type": "a string",
+        "list_type": "an array",
+        "dict_type": "a table",
+        "model_type": "a table",
+        "int_from_float": "an integer",
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "literal_error":
+        return "one of " + str(ctx.get("expected", "")).replace("'", '"')
+    bounds = {
+        "greater_than": "> {gt}",
+        "greater_than_equal": ">= {ge}",
+        "less_than": "< {lt}",
+        "less_than_equal": "<= {le}",
+    }
+    if kind in bounds:
+        return "a value " + bounds[kind].format(**ctx)
+    return ""
+
+
+def _validate(
+    data: dict[str, Any],
+    *,
+    source: str,
+    lines: dict[tuple[str, ...], int],
+    overridden: frozenset[tuple[str, ...]] = frozenset(),
+) -> HeartConfig:
+    problems: list[str] = []
+
+    def where(path: tuple[str, ...]) -> str:
+        if path in overridden or path[:1] in overridden:
+            return "--set"
+        for n in range(len(path), 0, -1):
+            if path[:n] in lines:
+                return f"{source}:{lines[path[:n]]}"
+        return source
+
+    # Unknown sections and keys, with a did-you-mean; they are set aside so that the
+    # remaining keys are still checked and every problem is reported at once.
+    known: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            tip = f'; did you mean "{hint[0]}"?' if hint else f"; sections are {', '.join(SECTIONS)}"
+            problems.append(f"{where((section,))} {section}: unknown section{tip}")
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"{where((section,))} {section}: must be a table, got {_describe(body)}")
+            continue
+        fields = SECTIONS[section].model_fields
+        known[section] = {}
+        for key, value in body.items():
+            if key in fields:
+                known[section][key] = value
+                continue
+            hint = difflib.get_close_matches(key, list(fields), n=1)
+            tip = f'; did you mean "{hint[0]}"?' if hint else ""
+            problems.append(f"{where((section, key))} {section}.{key}: unknown key{tip}")
+
+    try:
+        config = HeartConfig.model_validate(known)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            path = loc[:2]
+            dotted = ".".join(loc)
+            message = err["msg"]
+            if message.startswith("Value error, "):
+                # Model-level checks start their message with the key they are about.
+                message = message.removeprefix("Value error, ")
+                key, _, rest = message.partition(": ")
+                if rest and len(loc) == 1:
+                    path, dotted, message = (loc[0], key), f"{loc[0]}.{key}", rest
+                problems.append(f"{where(path)} {dotted}: {message}")
+                continue
+            got = _lookup(data, loc)
+            expected = _expected(err)
+            detail = f" (expected {expected}, got {_describe(got)})" if expected else ""
+            problems.append(f"{where(path)} {dotted}: {message.lower()}{detail}")
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _lookup(data: Any, loc: tuple[str, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def parse_override(item: str) -> tuple[tuple[str, str], Any]:
+    """Parse ``section.key=value``; the value is TOML, or a bare string when it is not TOML."""
+    if "=" not in item:
+        raise ConfigError(
+            [f'--set {item}: expected section.key=value, e.g. --set train.epochs=5 (got "{item}")']
+        )
+    dotted, raw = item.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            [f"--set {item}: the key must be section.key, e.g. train.lr (got \"{dotted.strip()}\")"]
+        )
+    raw = raw.strip()
+    try:
+        value = tomlkit.parse(f"v = {raw}")["v"]
+        value = value.unwrap() if hasattr(value, "unwrap") else value
+    except tomlkit.exceptions.TOMLKitError:
+        value = raw
+    return (parts[0], parts[1]), value
+
+
+def load_document(path: str | Path) -> tomlkit.TOMLDocument:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [f"{path}: config file not found; create one with `heart config init {path}`"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the config file ({exc})"]) from None
+    try:
+        return tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(
+            [f"{path}:{exc.line} {exc.__class__.__name__}: {exc}; fix the TOML syntax"]
+        ) from None
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> HeartConfig:
+    """Resolve a config: defaults < the TOML file at ``path`` < ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    source = "defaults"
+    if path is not None:
+        doc = load_document(path)
+        data = doc.unwrap()
+        lines = _line_index(Path(path).read_text(encoding="utf-8"))
+        source = str(path)
+    problems: list[str] = []
+    overridden: set[tuple[str, ...]] = set()
+    for item in overrides:
+        try:
+            (section, key), value = parse_override(item)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if section not in data:
+            overridden.add((section,))
+        body = data.setdefault(section, {})
+        if not isinstance(body, dict):
+            problems.append(f"--set {item}: {section} is not a table")
+            continue
+        body[key] = value
+        overridden.add((section, key))
+    if problems:
+        raise ConfigError(problems)
+    return _validate(data, source=source, lines=lines, overridden=frozenset(overridden))
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _comment_lines(text: str, width: int = 88) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=width, break_on_hyphens=False) or [text]
+
+
+def to_document(config: HeartConfig, base: tomlkit.TOMLDocument | None = None) -> tomlkit.TOMLDocument:
+    """The config as a commented TOML document.
+
+    With ``base`` (the user's own file), its comments and layout are kept and only values
+    that differ, or keys it lacks, are written; without it every key gets its description.
+    """
+    doc = base if base is not None else tomlkit.document()
+    if base is None:
+        doc.add(tomlkit.comment("heart config: every command reads this file (heart --help)."))
+        doc.add(tomlkit.comment("Precedence: --set section.key=value > this file > defaults."))
+    values = config.to_dict()
+    for section, model in SECTIONS.items():
+        if section not in doc:
+            table = tomlkit.table()
+            if model.__doc__:
+                for line in _comment_lines(model.__doc__.strip()):
+                    table.add(tomlkit.comment(line))
+            doc.add(tomlkit.nl())
+            doc.add(section, table)
+        table = doc[section]
+        for key, field in model.model_fields.items():
+            value = values[section][key]
+            if key in table:
+                current = table[key]
+                current = current.unwrap() if hasattr(current, "unwrap") else current
+                if current != value:
+                    table[key] = value
+                continue
+            if field.description:
+                for line in _comment_lines(field.description):
+                    table.add(tomlkit.comment(line))
+            if isinstance(value, dict):
+                sub = tomlkit.table()
+                for k, v in value.items():
+                    sub[k] = v
+                table.add(key, sub)
+            else:
+                table.add(key, value)
+    return doc
+
+
+def dumps(config: HeartConfig, base: tomlkit.TOMLDocument | None = None) -> str:
+    return tomlkit.dumps(to_document(config, base))
+
+
+def save_config(
+    config: HeartConfig, target: str | Path, base: tomlkit.TOMLDocument | None = None
+) -> None:
+    """Write the resolved config (comments of ``base`` kept) atomically."""
+    write_text(target, dumps(config, base))

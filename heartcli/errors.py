@@ -1,0 +1,27 @@
+"""The one exception family services raise; the CLI turns it into a red line and an exit code."""
+
+from __future__ import annotations
+
+
+class HeartError(Exception):
+    """A failure the user can act on. ``str(err)`` is the one-line message shown to them."""
+
+    exit_code = 1
+
+
+class UsageError(HeartError):
+    """Bad input on the command line or in a config file (exit 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """One or more problems in a config; each problem is one line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class DataError(HeartError):
+    """A data file, record or dataset that cannot be used as it is."""
