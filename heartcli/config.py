@@ -337,7 +337,7 @@ def _validate(
             got = _lookup(data, loc)
             expected = _expected(err)
             detail = f" (expected {expected}, got {_describe(got)})" if expected else ""
-            problems.append(f"{where(path)} {dotted}: {message.lower()}{detail}")
+            problems.append(f"{where(path)} {dotted}: {message[:1].lower() + message[1:]}{detail}")
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)

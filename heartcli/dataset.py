@@ -1,0 +1,167 @@
+"""The beat dataset on disk: one parquet per split part, plus a manifest.
+
+Layout (written by `heart fetch`, read by every other command)::
+
+    DIR/manifest.json
+    DIR/<split>/train.parquet
+    DIR/<split>/test.parquet
+
+Columns: "0".."L-1" (float32 beat samples), "target" (int64 class index), "record"
+(string, "" when unknown) and "sample" (int64, R-peak index in the 360 Hz record, -1
+when unknown).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from heartcli.errors import DataError
+from heartcli.io import atomic_path
+
+AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
+PARTS = ("train", "test")
+
+
+@dataclass
+class BeatSet:
+    """Beats as arrays: ``x`` float32 [n, length], ``y`` int64 [n], with their provenance."""
+
+    x: np.ndarray
+    y: np.ndarray
+    record: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
+    sample: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+    classes: list[str] = field(default_factory=lambda: list(AAMI_CLASSES))
+
+    def __post_init__(self) -> None:
+        n = len(self.x)
+        if len(self.record) != n:
+            self.record = np.full(n, "", dtype=object)
+        if len(self.sample) != n:
+            self.sample = np.full(n, -1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def length(self) -> int:
+        return int(self.x.shape[1])
+
+    def counts(self) -> dict[str, int]:
+        """Beats per class name, every class listed (0 when absent)."""
+        found = np.bincount(self.y, minlength=len(self.classes))
+        return {name: int(found[i]) for i, name in enumerate(self.classes)}
+
+    def subset(self, index: np.ndarray) -> BeatSet:
+        return BeatSet(
+            self.x[index], self.y[index], self.record[index], self.sample[index], self.classes
+        )
+
+
+def to_table(beats: BeatSet) -> pa.Table:
+    columns: dict[str, Any] = {
+        str(i): pa.array(beats.x[:, i], type=pa.float32()) for i in range(beats.length)
+    }
+    columns["target"] = pa.array(beats.y, type=pa.int64())
+    columns["record"] = pa.array([str(r) for r in beats.record], type=pa.string())
+    columns["sample"] = pa.array(beats.sample, type=pa.int64())
+    meta = {b"heart.classes": json.dumps(beats.classes).encode()}
+    return pa.table(columns).replace_schema_metadata(meta)
+
+
+def write_beats(path: str | Path, beats: BeatSet) -> None:
+    """Write one split part as parquet, atomically."""
+    with atomic_path(path) as tmp:
+        pq.write_table(to_table(beats), tmp, compression="zstd")
+
+
+def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
+    """Read beats in the dataset layout from parquet (columns "0".."L-1" and "target")."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; build the dataset with `heart fetch`")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    names = table.column_names
+    value_cols = [c for c in names if c.isdigit()]
+    if not value_cols or "target" not in names:
+        raise DataError(
+            f'{path}: expected columns "0".."N" and "target" (the dataset layout of heart fetch)'
+        )
+    value_cols.sort(key=int)
+    if [int(c) for c in value_cols] != list(range(len(value_cols))):
+        raise DataError(f'{path}: beat columns must be "0".."{len(value_cols) - 1}" without gaps')
+    x = np.column_stack([table.column(c).to_numpy().astype(np.float32) for c in value_cols])
+    target = table.column("target").to_numpy()
+    if not np.all(np.isfinite(x)):
+        row = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise DataError(f"{path}: row {row} has a NaN or infinite value; drop or repair it")
+    if np.issubdtype(target.dtype, np.floating):
+        if not np.all(np.isfinite(target)) or np.any(target != np.round(target)):
+            raise DataError(f"{path}: target must hold whole class indices")
+    y = target.astype(np.int64)
+    meta = table.schema.metadata or {}
+    if classes is None and b"heart.classes" in meta:
+        classes = json.loads(meta[b"heart.classes"])
+    if classes is None:
+        n_classes = int(y.max()) + 1 if len(y) else 0
+        classes = (
+            list(AAMI_CLASSES)
+            if n_classes == len(AAMI_CLASSES)
+            else [str(i) for i in range(n_classes)]
+        )
+    if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+        bad = int(np.argmax((y < 0) | (y >= len(classes))))
+        raise DataError(
+            f"{path}: row {bad} has label {int(y[bad])}, outside 0..{len(classes) - 1}"
+        )
+    record = (
+        np.asarray(table.column("record").to_pylist(), dtype=object)
+        if "record" in names
+        else np.array([], dtype=object)
+    )
+    sample = (
+        table.column("sample").to_numpy().astype(np.int64)
+        if "sample" in names
+        else np.array([], dtype=np.int64)
+    )
+    return BeatSet(x, y, record, sample, list(classes))
+
+
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / "manifest.json"
+    if not path.exists():
+        raise DataError(
+            f"{data_dir}: no dataset here (manifest.json missing); "
+            "build one with `heart fetch` or point [data] dir at one"
+        )
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, OSError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc}); rebuild with `heart fetch`") from None
+
+
+def split_path(data_dir: str | Path, split: str, part: str) -> Path:
+    return Path(data_dir) / split / f"{part}.parquet"
+
+
+def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
+    """One part ("train" or "test") of a split of the dataset in ``data_dir``."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+    manifest = read_manifest(data_dir)
+    path = split_path(data_dir, split, part)
+    if not path.exists():
+        known = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir())
+        raise DataError(
+            f"{data_dir}: split {split!r} has no {part}.parquet; splits here: {', '.join(known)}"
+        )
+    return read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
