@@ -1,0 +1,1 @@
+"""Getting and building the MIT-BIH beat dataset (`heart fetch`)."""
