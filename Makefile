@@ -1,0 +1,45 @@
+# heart: one place for setup, the demo, tests, lint and benchmarks.
+#
+# TORCH is the torch requirement installed before the project. The pinned release is a
+# CPU wheel on the CI machines and the regular PyPI wheel elsewhere; on a GPU machine,
+# override it, e.g. `make demo TORCH="torch --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH ?= torch==2.13.0
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev,ray
+
+.PHONY: setup demo test lint format bench clean
+
+$(BIN)/heart: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(BIN)/heart
+
+setup: $(BIN)/heart ## create .venv with heart and its test tools
+
+demo: setup ## train, evaluate, export and predict on the bundled sample (a few minutes)
+	$(BIN)/heart train --config examples/quickstart.toml --name demo --force
+	$(BIN)/heart evaluate runs/demo
+	$(BIN)/heart export runs/demo --out runs/demo/export
+	$(BIN)/heart predict runs/demo/export/model.onnx data/sample/random/test.parquet --out runs/demo/predictions.csv
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check heartcli tests benchmarks
+	$(BIN)/ruff format --check heartcli tests benchmarks
+	$(BIN)/mypy heartcli
+
+test: lint ## lint, types, then the whole test suite
+	$(BIN)/pytest -q
+
+format: setup
+	$(BIN)/ruff format heartcli tests benchmarks
+	$(BIN)/ruff check --fix heartcli tests benchmarks
+
+bench: setup ## the speed and memory benchmarks (figures in benchmarks/results/)
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache
