@@ -16,7 +16,15 @@ from typing import Any, Literal
 import tomlkit
 import tomlkit.exceptions
 import tomlkit.items
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from heartcli.errors import ConfigError
 from heartcli.io import write_text
@@ -177,10 +185,49 @@ class SearchConfig(Section):
     min_trials: int = Field(3, ge=1, description="finished trials before pruning starts")
     backend: Literal["hyperopt", "ray"] = Field("hyperopt", description='"hyperopt" or "ray"')
     concurrency: int = Field(2, ge=1, description="parallel trials (ray backend)")
+    startup_trials: int = Field(
+        10, ge=1, description="random trials before TPE starts to model the results"
+    )
+    max_epochs: int = Field(0, ge=0, description="cap on train.epochs of every trial; 0 = none")
     space: dict[str, Any] = Field(
         default_factory=dict,
-        description='config key -> distribution, e.g. "train.lr" = {loguniform = [1e-5, 1e-2]}',
+        description='config key -> distribution, e.g. "train.lr" = {loguniform = [1e-5, 1e-2]}; '
+        "choice, uniform, loguniform, quniform ([low, high, q], integers), bool, "
+        "each = [...] (one per list item), per_layer = [...] (one per conv layer)",
     )
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if not re.fullmatch(r"val_macro_f1|val_loss|val_recall_\w+", value):
+            raise ValueError(
+                f'"{value}" is not a validation metric; use "val_macro_f1", "val_loss" '
+                'or "val_recall_<class>", e.g. "val_recall_S"'
+            )
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _valid_space(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every bad key at once, each located at search.space.<key> (see search_space.py).
+        from heartcli.search_space import check_space
+
+        problems = check_space(value)
+        if problems:
+            raise ValidationError.from_exception_data(
+                "space",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError(
+                            "search_space", "{message}", {"message": p.message}
+                        ),
+                        loc=(p.key,),
+                        input=value.get(p.key.split("[")[0]),
+                    )
+                    for p in problems
+                ],
+            )
+        return value
 
 
 class ExportConfig(Section):
@@ -248,7 +295,7 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _expected(error: dict[str, Any]) -> str:
+def _expected(error: Any) -> str:
     kind = error["type"]
     ctx = error.get("ctx") or {}
     simple = {
@@ -302,11 +349,15 @@ def _validate(
     for section, body in data.items():
         if section not in SECTIONS:
             hint = difflib.get_close_matches(section, list(SECTIONS), n=1)
-            tip = f'; did you mean "{hint[0]}"?' if hint else f"; sections are {', '.join(SECTIONS)}"
+            tip = (
+                f'; did you mean "{hint[0]}"?' if hint else f"; sections are {', '.join(SECTIONS)}"
+            )
             problems.append(f"{where((section,))} {section}: unknown section{tip}")
             continue
         if not isinstance(body, dict):
-            problems.append(f"{where((section,))} {section}: must be a table, got {_describe(body)}")
+            problems.append(
+                f"{where((section,))} {section}: must be a table, got {_describe(body)}"
+            )
             continue
         fields = SECTIONS[section].model_fields
         known[section] = {}
@@ -365,7 +416,7 @@ def parse_override(item: str) -> tuple[tuple[str, str], Any]:
     parts = dotted.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(
-            [f"--set {item}: the key must be section.key, e.g. train.lr (got \"{dotted.strip()}\")"]
+            [f'--set {item}: the key must be section.key, e.g. train.lr (got "{dotted.strip()}")']
         )
     raw = raw.strip()
     try:
@@ -436,7 +487,9 @@ def _comment_lines(text: str, width: int = 88) -> list[str]:
     return textwrap.wrap(text, width=width, break_on_hyphens=False) or [text]
 
 
-def to_document(config: HeartConfig, base: tomlkit.TOMLDocument | None = None) -> tomlkit.TOMLDocument:
+def to_document(
+    config: HeartConfig, base: tomlkit.TOMLDocument | None = None
+) -> tomlkit.TOMLDocument:
     """The config as a commented TOML document.
 
     With ``base`` (the user's own file), its comments and layout are kept and only values

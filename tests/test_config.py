@@ -57,34 +57,57 @@ def test_show_keeps_user_comments(heart, tmp_path):
 
 
 BAD_CONFIGS = [
-    ("[train]\nepocs = 3\n", 'c.toml:2 train.epochs'.replace("epochs", "epocs")
-     + ': unknown key; did you mean "epochs"?'),
+    (
+        "[train]\nepocs = 3\n",
+        "c.toml:2 train.epochs".replace("epochs", "epocs")
+        + ': unknown key; did you mean "epochs"?',
+    ),
     ("[trian]\nepochs = 3\n", 'c.toml:1 trian: unknown section; did you mean "train"?'),
-    ('[train]\nlr = "fast"\n',
-     'c.toml:2 train.lr: input should be a valid number (expected a number, got string "fast")'),
-    ("[train]\nepochs = 2.5\n",
-     "c.toml:2 train.epochs: input should be a valid integer (expected an integer, got float 2.5)"),
-    ("[train]\nepochs = 0\n",
-     "c.toml:2 train.epochs: input should be greater than or equal to 1 "
-     "(expected a value >= 1, got integer 0)"),
-    ('[train]\noptimizer = "sgd"\n',
-     "c.toml:2 train.optimizer: input should be 'adam' or 'adamw' "
-     '(expected one of "adam" or "adamw", got string "sgd")'),
-    ("[model]\ndropout = 1.5\n",
-     "c.toml:2 model.dropout: input should be less than 1 (expected a value < 1.0, got float 1.5)"),
-    ("[model]\nconv_layers = 3\n",
-     "c.toml:1 model.channels: needs one entry per conv layer "
-     "(expected 3 for conv_layers = 3, got 5)"),
-    ('[tracking]\ntensorboard = "yes"\n',
-     "c.toml:2 tracking.tensorboard: input should be a valid boolean "
-     '(expected true or false, got string "yes")'),
-    ("[data]\nlead = \"V5\"\n",
-     "c.toml:2 data.lead: input should be 'channel0' or 'MLII' "
-     '(expected one of "channel0" or "MLII", got string "V5")'),
+    (
+        '[train]\nlr = "fast"\n',
+        'c.toml:2 train.lr: input should be a valid number (expected a number, got string "fast")',
+    ),
+    (
+        "[train]\nepochs = 2.5\n",
+        "c.toml:2 train.epochs: input should be a valid integer "
+        "(expected an integer, got float 2.5)",
+    ),
+    (
+        "[train]\nepochs = 0\n",
+        "c.toml:2 train.epochs: input should be greater than or equal to 1 "
+        "(expected a value >= 1, got integer 0)",
+    ),
+    (
+        '[train]\noptimizer = "sgd"\n',
+        "c.toml:2 train.optimizer: input should be 'adam' or 'adamw' "
+        '(expected one of "adam" or "adamw", got string "sgd")',
+    ),
+    (
+        "[model]\ndropout = 1.5\n",
+        "c.toml:2 model.dropout: input should be less than 1 "
+        "(expected a value < 1.0, got float 1.5)",
+    ),
+    (
+        "[model]\nconv_layers = 3\n",
+        "c.toml:1 model.channels: needs one entry per conv layer "
+        "(expected 3 for conv_layers = 3, got 5)",
+    ),
+    (
+        '[tracking]\ntensorboard = "yes"\n',
+        "c.toml:2 tracking.tensorboard: input should be a valid boolean "
+        '(expected true or false, got string "yes")',
+    ),
+    (
+        '[data]\nlead = "V5"\n',
+        "c.toml:2 data.lead: input should be 'channel0' or 'MLII' "
+        '(expected one of "channel0" or "MLII", got string "V5")',
+    ),
     ("train = 3\n", "c.toml:1 train: must be a table, got integer 3"),
     ("[train\n", "c.toml:1 UnexpectedCharError: Unexpected character"),
-    ("[resample]\nstrategy = \"smote\"\ntarget = -5\n",
-     "c.toml:3 resample.target: input should be greater than or equal to 1"),
+    (
+        '[resample]\nstrategy = "smote"\ntarget = -5\n',
+        "c.toml:3 resample.target: input should be greater than or equal to 1",
+    ),
 ]
 
 
@@ -107,9 +130,14 @@ def test_bad_overrides_name_the_override(heart):
     err = heart("config", "show", "--set", "train.lr=abc", "--set", "nokey", expect=2).stderr
     assert "error: --set nokey: expected section.key=value, e.g. --set train.epochs=5" in err
     err = heart("config", "show", "--set", "train.lr=abc", expect=2).stderr
-    assert 'error: --set train.lr: input should be a valid number (expected a number, got string "abc")' in err
+    assert (
+        "error: --set train.lr: input should be a valid number "
+        '(expected a number, got string "abc")'
+    ) in err
 
 
 def test_missing_config_file(heart):
     err = heart("config", "show", "--config", "nope.toml", expect=2).stderr
-    assert "error: nope.toml: config file not found; create one with `heart config init nope.toml`" in err
+    assert (
+        "error: nope.toml: config file not found; create one with `heart config init nope.toml`"
+    ) in err

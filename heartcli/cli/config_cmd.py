@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -36,5 +35,5 @@ def show(config: ConfigOption = None, set_: SetOption = None) -> None:
     o = out()
     o.result(
         resolved.to_dict(),
-        lambda: sys.stdout.write(dumps(resolved, base)),
+        lambda: print(dumps(resolved, base), end=""),
     )
