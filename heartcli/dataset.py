@@ -106,9 +106,10 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
     if not np.all(np.isfinite(x)):
         row = int(np.argwhere(~np.isfinite(x))[0][0])
         raise DataError(f"{path}: row {row} has a NaN or infinite value; drop or repair it")
-    if np.issubdtype(target.dtype, np.floating):
-        if not np.all(np.isfinite(target)) or np.any(target != np.round(target)):
-            raise DataError(f"{path}: target must hold whole class indices")
+    if np.issubdtype(target.dtype, np.floating) and (
+        not np.all(np.isfinite(target)) or np.any(target != np.round(target))
+    ):
+        raise DataError(f"{path}: target must hold whole class indices")
     y = target.astype(np.int64)
     meta = table.schema.metadata or {}
     if classes is None and b"heart.classes" in meta:
@@ -122,9 +123,7 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
         )
     if len(y) and (y.min() < 0 or y.max() >= len(classes)):
         bad = int(np.argmax((y < 0) | (y >= len(classes))))
-        raise DataError(
-            f"{path}: row {bad} has label {int(y[bad])}, outside 0..{len(classes) - 1}"
-        )
+        raise DataError(f"{path}: row {bad} has label {int(y[bad])}, outside 0..{len(classes) - 1}")
     record = (
         table.column("record").to_numpy(zero_copy_only=False).astype(object)
         if "record" in names
@@ -148,7 +147,9 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, OSError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc}); rebuild with `heart fetch`") from None
+        raise DataError(
+            f"{path}: unreadable manifest ({exc}); rebuild with `heart fetch`"
+        ) from None
 
 
 def split_path(data_dir: str | Path, split: str, part: str) -> Path:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from heartcli.config import HeartConfig, load_config
@@ -95,7 +96,7 @@ class HeartGroup(TyperGroup):
 def report_error(exc: HeartError) -> None:
     console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
     for line in str(exc).splitlines() or ["unknown error"]:
-        console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False)
+        console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
 
 
 def make_app(help_text: str) -> typer.Typer:

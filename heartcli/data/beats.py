@@ -121,7 +121,7 @@ def read_lead(record_path: str | Path, lead: str = "channel0") -> np.ndarray:
     else:
         raise DataError(
             f"{path}: record has no {lead} lead (leads: {', '.join(names)}); "
-            'use [data] lead = "channel0"'
+            "use --set data.lead=channel0"
         )
     try:
         record = wfdb.rdrecord(str(path), physical=False, channels=[channel])

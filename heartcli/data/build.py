@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from heartcli import __version__
 from heartcli.data.beats import BEAT_LENGTH, RATE_HZ, STRIDE, TAIL_DIVISOR, record_beats
@@ -75,6 +74,8 @@ def collect_beats(
 
 def random_split(beats: BeatSet, test_fraction: float, seed: int) -> tuple[BeatSet, BeatSet]:
     """Stratified beat-level split (the Kaggle protocol): patients appear on both sides."""
+    from sklearn.model_selection import train_test_split  # slow import, needed only here
+
     index = np.arange(len(beats))
     train, test = train_test_split(
         index, test_size=test_fraction, random_state=seed, stratify=beats.y

@@ -5,20 +5,25 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-RECORDS: tuple[str, ...] = (
+
+def _ids(text: str) -> tuple[str, ...]:
+    return tuple(text.split())
+
+
+RECORDS: tuple[str, ...] = _ids(
     "100 101 102 103 104 105 106 107 108 109 111 112 113 114 115 116 117 118 119 121 122 123 "
     "124 200 201 202 203 205 207 208 209 210 212 213 214 215 217 219 220 221 222 223 228 230 "
     "231 232 233 234"
-).split()
+)
 EXTENSIONS: tuple[str, ...] = (".hea", ".atr", ".dat")
 
 # de Chazal, O'Dwyer, Reilly 2004: the inter-patient split. The four paced records
 # (102, 104, 107, 217) are in neither set.
-DS1: tuple[str, ...] = tuple(
-    "101 106 108 109 112 114 115 116 118 119 122 124 201 203 205 207 208 209 215 220 223 230".split()
+DS1: tuple[str, ...] = _ids(
+    "101 106 108 109 112 114 115 116 118 119 122 124 201 203 205 207 208 209 215 220 223 230"
 )
-DS2: tuple[str, ...] = tuple(
-    "100 103 105 111 113 117 121 123 200 202 210 212 213 214 219 221 222 228 231 232 233 234".split()
+DS2: tuple[str, ...] = _ids(
+    "100 103 105 111 113 117 121 123 200 202 210 212 213 214 219 221 222 228 231 232 233 234"
 )
 
 FS_HZ = 360

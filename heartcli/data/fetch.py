@@ -1,0 +1,210 @@
+"""`heart fetch`: get the 48 MIT-BIH records (download or local copy), verify, build the dataset.
+
+Every record file is checked against the SHA-256 PhysioNet publishes (pinned in
+``mitdb.sha256``). Downloads resume and are renamed into place only once verified (see
+``download.py``). The build is skipped when the dataset folder already holds a manifest
+made from exactly these files with the same parameters: a second run is a no-op.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from heartcli import __version__
+from heartcli.data.build import SPLITS, build_dataset
+from heartcli.data.download import download, file_url, part_path, short
+from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
+from heartcli.data.sample import make_sample
+from heartcli.dataset import PARTS, read_manifest, split_path
+from heartcli.errors import DataError, HeartError
+from heartcli.io import sha256_file
+
+SAMPLE_SEED = 0  # the seed data/sample was drawn with
+
+
+class FetchListener:
+    """Progress hooks of `fetch`; the CLI draws them, Python callers may ignore them."""
+
+    def stage(self, text: str) -> None:
+        """A new step starts (verifying, downloading, building)."""
+
+    def note(self, text: str) -> None:
+        """Something worth telling the user that is not an error."""
+
+    def downloads(self, names: list[str]) -> None:
+        """These files are about to be downloaded."""
+
+    def file_start(self, name: str) -> None:
+        """Downloading ``name`` starts."""
+
+    def file_bytes(self, n: int, total: int | None) -> None:
+        """``n`` more bytes of the current file arrived (``total``: its size, if known)."""
+
+    def file_done(self, name: str) -> None:
+        """``name`` is downloaded, verified and in place."""
+
+    def record_built(self, record: str) -> None:
+        """A record has been cut into beats."""
+
+
+@dataclass
+class FetchResult:
+    status: str  # "built" or "up to date"
+    out_dir: Path
+    records_dir: Path
+    manifest: dict[str, Any]
+    downloaded: list[str] = field(default_factory=list)
+    sample_dir: Path | None = None
+    sample: dict[str, Any] | None = None
+
+
+def all_files() -> list[str]:
+    return [name for record in RECORDS for name in record_files(record)]
+
+
+def ensure_writable(folder: Path, hint: str) -> None:
+    """Fail early, before any download or build, when ``folder`` cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise HeartError(f"cannot write to {folder}: {exc.strerror}; {hint}") from None
+
+
+def mismatch(path: Path, expected: str, got: str) -> str:
+    return f"{path}: SHA-256 mismatch (expected {short(expected)}…, got {short(got)}…)"
+
+
+def verify_source(source: Path) -> None:
+    """Every file of the 48 records is in ``source`` and has its pinned SHA-256."""
+    if not source.is_dir():
+        raise DataError(f"{source}: no such folder; pass the folder holding the 48 mitdb records")
+    pinned = pinned_sha256()
+    missing = [name for name in all_files() if not (source / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} record files missing (first: {missing[0]}); the folder "
+            "must hold all 48 records (.hea .atr .dat) of mitdb 1.0.0, or run `heart fetch` "
+            "without --source to download them"
+        )
+    for name in all_files():
+        got = sha256_file(source / name)
+        if got != pinned[name]:
+            raise DataError(
+                f"{mismatch(source / name, pinned[name], got)}: the file is truncated or corrupt; "
+                "replace it with PhysioNet's copy, or run `heart fetch` without --source"
+            )
+
+
+def download_records(records_dir: Path, url: str, listener: FetchListener) -> list[str]:
+    """Download every missing or corrupt record file; returns the names downloaded."""
+    pinned = pinned_sha256()
+    todo = []
+    for name in all_files():
+        path = records_dir / name
+        if not path.is_file():
+            todo.append(name)
+            continue
+        got = sha256_file(path)
+        if got != pinned[name]:
+            listener.note(f"{mismatch(path, pinned[name], got)}: it will be re-downloaded")
+            todo.append(name)
+    if not todo:
+        return []
+    listener.stage(f"downloading {len(todo)} files from {url}")
+    listener.downloads(todo)
+    for name in todo:
+        listener.file_start(name)
+        if part_path(records_dir / name).exists():
+            listener.note(f"{name}: resuming an interrupted download")
+        download(
+            file_url(url, name), records_dir / name, pinned[name], on_bytes=listener.file_bytes
+        )
+        listener.file_done(name)
+    return todo
+
+
+def current_manifest(
+    out_dir: Path, *, lead: str, test_fraction: float, seed: int
+) -> dict[str, Any] | None:
+    """The manifest in ``out_dir`` if it was built from the pinned records with these settings."""
+    try:
+        manifest = read_manifest(out_dir)
+    except DataError:
+        return None
+    params = manifest.get("parameters") or {}
+    wanted = {"recipe": "kaggle-exact", "lead": lead, "test_fraction": test_fraction, "seed": seed}
+    if manifest.get("heart_version") != __version__ or "sample_of" in manifest:
+        return None
+    if any(params.get(key) != value for key, value in wanted.items()):
+        return None
+    records = list(manifest.get("records") or [])
+    if sorted(records + list(manifest.get("records_skipped") or [])) != sorted(RECORDS):
+        return None
+    pinned = pinned_sha256()
+    sources = manifest.get("source_sha256") or {}
+    expected = [name for record in records for name in record_files(record)]
+    if any(sources.get(name) != pinned[name] for name in expected):
+        return None
+    if any(not split_path(out_dir, split, part).is_file() for split in SPLITS for part in PARTS):
+        return None
+    return manifest
+
+
+def fetch(
+    out_dir: str | Path,
+    records_dir: str | Path,
+    *,
+    url: str,
+    source: str | Path | None = None,
+    lead: str = "channel0",
+    test_fraction: float = 0.2,
+    seed: int = 42,
+    sample_out: str | Path | None = None,
+    listener: FetchListener | None = None,
+) -> FetchResult:
+    """Get the records (from ``url`` into ``records_dir``, or verified in ``source``) and build.
+
+    Returns what was done; raises HeartError/DataError with one actionable line otherwise.
+    Nothing in ``out_dir`` changes unless the whole build succeeds.
+    """
+    listener = listener or FetchListener()
+    out_dir = Path(out_dir)
+    hint = "choose a writable folder with --out"
+    ensure_writable(out_dir, hint)
+    if sample_out is not None:
+        ensure_writable(Path(sample_out), "choose a writable folder for --sample-out")
+    downloaded: list[str] = []
+    if source is not None:
+        records_dir = Path(source)
+        listener.stage(f"verifying the records in {records_dir}")
+        verify_source(records_dir)
+    else:
+        records_dir = Path(records_dir)
+        ensure_writable(records_dir, "choose a writable records folder (data.records)")
+        listener.stage(f"verifying the records in {records_dir}")
+        downloaded = download_records(records_dir, url, listener)
+
+    manifest = current_manifest(out_dir, lead=lead, test_fraction=test_fraction, seed=seed)
+    status = "up to date"
+    if manifest is None:
+        listener.stage(f"building the dataset in {out_dir}")
+        manifest = build_dataset(
+            records_dir,
+            out_dir,
+            lead=lead,
+            test_fraction=test_fraction,
+            seed=seed,
+            on_record=listener.record_built,
+        )
+        status = "built"
+    result = FetchResult(status, out_dir, records_dir, manifest, downloaded)
+    if sample_out is not None:
+        listener.stage(f"writing the sample to {sample_out}")
+        result.sample_dir = Path(sample_out)
+        result.sample = make_sample(out_dir, sample_out, seed=SAMPLE_SEED)
+    return result
