@@ -21,7 +21,7 @@ from heartcli.errors import UsageError
 
 
 def output_length(cfg: ModelConfig, input_length: int) -> int:
-    """Length of the conv features for ``input_length`` samples; rejects configs that shrink to 0."""
+    """Length of the conv features for ``input_length`` samples; rejects a shrink to 0."""
     length = input_length
     for kind in cfg.pooling:
         if kind != "none":

@@ -1,0 +1,159 @@
+"""`heart train`: train the configured CNN into a run folder, or resume one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
+from heartcli.config import load_document
+from heartcli.errors import UsageError
+
+
+class RichProgress:
+    """A progress bar per epoch on stderr and one table row per epoch (* = best so far).
+
+    Columns: epoch, train loss, val loss, val macro-F1, val recall (sensitivity) per class,
+    learning rate, training beats per second.
+    """
+
+    def __init__(self) -> None:
+        self.o = out()
+        # Rows are part of the result on stdout, unless stdout carries the JSON summary.
+        self.rows = self.o.err if self.o.json else self.o.console
+        self.bar: Progress | None = None
+        self.task: Any = None
+        self.classes: list[str] = []
+        self.header = True
+
+    def start(self, summary: dict[str, Any]) -> None:
+        self.classes = summary["classes"]
+        counts = ", ".join(
+            f"{c} {summary['train_counts'][c]}->{summary['resampled_counts'][c]}"
+            for c in self.classes
+        )
+        self.o.log(f"run {summary['run_dir']}  ({summary['device']}, {summary['threads']} threads)")
+        self.o.log(f"model: {summary['parameters']:,} parameters")
+        self.o.log(f"training fold: {counts}; validation: {sum(summary['val_counts'].values())}")
+        if summary["start_epoch"] > 1:
+            self.o.log(f"resuming at epoch {summary['start_epoch']} of {summary['epochs']}")
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        if not self.o.err.is_terminal:
+            return
+        self.bar = Progress(
+            TextColumn(f"epoch {epoch}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.o.err,
+            transient=True,
+        )
+        self.task = self.bar.add_task("train", total=steps)
+        self.bar.start()
+
+    def advance(self, steps: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, steps)
+
+    def end_epoch(self, info: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        table = Table(
+            box=None,
+            show_header=self.header,
+            pad_edge=False,
+            collapse_padding=True,
+            header_style="bold",
+        )
+        self.header = False
+        widths = [
+            ("epoch", 5),
+            ("loss", 6),
+            ("val loss", 8),
+            ("val F1", 6),
+            *[(f"Se {c}"[:5], 5) for c in self.classes],
+            ("lr", 8),
+            ("beats/s", 7),
+            ("", 1),
+        ]
+        for title, width in widths:
+            table.add_column(title, justify="right", min_width=width, no_wrap=True)
+        recall = [
+            f"{info.val_recall[c]:.3f}" if c in info.val_recall else "-" for c in self.classes
+        ]
+        table.add_row(
+            f"{info.epoch}",
+            f"{info.train_loss:.4f}",
+            f"{info.val_loss:.4f}",
+            f"{info.val_macro_f1:.4f}",
+            *recall,
+            f"{info.lr:.2e}",
+            f"{info.beats_per_s:.0f}",
+            "*" if info.best else "",
+        )
+        self.rows.print(table)
+
+
+def train(
+    config: ConfigOption = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", "-n", help="Run folder name under [train] runs_dir (default: a timestamp)."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue this run folder from its last epoch, with its own config.toml "
+            "(--set may change keys, e.g. train.epochs).",
+            file_okay=False,
+        ),
+    ] = None,
+    set_: SetOption = None,
+) -> None:
+    """Train the [model] CNN on the training split; the test split is never read."""
+    from tomlkit import TOMLDocument
+
+    from heartcli import runs, training
+
+    base: TOMLDocument | None
+
+    if resume is not None:
+        if config is not None or name is not None:
+            raise UsageError(
+                "--resume continues a run with its own config.toml; drop --config/--name "
+                "(use --set to change keys)"
+            )
+        runs.read_run_manifest(resume)
+        resolved = runs.read_run_config(resume, list(set_ or ()))
+        base = load_document(resume / runs.CONFIG)
+        run_dir = resume
+    else:
+        resolved = resolve_config(config, set_)
+        base = load_document(config) if config is not None else None
+        run_dir = runs.new_run_dir(resolved, name)
+    result = training.train(
+        resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
+    )
+    o = out()
+
+    def render() -> None:
+        o.console.print(
+            f"{result.status}: best val macro-F1 {result.best_metric:.4f} at epoch "
+            f"{result.best_epoch} ({result.epochs_run} epochs, {result.seconds:.1f} s); "
+            f"run saved in {result.run_dir}",
+            highlight=False,
+        )
+        o.console.print(f"next: heart evaluate {result.run_dir}", highlight=False)
+
+    o.result(result.summary(), render)
+    if result.status == "interrupted":
+        raise typer.Exit(130)

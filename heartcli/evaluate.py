@@ -1,0 +1,184 @@
+"""Honest metrics: accuracy and balanced accuracy, per-class P/R/F1 with support, macro-F1
+with a 95% bootstrap interval, the confusion matrix, and sensitivity / PPV (the figures the
+inter-patient AAMI literature reports).
+
+Macro averages run over the classes that occur in the true labels or the predictions (the
+scikit-learn convention), so a class absent from a small test set does not count as F1 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heartcli.dataset import BeatSet
+from heartcli.errors import DataError
+from heartcli.io import write_json
+
+if TYPE_CHECKING:
+    from heartcli.runs import LoadedRun
+
+BOOTSTRAP = 1000
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts [true, predicted]."""
+    codes = np.asarray(y_true, dtype=np.int64) * n_classes + np.asarray(y_pred, dtype=np.int64)
+    return np.bincount(codes, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def _per_class(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """precision, recall, F1 per class from one or a stack [..., k, k] of confusion matrices."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)
+    predicted = cm.sum(axis=-2).astype(np.float64)
+    actual = cm.sum(axis=-1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return precision, recall, f1
+
+
+def macro_f1_from_confusion(cm: np.ndarray) -> float:
+    _, _, f1 = _per_class(cm)
+    used = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
+    return float(f1[used].mean()) if used.any() else 0.0
+
+
+def _bootstrap_macro_f1(
+    y_true: np.ndarray, y_pred: np.ndarray, k: int, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of macro-F1 over BOOTSTRAP resamples of the beats."""
+    n = len(y_true)
+    if n == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    codes = y_true.astype(np.int64) * k + y_pred.astype(np.int64)
+    scores: list[np.ndarray] = []
+    chunk = max(1, min(BOOTSTRAP, 4_000_000 // n))
+    for start in range(0, BOOTSTRAP, chunk):
+        b = min(chunk, BOOTSTRAP - start)
+        picks = codes[rng.integers(0, n, size=(b, n))]
+        offsets = (np.arange(b) * k * k)[:, None]
+        cms = np.bincount((picks + offsets).ravel(), minlength=b * k * k).reshape(b, k, k)
+        _, _, f1 = _per_class(cms)
+        used = (cms.sum(axis=1) + cms.sum(axis=2)) > 0
+        scores.append((f1 * used).sum(axis=1) / np.maximum(used.sum(axis=1), 1))
+    all_scores = np.concatenate(scores)
+    lo, hi = np.percentile(all_scores, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: list[str],
+    proba: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every figure `heart evaluate` reports, as plain JSON-ready values."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    k = len(classes)
+    cm = confusion_matrix(y_true, y_pred, k)
+    precision, recall, f1 = _per_class(cm)
+    support = cm.sum(axis=1)
+    used = (cm.sum(axis=0) + support) > 0
+    present = support > 0
+    n = len(y_true)
+    lo, hi = _bootstrap_macro_f1(y_true, y_pred, k)
+    result: dict[str, Any] = {
+        "n": n,
+        "accuracy": float(np.trace(cm) / n) if n else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_precision": float(precision[used].mean()) if used.any() else 0.0,
+        "macro_recall": float(recall[used].mean()) if used.any() else 0.0,
+        "macro_f1": macro_f1_from_confusion(cm),
+        "macro_f1_ci95": [lo, hi],
+        "weighted_f1": float((f1 * support).sum() / n) if n else 0.0,
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                "predicted": int(cm[:, i].sum()),
+                "sensitivity": float(recall[i]),
+                "ppv": float(precision[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "classes": list(classes),
+        "confusion_matrix": cm.tolist(),
+    }
+    if proba is not None and n:
+        p = np.clip(np.asarray(proba, dtype=np.float64)[np.arange(n), y_true], 1e-12, 1.0)
+        result["log_loss"] = float(-np.log(p).mean())
+    return result
+
+
+def predict_proba(model: Any, x: np.ndarray, batch: int = 2048) -> np.ndarray:
+    """Softmax probabilities of a model on CPU, in batches, no grad."""
+    import torch
+
+    model.eval()
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))
+            parts.append(torch.softmax(model(xb).float(), dim=1).numpy())
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(parts)
+
+
+def check_data(run: LoadedRun, data: BeatSet, description: str) -> None:
+    """The data must fit the model: same beat length, same class set, finite values."""
+    if data.length != run.input_length:
+        raise DataError(
+            f"{description}: beats have {data.length} samples but the model of {run.path} "
+            f"takes {run.input_length}; use data built like its training data"
+        )
+    if list(data.classes) != list(run.classes):
+        raise DataError(
+            f"{description}: classes {','.join(data.classes)} differ from the model's "
+            f"{','.join(run.classes)}; use data with the model's class set"
+        )
+    if len(data) == 0:
+        raise DataError(f"{description}: no beats to evaluate")
+    if not np.all(np.isfinite(data.x)):
+        row = int(np.argwhere(~np.isfinite(data.x))[0][0])
+        raise DataError(f"{description}: row {row} has a NaN or infinite value; drop or repair it")
+
+
+def evaluate_run(
+    run: LoadedRun,
+    data: BeatSet,
+    *,
+    description: str,
+    split: str | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Metrics of a run's best model on ``data``; with ``write``, eval.json and confusion.png.
+
+    ``description`` says where the beats come from (shown and stored as ``data``); ``split``
+    names the split (stored as ``split``; null for a file outside a dataset).
+    """
+    from heartcli import plots
+    from heartcli.runs import CONFUSION, EVAL
+
+    check_data(run, data, description)
+    proba = predict_proba(run.model, data.x)
+    result = metrics(data.y, proba.argmax(axis=1), run.classes, proba)
+    result = {"run": str(run.path), "data": description, "split": split, **result}
+    if write:
+        path = Path(run.path)
+        plots.confusion(
+            np.asarray(result["confusion_matrix"]),
+            run.classes,
+            path / CONFUSION,
+            f"{path.name} on {description}",
+        )
+        write_json(path / EVAL, result)
+    return result

@@ -1,0 +1,169 @@
+"""The run folder written by `heart train` and read by evaluate, export and predict.
+
+``runs/NAME/``: ``config.toml`` (resolved, commented, runnable), ``model.safetensors`` (best
+weights), ``checkpoint.pt`` (last epoch: weights, optimizer, scheduler, epoch, best so far;
+loads with ``torch.load(weights_only=True)``), ``manifest.json``, ``history.csv``,
+``curves.png``; after `heart evaluate`: ``eval.json``, ``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from heartcli.config import HeartConfig, load_config
+from heartcli.errors import ConfigError, DataError, HeartError, UsageError
+from heartcli.io import atomic_path, write_json
+
+CONFIG = "config.toml"
+WEIGHTS = "model.safetensors"
+CHECKPOINT = "checkpoint.pt"
+MANIFEST = "manifest.json"
+HISTORY = "history.csv"
+CURVES = "curves.png"
+EVAL = "eval.json"
+CONFUSION = "confusion.png"
+MANIFEST_KEYS = ("format", "classes", "input_length", "status")
+FORMAT = "heart-run/1"
+
+
+def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
+    """A fresh folder under ``[train] runs_dir``: NAME, or a timestamp."""
+    name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        raise UsageError(f"--name {name!r}: a run name is one folder name, without slashes")
+    path = Path(config.train.runs_dir) / name
+    if path.exists():
+        raise UsageError(
+            f"{path} already exists; choose another --name or continue it with "
+            f"`heart train --resume {path}`"
+        )
+    return path
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        raise DataError(f"{run_dir}: no {CHECKPOINT} to resume from; start a new run instead")
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # torch raises many types for a damaged pickle/zip
+        raise DataError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}); start a new run"
+        ) from None
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    write_json(run_dir / MANIFEST, manifest)
+
+
+def read_run_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir)
+    if not path.exists():
+        raise DataError(f"{path}: no such run folder; train one with `heart train`")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a run folder (a file); pass the folder `heart train` wrote")
+    file = path / MANIFEST
+    if not file.exists():
+        raise DataError(f"{path}: not a heart run folder ({MANIFEST} missing)")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{file}: truncated or unreadable; retrain the run") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a heart run folder ({MANIFEST} is not a heart run manifest)")
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise DataError(f"{file}: truncated (no {', '.join(missing)}); retrain the run")
+    return manifest
+
+
+def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> HeartConfig:
+    file = Path(run_dir) / CONFIG
+    if not file.exists():
+        raise DataError(f"{run_dir}: {CONFIG} missing; the run folder is incomplete")
+    try:
+        return load_config(file, overrides or [])
+    except ConfigError as exc:
+        if any(p.startswith("--set") for p in exc.problems):
+            raise
+        raise DataError(f"{file}: not a valid config ({exc.problems[0]})") from None
+
+
+@dataclass
+class LoadedRun:
+    """A trained run, ready to predict: the model is on the CPU, in eval mode, best weights."""
+
+    path: Path
+    config: HeartConfig
+    model: nn.Module
+    manifest: dict[str, Any]
+    classes: list[str]
+    input_length: int
+
+
+def load_run(path: str | Path) -> LoadedRun:
+    """Load a run folder; any damage is one DataError line naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from heartcli.model import build_model
+
+    run_dir = Path(path)
+    manifest = read_run_manifest(run_dir)
+    config = read_run_config(run_dir)
+    classes = [str(c) for c in manifest["classes"]]
+    input_length = int(manifest["input_length"])
+    weights = run_dir / WEIGHTS
+    if not weights.exists():
+        raise DataError(
+            f"{run_dir}: no {WEIGHTS} (no epoch finished); "
+            f"continue it with `heart train --resume {run_dir}`"
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(f"{weights}: truncated or unreadable ({exc}); retrain the run") from None
+    try:
+        model = build_model(config.model, input_length, len(classes))
+    except HeartError as exc:
+        raise DataError(f"{run_dir / CONFIG}: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        detail = (
+            f"shape of {shapes[0]} is {tuple(state[shapes[0]].shape)}, "
+            f"config gives {tuple(expected[shapes[0]].shape)}"
+            if shapes
+            else f"{len(missing)} missing and {len(unexpected)} unexpected tensors"
+        )
+        raise DataError(
+            f"{weights}: weights do not match the model section of {CONFIG} ({detail}); "
+            "restore the run's config.toml or retrain"
+        )
+    model.load_state_dict(state)
+    model.eval()
+    return LoadedRun(run_dir, config, model, manifest, classes, input_length)

@@ -1,0 +1,148 @@
+"""Experiment tracking: MLflow (params, per-epoch metrics, artifacts) and TensorBoard scalars.
+
+MLflow is imported lazily (it is slow to import) and kept quiet. The tracking URI is, in
+order: ``MLFLOW_TRACKING_URI``, ``[tracking] uri``, ``sqlite:///mlflow.db`` in the working
+folder. A run can be a nested child of another (``mlflow.parentRunId``), as `heart tune`
+trials are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from heartcli.config import HeartConfig
+from heartcli.errors import HeartError
+
+
+def tracking_uri(config: HeartConfig) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    if config.tracking.uri:
+        return config.tracking.uri
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
+
+
+def flatten(config: HeartConfig) -> dict[str, str]:
+    """``section.key`` -> value as text (MLflow params are strings of at most 6000 chars)."""
+    flat: dict[str, str] = {}
+    for section, body in config.to_dict().items():
+        for key, value in body.items():
+            flat[f"{section}.{key}"] = str(value)[:6000]
+    return flat
+
+
+def _quiet() -> None:
+    """Import MLflow with its INFO chatter (database migrations, run links) silenced."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
+    for name in ("mlflow", "alembic", "sqlalchemy", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class Tracker:
+    """One training run's logging; every method is a no-op when tracking is off."""
+
+    def __init__(
+        self,
+        config: HeartConfig,
+        run_dir: Path,
+        *,
+        parent: str | None = None,
+        run_id: str | None = None,
+    ):
+        self.run_id: str | None = None
+        self.uri: str | None = None
+        self._client: Any = None
+        self._tb: Any = None
+        if config.tracking.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        if not config.tracking.enabled:
+            return
+        self.uri = tracking_uri(config)
+        try:
+            _quiet()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=self.uri)
+                if run_id is not None:
+                    client.get_run(run_id)
+                    client.update_run(run_id, status="RUNNING")
+                    self.run_id = run_id
+                else:
+                    exp = client.get_experiment_by_name(config.tracking.experiment)
+                    exp_id = (
+                        exp.experiment_id
+                        if exp is not None
+                        else client.create_experiment(config.tracking.experiment)
+                    )
+                    tags = {"mlflow.runName": run_dir.name, "heart.run_dir": str(run_dir)}
+                    if parent:
+                        tags["mlflow.parentRunId"] = parent
+                    run = client.create_run(exp_id, tags=tags, run_name=run_dir.name)
+                    self.run_id = run.info.run_id
+                    self._client = client
+                    self._log_params(flatten(config))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise HeartError(
+                f"tracking: cannot log to MLflow at {self.uri} ({first}); "
+                "fix [tracking] uri or set tracking.enabled = false"
+            ) from None
+        self._client = client
+
+    def _log_params(self, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+        if self._client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._client is None:
+            return
+        for key, value in tags.items():
+            self._client.set_tag(self.run_id, key, value)
+
+    def log_artifact(self, path: Path) -> None:
+        if self._client is not None and path.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._client.log_artifact(self.run_id, str(path))
+
+    def end(self, status: str) -> None:
+        """``status`` is heart's (completed, early_stopped, pruned, interrupted, failed)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._client is None:
+            return
+        mlflow_status = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
+        self._client.set_tag(self.run_id, "heart.status", status)
+        self._client.set_terminated(self.run_id, status=mlflow_status)
+        self._client = None

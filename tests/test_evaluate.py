@@ -1,0 +1,169 @@
+"""`heart evaluate` and the metrics: figures checked against scikit-learn, bad input as one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from heartcli.config import load_config
+from heartcli.dataset import load_split, write_beats
+from heartcli.evaluate import metrics
+from heartcli.training import train
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, sample_dir) -> Path:
+    """One tiny run on the bundled sample, trained once for every test here."""
+    cfg = load_config(
+        QUICKSTART,
+        [
+            f"data.dir={sample_dir}",
+            "resample.target=200",
+            "train.epochs=2",
+            "tracking.enabled=false",
+        ],
+    )
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    train(cfg, path)
+    return path
+
+
+@pytest.fixture
+def run(trained, tmp_path) -> Path:
+    """A private copy of the trained run, free to damage."""
+    return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def test_metrics_match_scikit_learn_on_real_labels(sample_dir):
+    y_true = load_split(sample_dir, "random", "test").y
+    rng = np.random.default_rng(1)
+    y_pred = np.where(rng.random(len(y_true)) < 0.8, y_true, rng.integers(0, 5, len(y_true)))
+    classes = ["N", "S", "V", "F", "Q"]
+    m = metrics(y_true, y_pred, classes)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred)
+    for i, name in enumerate(classes):
+        c = m["per_class"][name]
+        assert (c["precision"], c["recall"], c["f1"]) == pytest.approx((p[i], r[i], f[i]))
+        assert c["support"] == s[i]
+        assert (c["sensitivity"], c["ppv"]) == (c["recall"], c["precision"])
+    assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
+    lo, hi = m["macro_f1_ci95"]
+    assert lo < m["macro_f1"] < hi
+    assert 0.0 < hi - lo < 0.2
+    # A perfect model has a degenerate interval at 1.
+    assert metrics(y_true, y_true, classes)["macro_f1_ci95"] == [1.0, 1.0]
+
+
+def test_evaluate_prints_every_figure_and_writes_eval_json(heart, run, sample_dir):
+    out = heart("evaluate", run, "--data", sample_dir, "--split", "inter-patient").stdout
+    assert f"figures from: {sample_dir} (split inter-patient, test part), 532 beats" in out
+    assert "balanced accuracy" in out and "macro-F1" in out and "95% CI" in out
+    assert "precision (+P)" in out and "recall (Se)" in out
+    assert "confusion matrix (rows: true, columns: predicted)" in out
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["split"] == "inter-patient"
+    assert saved["n"] == 532
+    assert sum(map(sum, saved["confusion_matrix"])) == 532
+    assert (run / "confusion.png").stat().st_size > 0
+
+
+def test_evaluate_a_parquet_file(heart, run, sample_dir):
+    file = sample_dir / "random" / "test.parquet"
+    result = heart.json("evaluate", run, "--data", file)
+    assert result["data"] == str(file)
+    assert result["split"] is None
+    assert sum(c["support"] for c in result["per_class"].values()) == 615
+
+
+def damage_manifest(run: Path) -> None:
+    text = (run / "manifest.json").read_text()
+    (run / "manifest.json").write_text(text[: len(text) // 2])
+
+
+def damage_weights(run: Path) -> None:
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[:100])
+
+
+def wrong_config(run: Path) -> None:
+    path = run / "config.toml"
+    path.write_text(path.read_text().replace("channels = [16, 32, 32]", "channels = [16, 32, 48]"))
+
+
+def foreign(run: Path) -> None:
+    (run / "manifest.json").write_text('{"name": "something else"}')
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: shutil.rmtree(r), "{run}: no such run folder; train one with `heart train`"),
+        (
+            lambda r: (r / "manifest.json").unlink(),
+            "{run}: not a heart run folder (manifest.json missing)",
+        ),
+        (damage_manifest, "{run}/manifest.json: truncated or unreadable; retrain the run"),
+        (foreign, "{run}: not a heart run folder (manifest.json is not a heart run manifest)"),
+        (
+            wrong_config,
+            "{run}/model.safetensors: weights do not match the model section of config.toml "
+            "(shape of features.5.0.weight is (32, 32, 3), config gives (48, 32, 3)); "
+            "restore the run's config.toml or retrain",
+        ),
+        (
+            lambda r: (r / "model.safetensors").unlink(),
+            "{run}: no model.safetensors (no epoch finished); continue it with "
+            "`heart train --resume {run}`",
+        ),
+    ],
+)
+def test_bad_run_folders_are_one_line(heart, run, damage, message):
+    damage(run)
+    result = heart("evaluate", run, expect=1)
+    assert result.stderr.strip() == "error: " + message.format(run=run)
+
+
+def test_truncated_weights(heart, run):
+    damage_weights(run)
+    result = heart("evaluate", run, expect=1)
+    assert result.stderr.startswith(f"error: {run}/model.safetensors: truncated or unreadable")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_data_that_does_not_fit_the_model(heart, run, sample_dir, tmp_path):
+    (run / "eval.json").write_text("{}")
+    beats = load_split(sample_dir, "random", "test")
+    short = beats.subset(np.arange(50))
+    short.x = short.x[:, :120].copy()
+    write_beats(tmp_path / "short.parquet", short)
+    result = heart("evaluate", run, "--data", tmp_path / "short.parquet", expect=1)
+    assert result.stderr.strip() == (
+        f"error: {tmp_path}/short.parquet: beats have 120 samples but the model of {run} takes "
+        "187; use data built like its training data"
+    )
+    other = beats.subset(np.arange(50))
+    other.classes = ["N", "S", "V", "F", "X"]
+    write_beats(tmp_path / "other.parquet", other)
+    result = heart("evaluate", run, "--data", tmp_path / "other.parquet", expect=1)
+    assert result.stderr.strip() == (
+        f"error: {tmp_path}/other.parquet: classes N,S,V,F,X differ from the model's N,S,V,F,Q; "
+        "use data with the model's class set"
+    )
+    nan = beats.subset(np.arange(50))
+    nan.x[3, 0] = np.nan
+    write_beats(tmp_path / "nan.parquet", nan)
+    result = heart("evaluate", run, "--data", tmp_path / "nan.parquet", expect=1)
+    assert result.stderr.strip() == (
+        f"error: {tmp_path}/nan.parquet: row 3 has a NaN or infinite value; drop or repair it"
+    )
+    assert (run / "eval.json").read_text() == "{}"  # nothing overwritten

@@ -1,0 +1,132 @@
+"""`heart resample`: every strategy's class counts on the real sample, and senseless targets."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heartcli.dataset import load_split, read_beats, write_beats
+
+BEFORE = {"N": 900, "S": 315, "V": 405, "F": 270, "Q": 315}  # random split minus validation
+VALIDATION = {"N": 100, "S": 35, "V": 45, "F": 30, "Q": 35}
+
+
+def run(heart, data: Path, *sets: str):
+    args = ["resample", "--set", f"data.dir={data}", "--out", "fold.parquet"]
+    for item in sets:
+        args += ["--set", item]
+    return heart.json(*args)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "majority", "after"),
+    [
+        ("none", "cap", BEFORE),
+        ("class_weight", "cap", BEFORE),
+        ("random", "cap", {c: 500 for c in "NSVFQ"}),
+        ("random", "keep", {"N": 900, "S": 500, "V": 500, "F": 500, "Q": 500}),
+        ("random", "drop", {"N": 0, "S": 500, "V": 500, "F": 500, "Q": 500}),
+        ("smote", "cap", {c: 500 for c in "NSVFQ"}),
+        ("smote", "keep", {"N": 900, "S": 500, "V": 500, "F": 500, "Q": 500}),
+    ],
+)
+def test_exact_counts(heart, sample_dir, strategy, majority, after):
+    result = run(
+        heart,
+        sample_dir,
+        f"resample.strategy={strategy}",
+        f"resample.majority={majority}",
+        "resample.target=500",
+    )
+    assert result["before"] == BEFORE
+    assert result["after"] == after
+    assert result["validation"] == VALIDATION  # never resampled
+    written = read_beats("fold.parquet")
+    assert written.counts() == after
+    assert written.length == 187
+
+
+def test_synthetic_beats_are_new_and_marked(heart, sample_dir):
+    run(heart, sample_dir, "resample.strategy=smote", "resample.target=400")
+    fold = read_beats("fold.parquet")
+    synthetic = fold.record == ""
+    assert synthetic.sum() == (400 - 315) + (400 - 270) + (400 - 315)  # S, F, Q; V is cut
+    assert (fold.sample[synthetic] == -1).all()
+    original = load_split(sample_dir, "random", "train")
+    # A SMOTE beat lies between two real beats of its class, and is none of them.
+    new = fold.x[synthetic][:5]
+    assert not any(np.any(np.all(original.x == beat, axis=1)) for beat in new)
+
+
+@pytest.mark.parametrize("strategy", ["adasyn", "smote_tomek"])
+def test_adaptive_and_cleaning_strategies_land_near_the_target(heart, sample_dir, strategy):
+    result = run(heart, sample_dir, f"resample.strategy={strategy}", "resample.target=500")
+    assert result["before"] == BEFORE
+    for name, count in result["after"].items():
+        assert 440 <= count <= 560, (name, count)
+    if strategy == "smote_tomek":  # Tomek links only remove beats
+        assert all(count <= 500 for count in result["after"].values())
+
+
+def test_table_shows_counts_before_and_after(heart, sample_dir):
+    out = heart(
+        "resample",
+        "--set",
+        f"data.dir={sample_dir}",
+        "--set",
+        "resample.strategy=random",
+        "--set",
+        "resample.target=321",
+        "--out",
+        "f.parquet",
+    ).stdout
+    assert "training fold, resample.strategy = random" in out
+    assert "│ F     │    270 │   321 │" in out
+    assert "wrote f.parquet" in out
+
+
+def test_smote_needs_more_beats_than_neighbours(heart, sample_dir):
+    result = heart(
+        "resample",
+        "--set",
+        f"data.dir={sample_dir}",
+        "--set",
+        "data.split=inter-patient",
+        "--set",
+        "resample.strategy=smote",
+        "--set",
+        "resample.k_neighbors=8",
+        "--out",
+        "x.parquet",
+        expect=2,
+    )
+    assert result.stderr.strip() == (
+        "error: resample.k_neighbors: class Q has 4 beats in the training fold; smote needs at "
+        'least k_neighbors + 1 = 9; lower resample.k_neighbors or use strategy = "random"'
+    )
+    assert not Path("x.parquet").exists()
+
+
+def test_dropping_n_when_one_other_class_is_left(heart, sample_dir, tmp_path):
+    data = tmp_path / "two"
+    (data / "random").mkdir(parents=True)
+    shutil.copy(sample_dir / "manifest.json", data / "manifest.json")
+    beats = load_split(sample_dir, "random", "train")
+    write_beats(data / "random" / "train.parquet", beats.subset(np.flatnonzero(beats.y <= 1)))
+    result = heart(
+        "resample",
+        "--set",
+        f"data.dir={data}",
+        "--set",
+        "resample.strategy=random",
+        "--set",
+        "resample.majority=drop",
+        expect=2,
+    )
+    assert result.stderr.strip() == (
+        'error: resample.majority: "drop" removes class N and leaves 1 class in the training '
+        'fold; use "cap" or "keep"'
+    )

@@ -1,0 +1,255 @@
+"""`heart train` end to end on the bundled sample: run folder, resume, tracking, honesty."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from heartcli.config import load_config
+from heartcli.runs import load_run
+from heartcli.training import TrainingDiverged, train
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+QUICKSTART = EXAMPLES / "quickstart.toml"
+
+
+def tiny(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """The quick-start config, shrunk to a few seconds: 200 beats per class, 2 epochs."""
+    args = ["--config", str(QUICKSTART), "--set", f"data.dir={data_dir}"]
+    for item in ("resample.target=200", "train.epochs=2", *sets):
+        args += ["--set", item]
+    if not tracking:
+        args += ["--set", "tracking.enabled=false"]
+    return args
+
+
+def figures(history: list[dict]) -> list[tuple]:
+    """What must be identical between runs (timings are not)."""
+    return [
+        (h["epoch"], h["train_loss"], h["val_loss"], h["val_macro_f1"], h["lr"]) for h in history
+    ]
+
+
+def test_train_resume_evaluate_end_to_end_with_mlflow(heart, sample_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    summary = heart.json(
+        "train", *tiny(sample_dir, f"tracking.uri={store}", tracking=True), "--name", "qs"
+    )
+    run = Path("runs/qs")
+    assert summary["status"] == "completed"
+    assert summary["epochs_run"] == 2
+    assert summary["run_dir"] == str(run)
+    assert summary["parameters"] == 17_437
+    for name in (
+        "config.toml",
+        "model.safetensors",
+        "checkpoint.pt",
+        "manifest.json",
+        "history.csv",
+        "curves.png",
+        "val_confusion.png",
+    ):
+        assert (run / name).stat().st_size > 0, name
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["classes"] == ["N", "S", "V", "F", "Q"]
+    assert manifest["input_length"] == 187
+    assert manifest["sampling_rate_hz"] == 120.0
+    assert manifest["data"]["split"] == "random"
+    assert len(manifest["data"]["manifest_sha256"]) == 64
+    assert manifest["data"]["resampled_counts"] == {c: 200 for c in "NSVFQ"}
+    # Validation is carved stratified from the training split (10% of every class).
+    assert manifest["data"]["val_counts"] == {"N": 100, "S": 35, "V": 45, "F": 30, "Q": 35}
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert manifest["best_epoch"] in (1, 2)
+    assert manifest["metrics"]["val_macro_f1"] == summary["best_val_macro_f1"]
+
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) >= {"train_loss", "val_loss", "val_macro_f1", "val_recall_F", "lr"}
+
+    # The saved config runs as it is, and the checkpoint loads with weights_only.
+    assert load_config(run / "config.toml").train.epochs == 2
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    loaded = load_run(run)
+    assert not loaded.model.training
+    assert loaded.classes == ["N", "S", "V", "F", "Q"]
+    assert loaded.input_length == 187
+
+    # MLflow: the run, its params, per-epoch metrics and artifacts, in the tmp store.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name("quickstart")
+    (found,) = client.search_runs([exp.experiment_id])
+    assert found.info.run_id == summary["tracking_run_id"]
+    assert found.info.status == "FINISHED"
+    assert found.data.params["train.batch_size"] == "64"
+    assert found.data.params["resample.strategy"] == "random"
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "val_macro_f1")]
+    assert steps == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"config.toml", "curves.png", "val_confusion.png"} <= artifacts
+
+    # Resume: one more epoch on top of the checkpoint, logged to the same MLflow run.
+    out = heart("train", "--resume", run, "--set", "train.epochs=3")
+    assert "resuming at epoch 3 of 3" in out.stderr
+    assert "completed: best val macro-F1" in out.stdout
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 3
+    steps = [m.step for m in client.get_metric_history(found.info.run_id, "val_macro_f1")]
+    assert steps == [1, 2, 3]
+
+    # Evaluate on the run's own test part.
+    result = heart.json("evaluate", run)
+    assert result["split"] == "random"
+    assert result["data"] == f"{sample_dir} (split random, test part)"
+    assert result["n"] == 615
+    assert 0.2 < result["accuracy"] <= 1.0
+    assert set(result["per_class"]["F"]) >= {"precision", "recall", "f1", "support"}
+    assert result["per_class"]["F"]["support"] == 75
+    assert json.loads((run / "eval.json").read_text())["macro_f1"] == result["macro_f1"]
+    assert (run / "confusion.png").stat().st_size > 0
+
+
+def test_same_config_twice_and_resumed_runs_have_identical_histories(tmp_path, sample_dir):
+    def config(epochs: int):
+        return load_config(
+            QUICKSTART,
+            [
+                f"data.dir={sample_dir}",
+                "resample.target=150",
+                f"train.epochs={epochs}",
+                "tracking.enabled=false",
+            ],
+        )
+
+    straight = train(config(2), tmp_path / "a")
+    first = train(config(1), tmp_path / "c")
+    assert figures(first.history) == figures(straight.history)[:1]  # same config, same epoch
+    resumed = train(config(2), tmp_path / "c", resume=True)
+    assert figures(resumed.history) == figures(straight.history)
+
+
+def test_the_test_split_is_never_read_during_training(heart, sample_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir, data)
+    for split in ("random", "inter-patient"):
+        (data / split / "test.parquet").write_bytes(b"not parquet: training must not read this")
+    summary = heart.json(
+        "train",
+        *tiny(data, "data.split=inter-patient", "train.epochs=1", "resample.strategy=none"),
+        "--name",
+        "ip",
+    )
+    assert summary["status"] == "completed"
+    # Inter-patient validation holds whole records that are not in the training fold.
+    manifest = json.loads(Path("runs/ip/manifest.json").read_text())
+    val_records = set(manifest["data"]["val_records"])
+    assert val_records
+    from heartcli.dataset import load_split
+
+    everything = load_split(data, "inter-patient", "train")
+    val_beats = sum(str(r) in val_records for r in everything.record)
+    assert val_beats == sum(manifest["data"]["val_counts"].values())
+    assert sum(manifest["data"]["train_counts"].values()) == len(everything) - val_beats
+    # Only `heart evaluate` reads the test part, and it says so.
+    result = heart("evaluate", "runs/ip", expect=1)
+    assert result.stderr.startswith(f"error: {data}/inter-patient/test.parquet: not a readable")
+
+
+def test_interrupt_keeps_the_best_checkpoint_and_pruning_stops(tmp_path, sample_dir):
+    cfg = load_config(
+        QUICKSTART,
+        [f"data.dir={sample_dir}", "resample.target=100", "tracking.enabled=false"],
+    )
+
+    def interrupt(info):
+        if info.epoch == 2:
+            raise KeyboardInterrupt
+
+    result = train(cfg, tmp_path / "stop", on_epoch=interrupt)
+    assert result.status == "interrupted"
+    assert result.epochs_run == 2
+    manifest = json.loads((tmp_path / "stop" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert load_run(tmp_path / "stop").manifest["best_epoch"] == result.best_epoch
+    assert torch.load(tmp_path / "stop" / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+    pruned = train(cfg, tmp_path / "prune", on_epoch=lambda info: info.epoch >= 1)
+    assert (pruned.status, pruned.epochs_run) == ("pruned", 1)
+
+
+def test_nested_tracking_under_a_parent_run(tmp_path, sample_dir, monkeypatch):
+    store = f"sqlite:///{tmp_path / 'nested.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    exp_id = client.create_experiment("tune")
+    parent = client.create_run(exp_id).info.run_id
+    # The environment variable wins over [tracking] uri.
+    cfg = load_config(
+        QUICKSTART,
+        [
+            f"data.dir={sample_dir}",
+            "resample.target=100",
+            "train.epochs=1",
+            "tracking.experiment=tune",
+            "tracking.uri=sqlite:///nowhere/else.db",
+        ],
+    )
+    result = train(cfg, tmp_path / "child", tracking_parent=parent)
+    child = client.get_run(result.tracking_run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent
+    assert child.info.experiment_id == exp_id
+
+
+def test_nan_loss_raises_training_diverged(tmp_path, sample_dir):
+    cfg = load_config(
+        QUICKSTART,
+        [
+            f"data.dir={sample_dir}",
+            "resample.target=100",
+            "train.epochs=1",
+            "train.lr=1e30",
+            "tracking.enabled=false",
+        ],
+    )
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the loss became nan"):
+        train(cfg, tmp_path / "nan")
+    assert json.loads((tmp_path / "nan" / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_existing_run_name_is_refused(heart, sample_dir):
+    heart("train", *tiny(sample_dir, "train.epochs=1"), "--name", "one")
+    result = heart("train", *tiny(sample_dir), "--name", "one", expect=2)
+    assert result.stderr.strip() == (
+        "error: runs/one already exists; choose another --name or continue it with "
+        "`heart train --resume runs/one`"
+    )
+
+
+def test_bad_training_data_is_one_line(heart, sample_dir, tmp_path):
+    import numpy as np
+
+    from heartcli.dataset import load_split, write_beats
+
+    data = tmp_path / "nan"
+    (data / "random").mkdir(parents=True)
+    shutil.copy(sample_dir / "manifest.json", data / "manifest.json")
+    beats = load_split(sample_dir, "random", "train")
+    beats.x[7, 3] = np.nan
+    write_beats(data / "random" / "train.parquet", beats)
+    result = heart("train", *tiny(data), "--name", "bad", expect=1)
+    assert result.stderr.strip() == (
+        f"error: {data}/random/train.parquet: row 7 has a NaN or infinite value; drop or repair it"
+    )
+    assert not Path("runs/bad").exists()
