@@ -1,0 +1,126 @@
+"""`heart predict`: classify beats, or every beat of a raw WFDB record, with a run or an .onnx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from heartcli.cli._util import out
+
+
+def predict(
+    model: Annotated[
+        Path, typer.Argument(help="Run folder (heart train) or exported .onnx (heart export).")
+    ],
+    input_: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            help="Beats (.csv or .parquet, as heart fetch --import reads them) or a WFDB "
+            "record path without extension, e.g. ../shared/data/mitdb/100.",
+        ),
+    ],
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write one row per beat to a .csv, .parquet or .json file.",
+            dir_okay=False,
+        ),
+    ] = None,
+    lead: Annotated[
+        str,
+        typer.Option(
+            "--lead",
+            help="Record lead: auto (MLII by name, else channel 0; MLII required for a model "
+            "trained on MLII data), MLII (required), channel0, or a lead name.",
+        ),
+    ] = "auto",
+    peaks: Annotated[
+        str,
+        typer.Option(
+            "--peaks",
+            help="Record beats: auto (the .atr annotations when present, else detected "
+            "R-peaks), annotations, or detect (XQRS; scored against the .atr if present).",
+        ),
+    ] = "auto",
+    rows: Annotated[
+        int, typer.Option("--rows", min=0, help="Beats shown in the table (all go to --out).")
+    ] = 10,
+) -> None:
+    """Predict the class of every beat; with reference labels, per-class sensitivity and PPV."""
+    from heartcli.predict import predict as run_predict
+
+    result = run_predict(model, input_, lead=lead, peaks=peaks, out=out_file)
+    summary = result.summary()
+    if out_file is not None:
+        summary["out"] = str(out_file)
+    o = out()
+    o.result(summary, lambda: _render(result, summary, rows))
+
+
+def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
+    console = out().console
+    classes = summary["classes"]
+    n = summary["beats"]
+    what = {
+        "file": "beats from the file",
+        "annotations": "beats cut at the record's .atr annotations",
+        "detected": "beats cut at detected R-peaks (XQRS)",
+    }[summary["segmentation"]]
+    lead = f", lead {summary['lead']}" if summary["lead"] else ""
+    console.print(f"{summary['input']}: {n:,} {what}{lead}", highlight=False)
+    if rows:
+        table = Table(title=f"first {min(rows, n)} of {n:,} beats")
+        data = result.rows()
+        cols = [c for c in ("record", "sample", "predicted", "reference") if c in data]
+        for c in cols:
+            table.add_column(c, justify="right" if c == "sample" else "left")
+        for c in classes:
+            table.add_column(f"p {c}", justify="right")
+        for i in range(min(rows, n)):
+            table.add_row(
+                *[str(data[c][i]) for c in cols], *[f"{data[f'p_{c}'][i]:.3f}" for c in classes]
+            )
+        console.print(table)
+    counts = Table(title="predicted classes")
+    agreement = summary["agreement"]
+    counts.add_column("class")
+    counts.add_column("predicted", justify="right")
+    if agreement:
+        for title in ("reference", "sensitivity (Se)", "PPV (+P)"):
+            counts.add_column(title, justify="right")
+    for c in classes:
+        cells = [c, f"{summary['counts'][c]:,}"]
+        if agreement:
+            a = agreement["per_class"][c]
+            known = a["support"] > 0
+            cells += [
+                f"{a['support']:,}",
+                f"{a['sensitivity']:.4f}" if known else "-",
+                f"{a['ppv']:.4f}" if a["predicted"] else "-",
+            ]
+        counts.add_row(*cells)
+    console.print(counts)
+    if agreement:
+        console.print(
+            f"agreement with the reference on {agreement['beats']:,} beats: accuracy "
+            f"{agreement['accuracy']:.4f}, macro-F1 {agreement['macro_f1']:.4f}",
+            highlight=False,
+        )
+    det = summary.get("detection")
+    if det:
+        console.print(
+            f"R-peaks: {det['found_within_150ms']:,} of {det['reference_beats']:,} reference "
+            f"beats found within 150 ms ({det['sensitivity']:.2%}); {det['detected_peaks']:,} "
+            f"peaks detected (PPV {det['ppv']:.2%})",
+            highlight=False,
+        )
+    for note in summary["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    if summary.get("out"):
+        console.print(f"wrote {summary['out']}", highlight=False)

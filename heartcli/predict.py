@@ -1,0 +1,376 @@
+"""`heart predict`: a trained or exported model applied to beats or to a raw WFDB record.
+
+MODEL is a run folder (PyTorch, `heart train`) or an exported ``.onnx`` with the
+``model_card.json`` that `heart export` writes beside it; the card is checked against the
+model (SHA-256, input length, number of classes) before anything is predicted, and an ONNX
+model is run by ONNX Runtime without importing torch.
+
+INPUT is a beat file in the layout `heart fetch --import` reads (Kaggle CSV, MADS or
+dataset parquet, read by :mod:`heartcli.data.importer`; its labels are the reference), or
+a WFDB record path without extension, cut by :mod:`heartcli.segment` with the recipe of
+`heart fetch`. When a reference exists (the file's labels, the record's .atr) the result
+carries per-class agreement: sensitivity and PPV of the predictions against it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heartcli.errors import DataError, UsageError
+from heartcli.io import atomic_path, sha256_file, write_json
+
+CARD_NAME = "model_card.json"
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
+BEAT_SUFFIXES = (".csv", ".parquet", ".parq")
+BATCH = 1024
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class Model:
+    """A model ready to predict: beats float32 [n, input_length] -> probabilities [n, k]."""
+
+    path: Path
+    kind: str  # "run" or "onnx"
+    classes: list[str]
+    input_length: int
+    lead: str  # lead of the training data: "channel0" or "MLII"
+    proba_fn: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        parts = [
+            self.proba_fn(np.ascontiguousarray(x[i : i + BATCH], dtype=np.float32))
+            for i in range(0, len(x), BATCH)
+        ]
+        if not parts:
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def load_model(path: str | Path) -> Model:
+    """A run folder or an exported .onnx (validated against its model card)."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_run_model(path)
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        return load_onnx(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such run folder or .onnx file")
+    raise UsageError(
+        f"{path}: MODEL must be a run folder (heart train) or an exported .onnx (heart export)"
+    )
+
+
+def _training_lead(manifest: dict[str, Any], fallback: str) -> str:
+    """The lead the run's dataset was built from, as its data manifest records it."""
+    from heartcli.dataset import read_manifest
+
+    data_dir = (manifest.get("data") or {}).get("dir")
+    if data_dir:
+        try:
+            lead = (read_manifest(data_dir).get("parameters") or {}).get("lead")
+        except DataError:
+            lead = None
+        if lead in ("channel0", "MLII"):
+            return str(lead)
+    return fallback
+
+
+def _load_run_model(path: Path) -> Model:
+    import torch
+
+    from heartcli.runs import load_run
+
+    run = load_run(path)
+    model = run.model
+
+    def proba(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+
+    lead = _training_lead(run.manifest, run.config.data.lead)
+    return Model(path, "run", list(run.classes), run.input_length, lead, proba)
+
+
+def read_card(model_path: Path) -> dict[str, Any]:
+    card_path = model_path.parent / CARD_NAME
+    if not card_path.is_file():
+        raise DataError(
+            f"{model_path}: no {CARD_NAME} beside it; use the folder `heart export` wrote"
+        )
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{card_path}: truncated or unreadable; export the model again") from None
+    if not isinstance(card, dict) or not isinstance(card.get("classes"), list):
+        raise DataError(f"{card_path}: not a heart model card; export the model again")
+    return card
+
+
+def load_onnx(path: Path) -> Model:
+    """An exported ONNX model, after checking that its card describes exactly this file."""
+    import onnxruntime as ort
+
+    card = read_card(path)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise DataError(
+            f"{path}: not a loadable ONNX model (truncated or damaged); export it again"
+        ) from None
+    card_path = path.parent / CARD_NAME
+    entry = next((f for f in card.get("files", []) if f.get("file") == path.name), None)
+    if entry is None:
+        raise DataError(f"{card_path} does not list {path.name}; use the card exported with it")
+    if entry.get("sha256") != sha256_file(path):
+        raise DataError(
+            f"{path.name} does not match {card_path} (SHA-256 differs); "
+            "use the files of one export together, or export again"
+        )
+    classes = [str(c) for c in card["classes"]]
+    length = int((card.get("input") or {}).get("length", -1))
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    in_shape = list(inputs[0].shape) if len(inputs) == 1 else []
+    out_shape = list(outputs[0].shape) if outputs else []
+    model_length = in_shape[1] if len(in_shape) == 2 else None
+    model_classes = out_shape[1] if len(out_shape) == 2 else None
+    if model_length != length or model_classes != len(classes):
+        raise DataError(
+            f"{card_path} does not match {path.name}: the card says {length} samples in, "
+            f"{len(classes)} classes out; the model takes {model_length} and gives "
+            f"{model_classes}; export again"
+        )
+    lead = str((card.get("input") or {}).get("lead", "channel0"))
+    name = inputs[0].name
+
+    def proba(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: x})[0])
+
+    return Model(path, "onnx", classes, length, lead, proba)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Beats:
+    """Beats to classify and where they come from."""
+
+    source: str
+    x: np.ndarray
+    record: np.ndarray
+    sample: np.ndarray
+    reference: np.ndarray | None  # class index per beat, -1 where unknown
+    method: str  # "file", "annotations" or "detected"
+    lead: str | None = None
+    notes: list[str] = field(default_factory=list)
+    detection: dict[str, Any] | None = None
+
+
+def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str = "auto") -> Beats:
+    """A beat file or a WFDB record, as beats the model can take."""
+    from heartcli.segment import is_record, segment_record
+
+    path = Path(path)
+    if is_record(path):
+        chosen = "MLII" if lead == "auto" and model.lead == "MLII" else lead
+        seg = segment_record(path, lead=chosen, peaks=peaks)  # type: ignore[arg-type]
+        beats = Beats(
+            str(path),
+            seg.x,
+            np.full(len(seg.x), seg.record, dtype=object),
+            seg.sample,
+            seg.reference,
+            seg.method,
+            seg.lead,
+            seg.notes,
+            seg.detection,
+        )
+    elif path.suffix.lower() in BEAT_SUFFIXES:
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        beats = _read_beat_file(path, model)
+    elif path.exists():
+        raise UsageError(
+            f"{path}: unknown input type {path.suffix or '(no suffix)'}; give beats as .csv or "
+            ".parquet, or a WFDB record path without extension (e.g. data/mitdb/100)"
+        )
+    else:
+        raise UsageError(f"{path}: no such file, and no WFDB record {path}.hea")
+    if len(beats.x) == 0:
+        raise DataError(f"{path}: no beats to classify")
+    if beats.x.shape[1] != model.input_length:
+        raise DataError(
+            f"{path}: beats have {beats.x.shape[1]} samples but the model takes "
+            f"{model.input_length}"
+        )
+    return beats
+
+
+def _read_beat_file(path: Path, model: Model) -> Beats:
+    """Beats in the `heart fetch --import` layouts (the importer's reader and checks)."""
+    import pyarrow.parquet as pq
+
+    from heartcli.data.importer import read_file
+
+    x, labels, _ = read_file(path)
+    n = len(x)
+    record = np.full(n, "", dtype=object)
+    sample = np.full(n, -1, dtype=np.int64)
+    if path.suffix.lower() != ".csv":
+        names = pq.read_schema(path).names
+        extra = [c for c in ("record", "sample") if c in names]
+        if extra:
+            table = pq.read_table(path, columns=extra)
+            if "record" in extra:
+                record = table.column("record").to_numpy(zero_copy_only=False).astype(object)
+            if "sample" in extra:
+                sample = table.column("sample").to_numpy().astype(np.int64)
+    notes: list[str] = []
+    reference: np.ndarray | None = None
+    whole = np.isfinite(labels) & (labels == np.round(labels))
+    if whole.all() and labels.min(initial=0) >= 0 and labels.max(initial=0) < len(model.classes):
+        reference = labels.astype(np.int64)
+    else:
+        notes.append("labels outside the model's classes: no agreement table")
+    return Beats(str(path), x.astype(np.float32), record, sample, reference, "file", None, notes)
+
+
+# --------------------------------------------------------------------------- predicting
+
+
+@dataclass
+class Prediction:
+    model: Model
+    beats: Beats
+    proba: np.ndarray
+    seconds: dict[str, float]
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.proba.argmax(axis=1)
+
+    def agreement(self) -> dict[str, Any] | None:
+        """Per-class sensitivity / PPV of the predictions against the reference labels."""
+        from heartcli.evaluate import metrics
+
+        ref = self.beats.reference
+        if ref is None:
+            return None
+        known = ref >= 0
+        if not known.any():
+            return None
+        m = metrics(ref[known], self.predicted[known], self.model.classes)
+        return {
+            "beats": int(known.sum()),
+            "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"],
+            "per_class": {
+                name: {k: c[k] for k in ("support", "predicted", "sensitivity", "ppv")}
+                for name, c in m["per_class"].items()
+            },
+        }
+
+    def summary(self) -> dict[str, Any]:
+        counts = np.bincount(self.predicted, minlength=len(self.model.classes))
+        return {
+            "model": str(self.model.path),
+            "model_kind": self.model.kind,
+            "input": self.beats.source,
+            "beats": len(self.proba),
+            "segmentation": self.beats.method,
+            "lead": self.beats.lead,
+            "classes": list(self.model.classes),
+            "counts": {c: int(counts[i]) for i, c in enumerate(self.model.classes)},
+            "agreement": self.agreement(),
+            "detection": self.beats.detection,
+            "notes": list(self.beats.notes),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+    def rows(self) -> dict[str, Any]:
+        """Column name -> values: record, sample, predicted, [reference], p_<class>..."""
+        classes = self.model.classes
+        columns: dict[str, Any] = {
+            "record": [str(r) for r in self.beats.record],
+            "sample": self.beats.sample.astype(np.int64),
+            "predicted": [classes[i] for i in self.predicted],
+        }
+        if self.beats.reference is not None:
+            columns["reference"] = [classes[i] if i >= 0 else "" for i in self.beats.reference]
+        for i, name in enumerate(classes):
+            columns[f"p_{name}"] = self.proba[:, i]
+        return columns
+
+
+def check_output(out: str | Path | None) -> None:
+    if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"--out {out}: unknown output type; name a .csv, .parquet or .json file")
+
+
+def predict(
+    model_path: str | Path,
+    input_path: str | Path,
+    *,
+    lead: str = "auto",
+    peaks: str = "auto",
+    out: str | Path | None = None,
+) -> Prediction:
+    """Classify every beat of ``input_path`` with the model at ``model_path``."""
+    check_output(out)
+    if peaks not in ("auto", "annotations", "detect"):
+        raise UsageError(f"--peaks {peaks}: use auto, annotations or detect")
+    t0 = time.perf_counter()
+    model = load_model(model_path)
+    t1 = time.perf_counter()
+    beats = read_input(input_path, model, lead=lead, peaks=peaks)
+    t2 = time.perf_counter()
+    proba = model.proba(beats.x)
+    t3 = time.perf_counter()
+    result = Prediction(
+        model, beats, proba, {"load_model": t1 - t0, "read_input": t2 - t1, "predict": t3 - t2}
+    )
+    if out is not None:
+        write_prediction(result, out)
+    return result
+
+
+def write_prediction(result: Prediction, out: str | Path) -> None:
+    """One row per beat, as CSV, parquet or JSON by the suffix of ``out``."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    check_output(out)
+    if suffix == ".json":
+        rows = result.rows()
+        names = list(rows)
+        beats = [
+            {k: (v.item() if hasattr(v, "item") else v) for k, v in zip(names, values, strict=True)}
+            for values in zip(*(rows[k] for k in names), strict=True)
+        ]
+        write_json(out, {"summary": result.summary(), "beats": beats})
+        return
+    import pyarrow as pa
+
+    table = pa.table(result.rows())
+    with atomic_path(out) as tmp:
+        if suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            pacsv.write_csv(table, tmp)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, tmp)

@@ -1,0 +1,227 @@
+"""`heart predict` through the CLI: beat files, record 100 with and without its .atr, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from conftest import SAMPLE
+from test_export import Tiny, build_tiny
+
+from heartcli.data.beats import record_beats
+from heartcli.data.mitdb import AAMI_MAP
+from heartcli.segment import local_peaks, match_peaks
+
+TEST_BEATS = SAMPLE / "random" / "test.parquet"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def copy_record(mitdb_dir: Path, dest: Path, name: str = "100", atr: bool = True) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for ext in (".hea", ".dat") + ((".atr",) if atr else ()):
+        shutil.copy(mitdb_dir / f"{name}{ext}", dest / f"{name}{ext}")
+    return dest / name
+
+
+def test_predict_beat_file_with_run_and_onnx_agree(heart, tiny, tmp_path):
+    by_run = heart.json("predict", tiny.run, TEST_BEATS, "--out", tmp_path / "run.csv")
+    by_onnx = heart.json(
+        "predict", tiny.export / "model.onnx", TEST_BEATS, "--out", tmp_path / "o.parquet"
+    )
+    assert by_run["model_kind"] == "run" and by_onnx["model_kind"] == "onnx"
+    assert by_run["beats"] == by_onnx["beats"] == 615
+    assert by_run["counts"] == by_onnx["counts"]
+    agreement = by_onnx["agreement"]  # the file's labels are the reference
+    assert agreement["beats"] == 615
+    assert {c: v["support"] for c, v in agreement["per_class"].items()} == {
+        "N": 250, "S": 90, "V": 110, "F": 75, "Q": 90,
+    }  # fmt: skip
+    a = pacsv.read_csv(tmp_path / "run.csv")
+    b = pq.read_table(tmp_path / "o.parquet")
+    assert a.column_names == b.column_names == [
+        "record", "sample", "predicted", "reference", "p_N", "p_S", "p_V", "p_F", "p_Q",
+    ]  # fmt: skip
+    pa_ = np.stack([a.column(f"p_{c}").to_numpy() for c in "NSVFQ"], axis=1)
+    pb = np.stack([b.column(f"p_{c}").to_numpy() for c in "NSVFQ"], axis=1)
+    assert np.abs(pa_ - pb).max() <= 1e-4
+    expected = pq.read_table(TEST_BEATS, columns=["record", "sample"])
+    assert b.column("record").to_pylist() == expected.column("record").to_pylist()
+    assert b.column("sample").to_pylist() == expected.column("sample").to_pylist()
+    # The rich table: the per-class agreement
+    shown = heart("predict", tiny.export / "model.onnx", TEST_BEATS, "--rows", "3").stdout
+    assert "first 3 of 615 beats" in shown and "sensitivity (Se)" in shown
+
+
+def test_predict_record_100_with_annotations_is_the_fetch_recipe(heart, tiny, tmp_path, mitdb_dir):
+    record = copy_record(mitdb_dir, tmp_path / "rec")
+    s = heart.json("predict", tiny.export / "model.onnx", record, "--out", tmp_path / "p.json")
+    x, y, r_peak = record_beats(record)  # exactly the rows heart fetch makes of record 100
+    assert s["segmentation"] == "annotations" and s["lead"] == "MLII"
+    assert s["beats"] == len(x) == 2272
+    per_class = s["agreement"]["per_class"]
+    assert [per_class[c]["support"] for c in "NSVFQ"] == np.bincount(y, minlength=5).tolist()
+    assert s["detection"] is None
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert [b["sample"] for b in written["beats"]] == r_peak.tolist()
+    assert written["summary"]["counts"] == s["counts"]
+    # The same beats as a beats file give the same predictions.
+    from heartcli.predict import load_model
+
+    proba = load_model(tiny.export / "model.onnx").proba(x)
+    assert [b["predicted"] for b in written["beats"]] == ["NSVFQ"[i] for i in proba.argmax(1)]
+
+
+def test_predict_record_100_without_annotations_detects_r_peaks(heart, tiny, tmp_path, mitdb_dir):
+    record = copy_record(mitdb_dir, tmp_path / "rec", atr=False)
+    s = heart.json("predict", tiny.export / "model.onnx", record, "--out", tmp_path / "p.csv")
+    assert s["segmentation"] == "detected" and s["agreement"] is None
+    samples = pacsv.read_csv(tmp_path / "p.csv").column("sample").to_numpy()
+    assert s["beats"] == len(samples)
+    # Score the detected beats against the reference beats of the real .atr.
+    import wfdb
+
+    ann = wfdb.rdann(str(mitdb_dir / "100"), "atr")
+    ref = np.array([p for p, sym in zip(ann.sample, ann.symbol, strict=True) if sym in AAMI_MAP])
+    found = int((match_peaks(ref, samples, tolerance=54) >= 0).sum())  # 150 ms at 360 Hz
+    print(f"record 100: {found} of {len(ref)} reference beats found within 150 ms")
+    # One beat fewer than peaks: the last peak has no next boundary (the recipe's rule).
+    assert found >= 0.99 * len(ref) - 1 and len(samples) <= len(ref) + 5
+
+
+def test_detect_mode_with_annotations_scores_the_detector(heart, tiny, tmp_path, mitdb_dir):
+    record = copy_record(mitdb_dir, tmp_path / "rec")
+    s = heart.json("predict", tiny.export / "model.onnx", record, "--peaks", "detect")
+    det = s["detection"]
+    assert s["segmentation"] == "detected" and det["reference_beats"] == 2273
+    assert det["sensitivity"] >= 0.99 and det["ppv"] >= 0.99
+    assert s["agreement"]["beats"] >= 0.99 * 2272
+    shown = heart("predict", tiny.export / "model.onnx", record, "--peaks", "detect").stdout
+    assert "reference beats found within 150 ms" in shown
+
+
+def test_record_at_250_hz_is_resampled(heart, tiny, tmp_path, mitdb_dir):
+    """Record 100's first 5 minutes written at 250 Hz: beats found at the same places."""
+    import wfdb
+    from scipy.signal import resample_poly
+
+    rec = wfdb.rdrecord(str(mitdb_dir / "100"), sampto=108000, channels=[0])
+    ann = wfdb.rdann(str(mitdb_dir / "100"), "atr", sampto=108000)
+    slow = resample_poly(rec.p_signal[:, 0], 25, 36)
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    wfdb.wrsamp(
+        "slow", fs=250, units=["mV"], sig_name=["MLII"], p_signal=slow[:, None],
+        fmt=["16"], adc_gain=[200.0], baseline=[0], write_dir=str(folder),
+    )  # fmt: skip
+    samples = np.rint(np.asarray(ann.sample) * 250 / 360).astype(int)
+    wfdb.wrann("slow", "atr", samples, symbol=ann.symbol, write_dir=str(folder), fs=250)
+    slow_s = heart.json("predict", tiny.export / "model.onnx", folder / "slow")
+    assert any("resampled from 250 Hz to 360 Hz" in n for n in slow_s["notes"])
+    from heartcli.data.beats import read_lead, segment_beats
+
+    at_360, _, _ = segment_beats(read_lead(mitdb_dir / "100")[:108000], ann.sample, ann.symbol)
+    assert slow_s["beats"] == len(at_360)
+    assert slow_s["agreement"]["accuracy"] >= 0.9
+
+
+def test_local_peaks_is_wfdbs_find_local_peaks(mitdb_dir):
+    import wfdb
+    from wfdb.processing.peaks import find_local_peaks
+
+    sig = wfdb.rdrecord(str(mitdb_dir / "100"), sampto=60000, channels=[0]).p_signal[:, 0]
+    for radius in (5, 18, 36):
+        assert np.array_equal(local_peaks(sig, radius), find_local_peaks(sig, radius))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_beat_files(heart, tiny, tmp_path):
+    onnx_model = tiny.export / "model.onnx"
+    table = pq.read_table(TEST_BEATS)
+    short = table.select([str(i) for i in range(100)] + ["target"])
+    pq.write_table(short, tmp_path / "short.parquet")
+    r = heart("predict", onnx_model, tmp_path / "short.parquet", expect=1)
+    assert _error(r) == (
+        f'error: {tmp_path / "short.parquet"}: expected 187 beat columns "0".."186" and '
+        '"target", got 100 beat columns'
+    )
+    values = table.column("5").to_numpy().copy()
+    values[3] = np.nan
+    pq.write_table(table.set_column(5, "5", pa.array(values)), tmp_path / "nan.parquet")
+    r = heart("predict", onnx_model, tmp_path / "nan.parquet", expect=1)
+    assert _error(r) == (
+        f'error: {tmp_path / "nan.parquet"}: row 3, column "5": nan is not a finite number; '
+        "drop or repair the row"
+    )
+    (tmp_path / "beats.txt").write_text("1,2,3\n")
+    r = heart("predict", onnx_model, tmp_path / "beats.txt", expect=2)
+    assert _error(r) == (
+        f"error: {tmp_path / 'beats.txt'}: unknown input type .txt; give beats as .csv or "
+        ".parquet, or a WFDB record path without extension (e.g. data/mitdb/100)"
+    )
+    r = heart("predict", onnx_model, TEST_BEATS, "--out", tmp_path / "p.xlsx", expect=2)
+    assert _error(r) == (
+        f"error: --out {tmp_path / 'p.xlsx'}: unknown output type; "
+        "name a .csv, .parquet or .json file"
+    )
+
+
+def test_record_without_mlii_lead(heart, tiny, tmp_path, mitdb_dir):
+    record = copy_record(mitdb_dir, tmp_path / "rec", name="102")
+    r = heart("predict", tiny.export / "model.onnx", record, "--lead", "MLII", expect=1)
+    assert _error(r) == (
+        f"error: {record}: record has no MLII lead (leads: V5, V2); "
+        "pass --lead channel0 to use another lead"
+    )
+    # auto: channel 0, as the Kaggle recipe did for this record, and said so
+    s = heart.json("predict", tiny.export / "model.onnx", record, "--rows", "0")
+    assert s["lead"] == "V5" and "102 has no MLII lead" in s["notes"][0]
+
+
+def test_truncated_onnx_and_mismatching_card(heart, tiny, tmp_path):
+    folder = tmp_path / "export"
+    shutil.copytree(tiny.export, folder)
+    model = folder / "model.onnx"
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    r = heart("predict", model, TEST_BEATS, expect=1)
+    assert _error(r) == (
+        f"error: {model}: not a loadable ONNX model (truncated or damaged); export it again"
+    )
+    shutil.copy(folder / "model.int8.onnx", model)  # a valid model, but not the card's
+    r = heart("predict", model, TEST_BEATS, expect=1)
+    assert _error(r) == (
+        f"error: model.onnx does not match {folder / 'model_card.json'} (SHA-256 differs); "
+        "use the files of one export together, or export again"
+    )
+    shutil.copy(tiny.export / "model.onnx", model)
+    card = json.loads((folder / "model_card.json").read_text())
+    card["classes"] = card["classes"][:4]
+    (folder / "model_card.json").write_text(json.dumps(card))
+    r = heart("predict", model, TEST_BEATS, expect=1)
+    assert _error(r) == (
+        f"error: {folder / 'model_card.json'} does not match model.onnx: the card says 187 "
+        "samples in, 4 classes out; the model takes 187 and gives 5; export again"
+    )
+    (folder / "model_card.json").unlink()
+    r = heart("predict", model, TEST_BEATS, expect=1)
+    assert _error(r) == (
+        f"error: {model}: no model_card.json beside it; use the folder `heart export` wrote"
+    )
