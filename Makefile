@@ -21,7 +21,8 @@ $(BIN)/heart: pyproject.toml
 setup: $(BIN)/heart ## create .venv with heart and its test tools
 
 demo: setup ## train, evaluate, export and predict on the bundled sample (a few minutes)
-	$(BIN)/heart train --config examples/quickstart.toml --name demo --force
+	rm -rf runs/demo
+	$(BIN)/heart train --config examples/quickstart.toml --name demo
 	$(BIN)/heart evaluate runs/demo
 	$(BIN)/heart export runs/demo --out runs/demo/export
 	$(BIN)/heart predict runs/demo/export/model.onnx data/sample/random/test.parquet --out runs/demo/predictions.csv

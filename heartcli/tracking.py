@@ -146,3 +146,44 @@ class Tracker:
         self._client.set_tag(self.run_id, "heart.status", status)
         self._client.set_terminated(self.run_id, status=mlflow_status)
         self._client = None
+
+
+def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: list[Path]) -> str:
+    """Add a run's held-out figures (``test_*`` metrics) and files to its own MLflow run.
+
+    Returns a one-line note for the user: where the figures went, or why they did not.
+    """
+    tracking = manifest.get("tracking") or {}
+    uri, run_id = tracking.get("uri"), tracking.get("run_id")
+    if not uri or not run_id:
+        return "not logged to MLflow (the run was trained with tracking off)"
+    part = "test" if result.get("split") else "eval"
+    figures = {
+        f"{part}_accuracy": result["accuracy"],
+        f"{part}_balanced_accuracy": result["balanced_accuracy"],
+        f"{part}_macro_f1": result["macro_f1"],
+        f"{part}_macro_f1_ci95_low": result["macro_f1_ci95"][0],
+        f"{part}_macro_f1_ci95_high": result["macro_f1_ci95"][1],
+    }
+    for name, per in result["per_class"].items():
+        figures[f"{part}_f1_{name}"] = per["f1"]
+    try:
+        _quiet()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from mlflow.entities import Metric
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()]
+            )
+            client.set_tag(run_id, f"heart.{part}_data", str(result.get("data", "")))
+            for path in artifacts:
+                if path.exists():
+                    client.log_artifact(run_id, str(path))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        return f"not logged to MLflow at {uri} ({first})"
+    return f"logged to MLflow run {run_id} at {uri}"

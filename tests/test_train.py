@@ -117,6 +117,13 @@ def test_train_resume_evaluate_end_to_end_with_mlflow(heart, sample_dir, tmp_pat
     assert result["per_class"]["F"]["support"] == 75
     assert json.loads((run / "eval.json").read_text())["macro_f1"] == result["macro_f1"]
     assert (run / "confusion.png").stat().st_size > 0
+    # ... and the held-out figures join the run's MLflow record.
+    logged = client.get_run(found.info.run_id)
+    assert logged.data.metrics["test_macro_f1"] == pytest.approx(result["macro_f1"])
+    assert logged.data.metrics["test_f1_F"] == pytest.approx(result["per_class"]["F"]["f1"])
+    assert {"eval.json", "confusion.png"} <= {
+        a.path for a in client.list_artifacts(found.info.run_id)
+    }
 
 
 def test_same_config_twice_and_resumed_runs_have_identical_histories(tmp_path, sample_dir):

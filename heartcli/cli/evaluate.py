@@ -45,7 +45,10 @@ def evaluate(
         beats = load_split(source, split_name, "test")
         description, split_used = f"{source} (split {split_name}, test part)", split_name
     result = evaluate_run(loaded, beats, description=description, split=split_used)
+    from heartcli.tracking import log_evaluation
+
     o = out()
+    o.log(log_evaluation(loaded.manifest, result, [loaded.path / EVAL, loaded.path / CONFUSION]))
     o.result(result, lambda: _render(result, loaded.path / EVAL, loaded.path / CONFUSION))
 
 
