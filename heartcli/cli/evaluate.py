@@ -58,6 +58,12 @@ def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
     aami = classes == AAMI_CLASSES
     lo, hi = result["macro_f1_ci95"]
     console.print(f"figures from: {result['data']}, {result['n']:,} beats", highlight=False)
+    if result.get("split") == "random":
+        console.print(
+            "note: random is a beat-level split (the Kaggle protocol): the same patients are in "
+            "train and test; the inter-patient split measures generalisation to new patients",
+            highlight=False,
+        )
     console.print(
         f"accuracy {result['accuracy']:.4f}   balanced accuracy {result['balanced_accuracy']:.4f}"
         f"   macro-F1 {result['macro_f1']:.4f} (95% CI {lo:.4f}-{hi:.4f})",
