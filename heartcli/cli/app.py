@@ -7,8 +7,13 @@ from typing import Annotated
 import typer
 
 from heartcli import __version__
-from heartcli.cli import config_cmd
+from heartcli.cli import config_cmd, resample_cmd, train
+from heartcli.cli import evaluate as evaluate_cmd
+from heartcli.cli import export as export_cmd
+from heartcli.cli import fetch as fetch_cmd
+from heartcli.cli import predict as predict_cmd
 from heartcli.cli._util import Output, make_app, set_output
+from heartcli.cli.tune import tune_cmd
 
 app = make_app(
     "heart: ECG heartbeat classification on MIT-BIH, from raw PhysioNet records to an "
@@ -18,6 +23,13 @@ app = make_app(
     "Exit codes: 0 success, 1 runtime failure, 2 bad usage or config."
 )
 app.add_typer(config_cmd.app, name="config")
+app.command("fetch")(fetch_cmd.fetch)
+app.command("train")(train.train)
+app.command("resample")(resample_cmd.resample)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("tune")(tune_cmd)
+app.command("export")(export_cmd.export)
+app.command("predict")(predict_cmd.predict)
 
 
 def _version(value: bool) -> None:

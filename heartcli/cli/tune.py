@@ -1,0 +1,179 @@
+"""`heart tune`: hyperparameter search over [search.space], with a live table of the trials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.status import Status
+from rich.table import Table
+
+from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
+from heartcli.config import load_document
+from heartcli.errors import UsageError
+from heartcli.search import SearchResult, TrialRecord, describe, tune
+
+COLUMNS = [
+    ("trial", 5, "right"),
+    ("status", 13, "left"),
+    ("metric", 7, "right"),
+    ("best", 7, "right"),
+    ("epochs", 6, "right"),
+    ("time", 7, "right"),
+    ("parameters", None, "left"),
+]
+
+
+class LiveTable:
+    """One row per finished trial (stdout; stderr with --json), a spinner while one runs."""
+
+    def __init__(self) -> None:
+        self.o = out()
+        self.rows = self.o.err if self.o.json else self.o.console
+        self.status: Status | None = None
+        self.header = True
+        self.metric = "val_macro_f1"
+        self.keys: list[str] = []
+        self.evals = 0
+
+    def start(self, summary: dict[str, Any]) -> None:
+        self.metric = summary["metric"]
+        self.keys = summary["keys"]
+        self.o.log(
+            f"search {summary['search_dir']}: {summary['evals']} trials "
+            f"({summary['done']} done), maximising {self.metric}"
+            if not self.metric.endswith("loss")
+            else f"search {summary['search_dir']}: {summary['evals']} trials, minimising "
+            f"{self.metric}"
+        )
+        if summary["tracking_run_id"]:
+            self.o.log(f"MLflow parent run {summary['tracking_run_id']}")
+
+    def trial_start(self, record: TrialRecord, evals: int) -> None:
+        self.evals = evals
+        self.status = self.o.err.status(f"trial {record.number}/{evals}: starting")
+        self.status.start()
+
+    def epoch(self, record: TrialRecord, epoch: int, epochs: int, value: float) -> None:
+        if self.status is not None:
+            self.status.update(
+                f"trial {record.number}/{self.evals}: epoch {epoch}/{epochs}, "
+                f"{self.metric} {value:.4f}"
+            )
+
+    def trial_end(self, record: TrialRecord, best: TrialRecord | None) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        table = Table(box=None, show_header=self.header, pad_edge=False, header_style="bold")
+        self.header = False
+        for title, w, justify in COLUMNS:
+            title = "val" if title == "metric" else title
+            table.add_column(
+                title,
+                width=w,
+                justify=justify,  # type: ignore[arg-type]
+                no_wrap=w is not None,
+                overflow="fold",
+            )
+        params = describe(record.params, self.keys)
+        if record.status == "failed":
+            params = f"{record.reason}  [{params}]"
+        table.add_row(
+            f"{record.number:03d}",
+            record.status + (" *" if best is not None and best.number == record.number else ""),
+            f"{record.metric:.4f}" if record.metric is not None else "-",
+            f"{best.metric:.4f}" if best is not None and best.metric is not None else "-",
+            str(record.epochs_run),
+            f"{record.seconds:.1f}s",
+            params,
+        )
+        self.rows.print(table, highlight=False)
+
+
+def render(result: SearchResult) -> None:
+    o = out()
+    best = result.best
+    o.console.print()
+    if result.stopped:
+        o.console.print(f"stopped early: the {result.stopped} budget ran out", highlight=False)
+    counts = ", ".join(f"{n} {s}" for s, n in result.summary()["status_counts"].items())
+    o.console.print(f"{len(result.records)} trials ({counts}) in {result.seconds:.0f}s")
+    if best is None:
+        o.console.print("no trial finished with a score")
+        return
+    o.console.print(
+        f"best: trial-{best.number:03d}  {result.metric} {best.metric:.4f}  "
+        f"(epoch {best.best_epoch} of {best.epochs_run})",
+        highlight=False,
+    )
+    o.console.print(f"  {describe(best.params, result.keys)}", highlight=False)
+    o.console.print(f"best run:    {result.search_dir / 'best'}", highlight=False)
+    o.console.print(f"best config: {result.best_config}", highlight=False)
+    o.console.print(f"next: heart evaluate {result.search_dir / 'best'}", highlight=False)
+    for note in result.notes:
+        o.console.print(f"note: {note}", highlight=False)
+
+
+def tune_cmd(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    evals: Annotated[
+        int | None, typer.Option("--evals", "-n", min=1, help="Number of trials ([search] evals).")
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Search folder under [train] runs_dir (default: a timestamp)."),
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--max-minutes", min=0.0, help="Wall-clock budget of this invocation; 0 = none."
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the search in this folder (runs/NAME) with its own config.",
+            file_okay=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help='"hyperopt" (in-process, the default) or "ray" '
+            "(Ray Tune; pip install 'heartcli[ray]').",
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help='Ray cluster address, e.g. "ray://head:10001" (ray backend).'
+        ),
+    ] = None,
+) -> None:
+    """Search hyperparameters with hyperopt TPE: every trial is a run folder, the best is linked."""
+    if backend is not None and backend not in ("hyperopt", "ray"):
+        raise UsageError(f'--backend: "{backend}" is not a backend; use "hyperopt" or "ray"')
+    if resume is not None and (config is not None or set_):
+        raise UsageError("--resume continues with the search's own config; drop --config and --set")
+    resolved = resolve_config(config, set_) if resume is None else None
+    chosen = backend or (resolved.search.backend if resolved is not None else "hyperopt")
+    if address is not None and chosen != "ray":
+        raise UsageError("--address: only with --backend ray")
+    base = load_document(config) if config is not None else None
+    result = tune(
+        resolved,
+        name=name,
+        resume=resume,
+        evals=evals,
+        max_minutes=max_minutes,
+        config_base=base,
+        reporter=LiveTable(),
+        backend=backend,
+        address=address,
+    )
+    out().result(result.summary(), lambda: render(result))

@@ -1,0 +1,383 @@
+"""The `[search.space]` grammar: parse and check it, turn it into a hyperopt space, apply samples.
+
+A space maps config keys (``section.key``) to distributions::
+
+    "train.lr" = {loguniform = [1e-5, 1e-2]}
+    "model.dropout" = {uniform = [0.1, 0.5]}
+    "train.batch_size" = {choice = [16, 32, 64, 128]}
+    "train.epochs" = {quniform = [5, 50, 1]}        # integers when all three are integers
+    "model.attention" = {bool = true}
+    "model.fc" = {each = [{choice = [128, 256]}, {choice = [64, 128]}]}   # one per list item
+    "model.conv_layers" = {choice = [2, 3, 4]}
+    "model.channels" = {per_layer = [{choice = [32, 64]}, {choice = [64, 96]}, ...]}
+    "model.pooling" = {per_layer = {choice = ["max", "avg", "none"]}}     # same for every layer
+
+``per_layer`` keys (``model.channels``, ``model.kernel_sizes``, ``model.pooling``) exist only
+for the layers a trial has: the layer count is chosen first (an ``hp.choice`` over
+``model.conv_layers``), and every branch has its own per-layer parameters, so TPE models
+each depth on its own. A list of ``per_layer`` entries needs one entry per possible layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, get_args
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+KINDS = ("choice", "uniform", "loguniform", "quniform", "bool")
+PER_LAYER_KEYS = ("model.channels", "model.kernel_sizes", "model.pooling")
+LAYERS_KEY = "model.conv_layers"
+
+
+class SpaceError(ValueError):
+    """One problem with one key of the space: ``key`` and a message."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One distribution: ``kind`` in KINDS and its arguments."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+    def values(self) -> list[Any] | None:
+        """The finite set of values, for choice, bool and integer quniform; else None."""
+        if self.kind == "choice":
+            return list(self.args)
+        if self.kind == "bool":
+            return [False, True]
+        if self.kind == "quniform" and all(isinstance(a, int) for a in self.args):
+            low, high, q = self.args
+            return list(range(low, high + 1, q))
+        return None
+
+    def hp(self, label: str) -> Any:
+        from hyperopt import hp
+
+        if self.kind == "choice":
+            return hp.choice(label, list(self.args))
+        if self.kind == "bool":
+            return hp.choice(label, [False, True])
+        low, high = self.args[0], self.args[1]
+        if self.kind == "uniform":
+            return hp.uniform(label, low, high)
+        if self.kind == "loguniform":
+            return hp.loguniform(label, math.log(low), math.log(high))
+        q = self.args[2]
+        # hp.quniform rounds to the grid; widen by half a step so the ends are as likely.
+        return hp.quniform(label, low - q / 2, high + q / 2, q)
+
+    def describe(self) -> str:
+        return f"{{{self.kind} = {list(self.args) if self.kind != 'bool' else 'true'}}}"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One key of the space: a plain distribution, one per list item, or one per conv layer."""
+
+    key: str
+    dist: Dist | None = None
+    each: tuple[Dist, ...] | None = None
+    per_layer: tuple[Dist, ...] | None = None  # one per possible layer (repeated if shared)
+
+
+@dataclass(frozen=True)
+class Space:
+    params: tuple[Param, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.params]
+
+    def param(self, key: str) -> Param | None:
+        return next((p for p in self.params if p.key == key), None)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def parse_dist(key: str, spec: Any) -> Dist:
+    """``{kind = args}`` -> Dist, or SpaceError naming ``key``."""
+    kinds = ", ".join(KINDS)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        got = f"a table with {len(spec)} keys" if isinstance(spec, dict) else _fmt(spec)
+        raise SpaceError(
+            key,
+            f"a distribution is a table with one of {kinds}, "
+            f"e.g. {{choice = [16, 32]}} (got {got})",
+        )
+    ((kind, args),) = spec.items()
+    if kind not in KINDS:
+        import difflib
+
+        hint = difflib.get_close_matches(kind, KINDS, n=1)
+        tip = f'; did you mean "{hint[0]}"?' if hint else f"; use one of {kinds}"
+        raise SpaceError(key, f'unknown distribution "{kind}"{tip}')
+    if kind == "bool":
+        if args is not True:
+            raise SpaceError(key, "bool takes true ({bool = true} searches false and true)")
+        return Dist("bool", ())
+    if not isinstance(args, list):
+        raise SpaceError(key, f"{kind} takes an array (got {_fmt(args)})")
+    if kind == "choice":
+        if not args:
+            raise SpaceError(key, "choice needs at least one option (got an empty array)")
+        return Dist("choice", tuple(args))
+    wanted = "[low, high] or [low, high, q]" if kind == "quniform" else "[low, high]"
+    if len(args) not in ((2, 3) if kind == "quniform" else (2,)) or not all(map(_number, args)):
+        raise SpaceError(key, f"{kind} takes {wanted} numbers (got {args})")
+    low, high = args[0], args[1]
+    if low > high:
+        raise SpaceError(key, f"{kind} low {low} is above high {high}")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(key, f"loguniform needs low > 0 (got {low})")
+    if kind == "quniform":
+        q = args[2] if len(args) == 3 else 1
+        if q <= 0:
+            raise SpaceError(key, f"quniform step q must be > 0 (got {q})")
+        return Dist("quniform", (low, high, q))
+    return Dist(kind, (float(low), float(high)))
+
+
+def _sections() -> dict[str, Any]:
+    from heartcli.config import SECTIONS
+
+    return SECTIONS
+
+
+def _adapter(section: str, key: str, item: bool = False) -> TypeAdapter[Any]:
+    field = _sections()[section].model_fields[key]
+    annotation = field.annotation
+    if item:
+        annotation = get_args(annotation)[0]
+        return TypeAdapter(annotation, config=ConfigDict(strict=True))
+    return TypeAdapter(Annotated[annotation, field], config=ConfigDict(strict=True))  # type: ignore[arg-type]
+
+
+def _check_values(key: str, dist: Dist, adapter: TypeAdapter[Any], what: str) -> None:
+    """Every value the distribution can give must be valid for the config key."""
+    probes = dist.values()
+    if probes is None:  # continuous: check both ends (floats)
+        probes = [float(dist.args[0]), float(dist.args[1])]
+        if dist.kind == "quniform":
+            probes = [dist.args[0], dist.args[1]]
+    for value in probes:
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            message = err["msg"][:1].lower() + err["msg"][1:]
+            if err["type"] in ("int_type", "int_from_float") and dist.kind in (
+                "uniform",
+                "loguniform",
+                "quniform",
+            ):
+                message = f"{what} takes integers; use quniform with integer bounds"
+                raise SpaceError(key, message) from None
+            message = message.replace("'", '"')
+            raise SpaceError(key, f"{dist.kind} value {_fmt(value)}: {message}") from None
+
+
+def parse_space(space: dict[str, Any]) -> Space:
+    """Parse and check a whole space; every problem is a SpaceError, collected in the list."""
+    params, problems = _parse(space)
+    if problems:
+        raise problems[0]
+    return Space(tuple(params))
+
+
+def check_space(space: dict[str, Any]) -> list[SpaceError]:
+    """All the problems of a space (empty when it is valid)."""
+    return _parse(space)[1]
+
+
+def _parse(space: dict[str, Any]) -> tuple[list[Param], list[SpaceError]]:
+    sections = _sections()
+    params: list[Param] = []
+    problems: list[SpaceError] = []
+    for key, spec in space.items():
+        try:
+            params.append(_parse_param(key, spec, sections))
+        except SpaceError as exc:
+            problems.append(exc)
+    if problems:
+        return params, problems
+    by_key = {p.key: p for p in params}
+    layers = by_key.get(LAYERS_KEY)
+    if layers is not None:
+        counts = layer_counts(layers)
+        missing = [k for k in PER_LAYER_KEYS if by_key.get(k) is None]
+        if missing:
+            problems.append(
+                SpaceError(
+                    LAYERS_KEY,
+                    f"a searched layer count needs {', '.join(missing)} in the space too, "
+                    "e.g. {per_layer = {choice = [...]}}",
+                )
+            )
+        for p in params:
+            if p.key in PER_LAYER_KEYS and p.per_layer is None and p.dist is not None:
+                problems.append(
+                    SpaceError(p.key, "with a searched model.conv_layers use {per_layer = ...}")
+                )
+            if p.per_layer is not None and len(p.per_layer) < max(counts):
+                problems.append(
+                    SpaceError(
+                        p.key,
+                        f"per_layer has {len(p.per_layer)} entries but model.conv_layers "
+                        f"goes up to {max(counts)}; give one per possible layer",
+                    )
+                )
+    return params, problems
+
+
+def _parse_param(key: str, spec: Any, sections: dict[str, Any]) -> Param:
+    import difflib
+
+    section, _, name = key.partition(".")
+    if section not in sections or not name:
+        raise SpaceError(key, 'not a config key; use section.key, e.g. "train.lr"')
+    if section == "search":
+        raise SpaceError(key, "the search settings themselves cannot be searched")
+    fields = sections[section].model_fields
+    if name not in fields:
+        hint = difflib.get_close_matches(name, list(fields), n=1)
+        tip = f'; did you mean "{section}.{hint[0]}"?' if hint else ""
+        raise SpaceError(key, f"unknown config key{tip}")
+    if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("per_layer", "each"):
+        ((form, items),) = spec.items()
+        origin = getattr(fields[name].annotation, "__origin__", None)
+        if origin is not list:
+            raise SpaceError(key, f"{form} is for list keys; {key} is not a list")
+        if form == "per_layer" and key not in PER_LAYER_KEYS:
+            raise SpaceError(
+                key, f"per_layer is for {', '.join(PER_LAYER_KEYS)}; use each for other lists"
+            )
+        adapter = _adapter(section, name, item=True)
+        if isinstance(items, dict) and form == "per_layer":
+            dist = parse_dist(key, items)
+            _check_values(key, dist, adapter, key)
+            return Param(key, per_layer=(dist,) * 12)
+        if not isinstance(items, list) or not items:
+            raise SpaceError(key, f"{form} takes a non-empty array of distributions")
+        dists = []
+        for i, item in enumerate(items):
+            dist = parse_dist(f"{key}[{i}]", item)
+            _check_values(f"{key}[{i}]", dist, adapter, key)
+            dists.append(dist)
+        if form == "each":
+            return Param(key, each=tuple(dists))
+        return Param(key, per_layer=tuple(dists))
+    dist = parse_dist(key, spec)
+    _check_values(key, dist, _adapter(section, name), key)
+    if key == LAYERS_KEY and dist.values() is None:
+        raise SpaceError(key, "the layer count is a choice or an integer quniform")
+    return Param(key, dist=dist)
+
+
+def layer_counts(param: Param) -> list[int]:
+    assert param.dist is not None
+    return [int(v) for v in param.dist.values() or []]
+
+
+# --------------------------------------------------------------------------- hyperopt
+
+
+def label(key: str, layers: int | None = None) -> str:
+    """The hyperopt label of a parameter: its key, plus the branch for per-layer keys."""
+    return key if layers is None else f"{key}|{layers}"
+
+
+def to_hyperopt(space: Space, fixed_layers: int) -> dict[str, Any]:
+    """The hyperopt expression; a sample of it is a dict ``key -> value`` (see flatten)."""
+    plain: dict[str, Any] = {}
+    layered = [p for p in space.params if p.per_layer is not None]
+    for p in space.params:
+        if p.key == LAYERS_KEY or p.per_layer is not None:
+            continue
+        if p.each is not None:
+            plain[p.key] = [d.hp(label(f"{p.key}[{i}]")) for i, d in enumerate(p.each)]
+        else:
+            assert p.dist is not None
+            plain[p.key] = p.dist.hp(label(p.key))
+    expr: dict[str, Any] = {"plain": plain}
+    layers = space.param(LAYERS_KEY)
+    if layers is not None:
+        from hyperopt import hp
+
+        branches = []
+        for n in layer_counts(layers):
+            branch: dict[str, Any] = {LAYERS_KEY: n}
+            for p in layered:
+                assert p.per_layer is not None
+                branch[p.key] = [p.per_layer[i].hp(label(f"{p.key}[{i}]", n)) for i in range(n)]
+            branches.append(branch)
+        expr["layers"] = hp.choice(LAYERS_KEY, branches)
+    elif layered:
+        expr["layers"] = {
+            p.key: [p.per_layer[i].hp(label(f"{p.key}[{i}]")) for i in range(fixed_layers)]
+            for p in layered
+            if p.per_layer is not None
+        }
+    return expr
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and tuples from hyperopt -> plain Python."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, list | dict):
+        return value.item()
+    return value
+
+
+def _cast(dist: Dist, value: Any) -> Any:
+    if dist.kind != "quniform":
+        return value
+    low, high, _ = dist.args
+    value = min(max(float(value), low), high)
+    return round(value) if all(isinstance(a, int) for a in dist.args) else value
+
+
+def flatten(space: Space, sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample of :func:`to_hyperopt` -> ``config key -> value``, integers where meant."""
+    values: dict[str, Any] = {}
+    for key, value in {**sample.get("plain", {}), **sample.get("layers", {})}.items():
+        values[key] = _plain(value)
+    for p in space.params:
+        if p.key not in values:
+            continue
+        if p.dist is not None:
+            values[p.key] = _cast(p.dist, values[p.key])
+        else:
+            dists = p.each or p.per_layer or ()
+            values[p.key] = [_cast(d, v) for v, d in zip(values[p.key], dists, strict=False)]
+    return values
+
+
+def apply(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (``HeartConfig.to_dict()``) with the sampled ``values`` set."""
+    data = {section: dict(body) for section, body in base.items()}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        data[section][name] = value
+    return data

@@ -1,0 +1,219 @@
+"""`heart tune` end to end on the sample: trials, failures, MLflow, resume after kill -9, Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from heartcli.config import load_config
+from heartcli.search import Suggester
+from heartcli.search_space import parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A tiny model on the sample; the space touches every distribution and the per-layer keys.
+# Eight conv layers with max pooling shrink 187 samples to nothing: that trial must fail.
+TINY = """
+[data]
+dir = "{data}"
+
+[tracking]
+experiment = "tune-test"
+
+[model]
+conv_layers = 1
+channels = [8]
+kernel_sizes = [3]
+pooling = ["max"]
+squeeze_excite = false
+residual = false
+pool_output = 4
+fc = [16]
+
+[resample]
+strategy = "random"
+target = 150
+
+[train]
+epochs = 2
+batch_size = 64
+lr = 0.003
+threads = 1
+
+[search]
+evals = 3
+seed = {seed}
+warmup_epochs = 0
+min_trials = 1
+
+[search.space]
+"train.lr" = {{loguniform = [1e-3, 1e-2]}}
+"model.dropout" = {{uniform = [0.0, 0.3]}}
+"train.batch_size" = {{choice = [32, 64]}}
+"train.epochs" = {{quniform = [1, 2, 1]}}
+"model.attention" = {{bool = true}}
+"model.fc" = {{each = [{{quniform = [8, 16, 8]}}]}}
+"model.conv_layers" = {{choice = [1, 2, 8]}}
+"model.channels" = {{per_layer = {{choice = [4, 8]}}}}
+"model.kernel_sizes" = {{per_layer = {{choice = [3, 5]}}}}
+"model.pooling" = {{per_layer = {{choice = ["max"]}}}}
+"""
+
+
+def tiny(tmp_path: Path, sample_dir: Path, seed: int) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(data=sample_dir, seed=seed))
+    return path
+
+
+def mlflow_runs(tmp_path: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tune-test")
+    return client.search_runs([exp.experiment_id])
+
+
+def state(search_dir: Path) -> dict:
+    return json.loads((search_dir / "search.json").read_text())
+
+
+def test_tune_end_to_end_with_a_failed_trial(heart, tmp_path, sample_dir):
+    # Seed 12 samples 1, 8 and 1 conv layers: the second trial is impossible.
+    config = tiny(tmp_path, sample_dir, seed=12)
+    result = heart("tune", "--config", config, "--name", "s")
+    out = result.stdout
+    assert "trial" in out and "failed" in out and "completed" in out
+    assert "model.pooling: the conv layers shrink 187 samples to 0" in out
+    assert "best: trial-" in out and "next: heart evaluate runs/s/best" in out
+
+    search = tmp_path / "runs" / "s"
+    trials = state(search)["trials"]
+    assert [t["status"] for t in trials] == ["completed", "failed", "completed"]
+    assert trials[1]["params"]["model.conv_layers"] == 8
+    assert trials[1]["reason"].startswith("model.pooling: the conv layers shrink 187 samples")
+    assert not (search / "trial-002" / "manifest.json").exists()
+    for t in (trials[0], trials[2]):
+        assert (search / f"trial-{t['number']:03d}" / "model.safetensors").exists()
+        assert 0.0 < t["metric"] <= 1.0 and t["epochs_run"] == t["params"]["train.epochs"]
+        assert len(t["params"]["model.channels"]) == t["params"]["model.conv_layers"]
+
+    # The best trial is linked twice and its config trains as it is.
+    best = max((trials[0], trials[2]), key=lambda t: (t["metric"], -t["number"]))
+    assert os.readlink(search / "best") == f"trial-{best['number']:03d}"
+    assert (tmp_path / "runs" / "best").resolve() == (search / "best").resolve()
+    best_config = load_config(search / "best.toml")
+    assert best_config.train.lr == pytest.approx(best["params"]["train.lr"])
+    assert best_config.model.channels == best["params"]["model.channels"]
+    assert best_config.search.space == {}
+    assert "# Best trial of search s: trial-" in (search / "best.toml").read_text()
+    evaluated = heart.json("evaluate", "runs/best")
+    assert evaluated  # heart evaluate reads the linked run folder
+
+    # One parent MLflow run, a nested child per trial that trained.
+    runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "s"
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["best_val_macro_f1"] == pytest.approx(best["metric"])
+    assert sorted(c.info.run_name for c in children) == ["trial-001", "trial-003"]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+
+    # --json: the summary only, on stdout.
+    summary = heart.json("tune", "--config", config, "--name", "s2", "--evals", "1")
+    assert summary["trials"] == 1 and summary["best"]["number"] == 1
+    assert summary["best_dir"] == "runs/s2/best"
+    assert os.readlink(tmp_path / "runs" / "best") == "s2/trial-001"
+    # An existing search is not overwritten.
+    again = heart("tune", "--config", config, "--name", "s", expect=2)
+    assert "runs/s already exists; choose another --name or continue it with " in again.stderr
+
+
+def test_resume_after_kill_9_keeps_finished_trials(tmp_path, sample_dir):
+    # Seed 1 samples 2, 2 and 1 epochs: trial 2 runs long enough to be killed in the middle.
+    config = tiny(tmp_path, sample_dir, seed=1)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "heartcli", "tune", "--config", str(config), "--name", "k"]
+    search = tmp_path / "runs" / "k"
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (search / "trial-002").exists():
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "trial 2 never started"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = state(search)["trials"]
+    assert [t["status"] for t in before] == ["completed", "running"]
+    trial1 = (search / "trial-001" / "manifest.json").read_text()
+    trial1_mtime = (search / "trial-001" / "checkpoint.pt").stat().st_mtime_ns
+
+    done = subprocess.run(
+        [sys.executable, "-m", "heartcli", "--json", "tune", "--resume", str(search)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["trials"] == 3
+    trials = state(search)["trials"]
+    assert [t["number"] for t in trials] == [1, 2, 3]
+    assert all(t["status"] == "completed" for t in trials)
+    # Trial 1 was not rerun; trial 2 kept the point it was given before the kill.
+    assert trials[0] == before[0]
+    assert trials[1]["vals"] == before[1]["vals"]
+    assert (search / "trial-001" / "manifest.json").read_text() == trial1
+    assert (search / "trial-001" / "checkpoint.pt").stat().st_mtime_ns == trial1_mtime
+    # Every point is the one an uninterrupted search suggests after the same history.
+    cfg = load_config(search / "search.toml")
+    suggester = Suggester(parse_space(cfg.search.space), 1, cfg.search.seed, 10)
+    for t in trials:
+        assert suggester.suggest(t["number"]) == t["vals"]
+        suggester.add(t["number"], t["vals"], -t["metric"])
+    # One MLflow child per trial (trial 2's run was reopened, not duplicated).
+    children = [r for r in mlflow_runs(tmp_path) if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(c.info.run_name for c in children) == ["trial-001", "trial-002", "trial-003"]
+
+
+def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
+    ray = pytest.importorskip("ray")
+    config = tiny(tmp_path, sample_dir, seed=3)  # 1 conv layer, then 1: no failure
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = heart.json(
+            "tune", "--config", config, "--name", "r", "--backend", "ray", "--evals", "2"
+        )
+    finally:
+        ray.shutdown()
+    assert summary["trials"] == 2
+    search = tmp_path / "runs" / "r"
+    trials = state(search)["trials"]
+    assert sorted(t["number"] for t in trials) == [1, 2]
+    for t in trials:
+        assert t["status"] in ("completed", "early_stopped", "pruned")
+        assert (search / f"trial-{t['number']:03d}" / "history.csv").exists()
+        assert 0.0 < t["metric"] <= 1.0
+    assert (search / "best" / "model.safetensors").exists()
+    runs = mlflow_runs(tmp_path)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["heart.backend"] == "ray"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
