@@ -268,9 +268,62 @@ def export_onnx(module: nn.Module, example: Any, path: Path, opset: int) -> dict
                 f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             ) from None
     proto = onnx.load(str(path))
+    converted = conv1d_as_conv2d(proto)
     onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
     opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
-    return {"exporter": exporter, "opset": opsets.get("ai.onnx", opset)}
+    return {
+        "exporter": exporter,
+        "opset": opsets.get("ai.onnx", opset),
+        "graph": f"{converted} Conv1d layers written as Conv2d with a 1 x k kernel "
+        "(ONNX Runtime's 2-D convolutions are faster on CPU; the parity check covers it)",
+    }
+
+
+def conv1d_as_conv2d(proto: Any) -> int:
+    """Rewrite every 1-D Conv of ``proto`` in place as Unsqueeze -> 2-D Conv -> Squeeze.
+
+    The same arithmetic on a [batch, channels, 1, length] view: ONNX Runtime runs 2-D
+    convolutions through its blocked NCHWc kernels, about 1.3-2x faster than its 1-D path.
+    Returns how many convolutions were rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    weights = {init.name: init for init in graph.initializer}
+    axis = "heart_length_axis"
+    nodes, count = [], 0
+    for node in graph.node:
+        weight = weights.get(node.input[1]) if node.op_type == "Conv" else None
+        if weight is None or len(weight.dims) != 3:
+            nodes.append(node)
+            continue
+        count += 1
+        weight.CopyFrom(
+            numpy_helper.from_array(numpy_helper.to_array(weight)[:, :, None, :], weight.name)
+        )
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        del node.attribute[:]
+        for key, value in attrs.items():
+            if key in ("kernel_shape", "strides", "dilations"):
+                value = [1, *value]
+            elif key == "pads":
+                value = [0, value[0], 0, value[1]]
+            node.attribute.append(helper.make_attribute(key, value))
+        inside, outside = f"{node.input[0]}__2d{count}", node.output[0]
+        nodes.append(helper.make_node("Unsqueeze", [node.input[0], axis], [inside]))
+        node.input[0] = inside
+        node.output[0] = f"{outside}__2d{count}"
+        nodes.append(node)
+        nodes.append(helper.make_node("Squeeze", [node.output[0], axis], [outside]))
+    if count:
+        graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), axis))
+        del graph.node[:]
+        graph.node.extend(nodes)
+        # The exporter's intermediate shape annotations described the 1-D graph; they are
+        # optional, and ONNX Runtime infers the new ones itself.
+        del graph.value_info[:]
+    return count
 
 
 def export_pt2(module: nn.Module, example: Any, path: Path) -> dict[str, Any]:
