@@ -45,9 +45,8 @@ def segment_beats(
     """Cut one record into beats. Returns ``(x float32 [n, length], y int64, r_peak int64)``.
 
     ``signal`` is one lead (1-D, raw units); ``ann_samples``/``ann_symbols`` are all the
-    record's annotations in order. A symbol outside ``label_map`` is a boundary only; with
-    ``label_map=None`` the AAMI map is used and unlabelled beats get -1 only when they are
-    asked for via ``label_map={}`` semantics (not used by the dataset build).
+    record's annotations in order. Every annotation is a boundary; only those whose symbol
+    is in ``label_map`` (default: the AAMI map) become rows, labelled by it.
     """
     mapping = AAMI_MAP if label_map is None else label_map
     samples = np.asarray(ann_samples, dtype=np.int64)
