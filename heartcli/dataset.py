@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from heartcli.errors import DataError
-from heartcli.io import atomic_path
+from heartcli.io import atomic_path, read_json
 
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 PARTS = ("train", "test")
@@ -144,12 +144,10 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
             f"{data_dir}: no dataset here (manifest.json missing); "
             "build one with `heart fetch` or point [data] dir at one"
         )
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, OSError) as exc:
-        raise DataError(
-            f"{path}: unreadable manifest ({exc}); rebuild with `heart fetch`"
-        ) from None
+    manifest = read_json(path, "rebuild it with `heart fetch`")
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path}: not a heart dataset manifest; rebuild it with `heart fetch`")
+    return manifest
 
 
 def split_path(data_dir: str | Path, split: str, part: str) -> Path:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from heartcli.errors import HeartError
+from heartcli.errors import DataError, HeartError
 
 
 @contextlib.contextmanager
@@ -46,6 +46,14 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | Path, remedy: str) -> Any:
+    """Parse a JSON file heart wrote; a damaged one is a one-line DataError ending in ``remedy``."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise DataError(f"{path}: truncated or unreadable; {remedy}") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

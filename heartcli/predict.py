@@ -14,7 +14,6 @@ carries per-class agreement: sensitivity and PPV of the predictions against it.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from heartcli.errors import DataError, UsageError
-from heartcli.io import atomic_path, sha256_file, write_json
+from heartcli.io import atomic_path, read_json, sha256_file, write_json
 
 CARD_NAME = "model_card.json"
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
@@ -109,10 +108,7 @@ def read_card(model_path: Path) -> dict[str, Any]:
         raise DataError(
             f"{model_path}: no {CARD_NAME} beside it; use the folder `heart export` wrote"
         )
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{card_path}: truncated or unreadable; export the model again") from None
+    card = read_json(card_path, "export the model again")
     if not isinstance(card, dict) or not isinstance(card.get("classes"), list):
         raise DataError(f"{card_path}: not a heart model card; export the model again")
     return card

@@ -8,7 +8,6 @@ loads with ``torch.load(weights_only=True)``), ``manifest.json``, ``history.csv`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
-from heartcli.io import atomic_path, write_json
+from heartcli.io import atomic_path, read_json, write_json
 
 CONFIG = "config.toml"
 WEIGHTS = "model.safetensors"
@@ -85,10 +84,7 @@ def read_run_manifest(run_dir: Path) -> dict[str, Any]:
     file = path / MANIFEST
     if not file.exists():
         raise DataError(f"{path}: not a heart run folder ({MANIFEST} missing)")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{file}: truncated or unreadable; retrain the run") from None
+    manifest = read_json(file, "retrain the run")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a heart run folder ({MANIFEST} is not a heart run manifest)")
     missing = [k for k in MANIFEST_KEYS if k not in manifest]

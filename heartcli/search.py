@@ -40,7 +40,7 @@ import tomlkit
 from heartcli import config as config_mod
 from heartcli.config import HeartConfig, dumps, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
-from heartcli.io import write_json, write_text
+from heartcli.io import read_json, write_json, write_text
 from heartcli.search_space import Space, apply, flatten, parse_space, to_hyperopt
 
 STATE = "search.json"
@@ -218,17 +218,12 @@ def _now() -> str:
 
 
 def read_state(search_dir: Path) -> dict[str, Any]:
-    import json
-
     path = search_dir / STATE
     if not search_dir.is_dir():
         raise UsageError(f"{search_dir}: no such search folder; start one with `heart tune`")
     if not path.exists():
         raise DataError(f"{search_dir}: not a heart search ({STATE} missing)")
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise DataError(f"{path}: unreadable; the search cannot be resumed") from None
+    state = read_json(path, "the search cannot be resumed; start a new one")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a heart search state ({FORMAT})")
     return state

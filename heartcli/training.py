@@ -308,6 +308,19 @@ def _now() -> str:
 # --------------------------------------------------------------------------- the loop
 
 
+def flush_subnormals() -> None:
+    """Treat subnormal floats as zero on the CPU, in this thread and the threads torch starts.
+
+    A few epochs into training, the seed CNN's backward pass is full of subnormal values
+    (below 1.2e-38), and x86 cores handle those 5-10x slower: measured on this project's
+    2-core machine, 31 vs 200 beats/s (one thread, batch 32, weights after 3 epochs).
+    torch's worker threads copy the setting from the thread that starts them, so this must
+    run before the first parallel torch operation of the process; later it fixes only the
+    calling thread. Flushing changes values by less than 1.2e-38.
+    """
+    torch.set_flush_denormal(True)
+
+
 def train(
     config: HeartConfig,
     run_dir: Path,
@@ -331,6 +344,7 @@ def train(
     started = time.perf_counter()
     cfg = config.train
     run_dir = Path(run_dir)
+    flush_subnormals()
 
     # A run folder holds one run: refuse to overwrite one unless resuming it.
     checkpoint: dict[str, Any] | None = None

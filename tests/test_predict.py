@@ -220,6 +220,11 @@ def test_truncated_onnx_and_mismatching_card(heart, tiny, tmp_path):
         f"error: {folder / 'model_card.json'} does not match model.onnx: the card says 187 "
         "samples in, 4 classes out; the model takes 187 and gives 5; export again"
     )
+    (folder / "model_card.json").write_text('{"classes": ["N", "S"')  # cut off mid-write
+    r = heart("predict", model, TEST_BEATS, expect=1)
+    assert _error(r) == (
+        f"error: {folder / 'model_card.json'}: truncated or unreadable; export the model again"
+    )
     (folder / "model_card.json").unlink()
     r = heart("predict", model, TEST_BEATS, expect=1)
     assert _error(r) == (

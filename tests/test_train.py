@@ -260,3 +260,47 @@ def test_bad_training_data_is_one_line(heart, sample_dir, tmp_path):
         f"error: {data}/random/train.parquet: row 7 has a NaN or infinite value; drop or repair it"
     )
     assert not Path("runs/bad").exists()
+    (data / "manifest.json").write_text('{"input_length": 187, "spl')  # cut off mid-write
+    result = heart("train", *tiny(data), "--name", "bad", expect=1)
+    assert result.stderr.strip() == (
+        f"error: {data}/manifest.json: truncated or unreadable; rebuild it with `heart fetch`"
+    )
+    (data / "manifest.json").unlink()
+    result = heart("train", *tiny(data), "--name", "bad", expect=1)
+    assert result.stderr.strip().startswith(f"error: {data}: no dataset here")
+    assert not Path("runs/bad").exists()
+
+
+SUBNORMAL_PROBE = """
+import sys, torch
+from heartcli.config import load_config
+from heartcli.training import train
+if sys.argv[1] == "train":
+    cfg = load_config(sys.argv[2], [f"data.dir={sys.argv[3]}", "resample.target=50",
+                                    "train.epochs=1", "train.threads=2", "tracking.enabled=false"])
+    train(cfg, sys.argv[4])
+else:
+    torch.set_num_threads(2)
+# 1e-39 is subnormal in float32; 4M elements are split across both threads.
+x = torch.full((1 << 22,), 1e-39)
+print(int(((x * 1.0) != 0).sum()))
+"""
+
+
+def test_training_flushes_subnormals_in_every_torch_thread(tmp_path, sample_dir):
+    """Subnormals made the seed CNN's backward pass 6x slower; train() turns on flush-to-zero."""
+    import subprocess
+    import sys
+
+    def nonzero(*args: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", SUBNORMAL_PROBE, *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
+        return int(out.stdout.split()[-1])
+
+    assert nonzero("plain") == 1 << 22  # without it, every subnormal survives
+    assert nonzero("train", str(QUICKSTART), str(sample_dir), str(tmp_path / "run")) == 0

@@ -217,3 +217,26 @@ def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     assert parent.data.tags["heart.backend"] == "ray"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2
+
+
+def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
+    search = tmp_path / "s"
+    r = heart("tune", "--resume", search, expect=2)
+    assert (
+        r.stderr.strip() == f"error: {search}: no such search folder; start one with `heart tune`"
+    )
+    search.mkdir()
+    r = heart("tune", "--resume", search, expect=1)
+    assert r.stderr.strip() == f"error: {search}: not a heart search (search.json missing)"
+    (search / "search.json").write_text('{"format": "heart-search/1", "tri')
+    r = heart("tune", "--resume", search, expect=1)
+    assert r.stderr.strip() == (
+        f"error: {search}/search.json: truncated or unreadable; "
+        "the search cannot be resumed; start a new one"
+    )
+    (search / "search.json").write_text('{"format": "something-else"}')
+    r = heart("tune", "--resume", search, expect=1)
+    assert (
+        r.stderr.strip()
+        == f"error: {search}/search.json: not a heart search state (heart-search/1)"
+    )
