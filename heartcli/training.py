@@ -639,7 +639,7 @@ def train(
         best_metric=max(best_metric, 0.0),
         epochs_run=len(history),
         history=history,
-        seconds=seconds,
+        seconds=seconds_before + seconds,  # every invocation's, as epochs_run counts every epoch
         parameters=parameters,
         tracking_run_id=tracker.run_id,
         manifest=manifest,
