@@ -27,7 +27,7 @@ from torch import nn
 
 from heartcli.config import HeartConfig
 from heartcli.model import build_model
-from heartcli.training import EpochInfo, prepare_folds, train
+from heartcli.training import EpochInfo, flush_subnormals, prepare_folds, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs of each loop")
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
+    # heart's train() flushes subnormals to zero; do it first, so both loops share it.
+    flush_subnormals()
     cfg = config(args.epochs, args.batch)
     bare = BareLoop(cfg)
 
