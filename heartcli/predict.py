@@ -222,7 +222,7 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
 
     from heartcli.data.importer import read_file
 
-    x, labels, _ = read_file(path)
+    x, labels, _ = read_file(path, labelled=False)
     n = len(x)
     record = np.full(n, "", dtype=object)
     sample = np.full(n, -1, dtype=np.int64)
@@ -237,8 +237,13 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
                 sample = table.column("sample").to_numpy().astype(np.int64)
     notes: list[str] = []
     reference: np.ndarray | None = None
-    whole = np.isfinite(labels) & (labels == np.round(labels))
-    if whole.all() and labels.min(initial=0) >= 0 and labels.max(initial=0) < len(model.classes):
+    if labels is None:
+        notes.append("no labels in the file: predictions only")
+    elif (
+        (labels == np.round(labels)).all()
+        and labels.min(initial=0) >= 0
+        and labels.max(initial=0) < len(model.classes)
+    ):
         reference = labels.astype(np.int64)
     else:
         notes.append("labels outside the model's classes: no agreement table")

@@ -152,6 +152,26 @@ def _error(result) -> str:
     return lines[0]
 
 
+def test_unlabelled_beat_files_are_predicted(heart, tiny, tmp_path):
+    """New beats have no labels: a parquet without "target", a CSV of 187 columns."""
+    onnx_model = tiny.export / "model.onnx"
+    table = pq.read_table(TEST_BEATS)
+    beats = table.select([str(i) for i in range(187)])
+    pq.write_table(beats, tmp_path / "new.parquet")
+    pacsv.write_csv(beats, tmp_path / "new.csv", pacsv.WriteOptions(include_header=False))
+    labelled = heart.json("predict", onnx_model, TEST_BEATS, "--out", tmp_path / "l.parquet")
+    for name in ("new.parquet", "new.csv"):
+        s = heart.json("predict", onnx_model, tmp_path / name, "--out", tmp_path / f"{name}.csv")
+        assert s["beats"] == 615 and s["agreement"] is None
+        assert s["counts"] == labelled["counts"]
+        assert s["notes"] == ["no labels in the file: predictions only"]
+        out = pacsv.read_csv(tmp_path / f"{name}.csv")
+        assert "reference" not in out.column_names
+        assert out.column("predicted").to_pylist() == (
+            pq.read_table(tmp_path / "l.parquet").column("predicted").to_pylist()
+        )
+
+
 def test_bad_beat_files(heart, tiny, tmp_path):
     onnx_model = tiny.export / "model.onnx"
     table = pq.read_table(TEST_BEATS)
@@ -159,8 +179,14 @@ def test_bad_beat_files(heart, tiny, tmp_path):
     pq.write_table(short, tmp_path / "short.parquet")
     r = heart("predict", onnx_model, tmp_path / "short.parquet", expect=1)
     assert _error(r) == (
-        f'error: {tmp_path / "short.parquet"}: expected 187 beat columns "0".."186" and '
-        '"target", got 100 beat columns'
+        f'error: {tmp_path / "short.parquet"}: expected 187 beat columns "0".."186" '
+        '(and optionally "target"), got 100 beat columns'
+    )
+    (tmp_path / "ragged.csv").write_text("0.5," * 186 + "0.5\n" + "0.5," * 99 + "0.5\n")
+    r = heart("predict", onnx_model, tmp_path / "ragged.csv", expect=1)
+    assert _error(r) == (
+        f"error: {tmp_path / 'ragged.csv'}: line 2 has 100 columns, expected 187 or 188 "
+        "(187 values, optionally the label)"
     )
     values = table.column("5").to_numpy().copy()
     values[3] = np.nan

@@ -140,10 +140,16 @@ def _csv_layout(path: Path) -> tuple[bool, bool]:
     return header, index
 
 
-def _diagnose_csv(path: Path, header: bool, index: bool) -> str:
-    """The first bad line of a CSV pandas could not read as numbers, as a message."""
+def _diagnose_csv(path: Path, header: bool, index: bool, labelled: bool = True) -> str:
+    """The first bad line of a CSV pandas could not read as numbers, as a message.
+
+    ``labelled`` False accepts rows without the label column too (beats to classify).
+    """
     want = BEAT_LENGTH + 1 + int(index)
+    widths = (want,) if labelled else (want - 1, want)
     what = f"{BEAT_LENGTH} values and the label" + (" after the index" if index else "")
+    if not labelled:
+        what = f"{BEAT_LENGTH} values, optionally the label" + (" after the index" if index else "")
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if lineno == 1 and header:
@@ -152,8 +158,11 @@ def _diagnose_csv(path: Path, header: bool, index: bool) -> str:
             if not line.strip():
                 continue
             fields = line.split(",")
-            if len(fields) != want:
-                return f"{path}: line {lineno} has {len(fields)} columns, expected {want} ({what})"
+            if len(fields) not in widths:
+                expected = " or ".join(str(w) for w in widths)
+                return (
+                    f"{path}: line {lineno} has {len(fields)} columns, expected {expected} ({what})"
+                )
             for col, text in enumerate(fields, start=1):
                 if index and col == 1:
                     continue
@@ -169,8 +178,14 @@ def _diagnose_csv(path: Path, header: bool, index: bool) -> str:
     return f"{path}: not a readable beat CSV"
 
 
-def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
-    """Beat values (float64 [n, 187]) and raw labels of a Kaggle CSV, and a row namer."""
+Read = tuple[np.ndarray, np.ndarray | None, Callable[[int], str]]
+
+
+def read_csv(path: Path, labelled: bool = True) -> Read:
+    """Beat values (float64 [n, 187]) and raw labels of a Kaggle CSV, and a row namer.
+
+    With ``labelled`` False a CSV of 187 columns is read too; its labels are None.
+    """
     header, index = _csv_layout(path)
     skip = int(header)
     try:
@@ -184,30 +199,37 @@ def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
         )
         values = frame.to_numpy(dtype=np.float64)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError):
-        raise DataError(_diagnose_csv(path, header, index)) from None
+        raise DataError(_diagnose_csv(path, header, index, labelled)) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file holds no rows") from None
-    if values.shape[1] != BEAT_LENGTH + 1 or not np.isfinite(values).all():
-        raise DataError(_diagnose_csv(path, header, index))
+    widths = (BEAT_LENGTH + 1,) if labelled else (BEAT_LENGTH, BEAT_LENGTH + 1)
+    if values.shape[1] not in widths or not np.isfinite(values).all():
+        raise DataError(_diagnose_csv(path, header, index, labelled))
 
     def where(row: int) -> str:
         return f"line {row + 1 + skip}"
 
-    return values[:, :BEAT_LENGTH], values[:, BEAT_LENGTH], where
+    labels = values[:, BEAT_LENGTH] if values.shape[1] > BEAT_LENGTH else None
+    return values[:, :BEAT_LENGTH], labels, where
 
 
-def read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
-    """Beat values (float64 [n, 187]) and raw labels of a MADS parquet file, and a row namer."""
+def read_parquet(path: Path, labelled: bool = True) -> Read:
+    """Beat values (float64 [n, 187]) and raw labels of a MADS parquet file, and a row namer.
+
+    With ``labelled`` False a file without "target" is read too; its labels are None.
+    """
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable parquet file ({exc})") from None
     names = table.column_names
     beat_cols = sorted((c for c in names if c.isdigit()), key=int)
-    if "target" not in names or beat_cols != [str(i) for i in range(BEAT_LENGTH)]:
+    if ("target" not in names and labelled) or beat_cols != [str(i) for i in range(BEAT_LENGTH)]:
+        target = ' and "target"' if labelled else ' (and optionally "target")'
         raise DataError(
-            f'{path}: expected {BEAT_LENGTH} beat columns "0".."{BEAT_LENGTH - 1}" and "target", '
-            f"got {len(beat_cols)} beat columns{'' if 'target' in names else ' and no target'}"
+            f'{path}: expected {BEAT_LENGTH} beat columns "0".."{BEAT_LENGTH - 1}"{target}, '
+            f"got {len(beat_cols)} beat columns"
+            f"{' and no target' if labelled and 'target' not in names else ''}"
         )
 
     def where(row: int) -> str:
@@ -228,7 +250,7 @@ def read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], st
     x = np.empty((table.num_rows, BEAT_LENGTH), dtype=np.float64)
     for i, name in enumerate(beat_cols):
         x[:, i] = column(name)
-    y = column("target")
+    y = column("target") if "target" in names else None
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
@@ -239,10 +261,10 @@ def read_parquet(path: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], st
     return x, y, where
 
 
-def read_file(path: Path) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
+def read_file(path: Path, labelled: bool = True) -> Read:
     if path.suffix.lower() in CSV_SUFFIXES:
-        return read_csv(path)
-    return read_parquet(path)
+        return read_csv(path, labelled)
+    return read_parquet(path, labelled)
 
 
 def check_labels(
@@ -295,6 +317,7 @@ def import_files(
                 if on_file is not None:
                     on_file(path)
                 x, y_raw, where = read_file(path)
+                assert y_raw is not None  # labelled files only: read_file raised otherwise
                 if len(x) == 0:
                     raise DataError(f"{path}: the file holds no rows")
                 y = check_labels(path, y_raw, where, family)
