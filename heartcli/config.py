@@ -336,8 +336,10 @@ def _validate(
     problems: list[str] = []
 
     def where(path: tuple[str, ...]) -> str:
-        if path in overridden or path[:1] in overridden:
-            return "--set"
+        """The most specific place that set ``path``: --set, or the file's line of its key."""
+        for n in range(len(path), 0, -1):
+            if path[:n] in overridden:
+                return "--set"
         for n in range(len(path), 0, -1):
             if path[:n] in lines:
                 return f"{source}:{lines[path[:n]]}"
@@ -374,7 +376,8 @@ def _validate(
     except ValidationError as exc:
         for err in exc.errors():
             loc = tuple(str(p) for p in err["loc"])
-            path = loc[:2]
+            # ("search", "space", "train.lr") is found at the line of the key "train.lr"
+            path = tuple(part for p in loc for part in p.split("."))
             dotted = ".".join(loc)
             message = err["msg"]
             if message.startswith("Value error, "):

@@ -178,7 +178,10 @@ def test_bad_space_is_a_clear_error(heart, tmp_path, line, message):
     path = tmp_path / "bad.toml"
     path.write_text(f"[train]\nepochs = 2\n\n[search.space]\n{line}\n")
     result = heart("tune", "--config", path, expect=2)
-    assert result.stderr.strip().splitlines() == [f"error: {path}:4 {message}"]
+    # The error names the line of the space key it is about.
+    key = message.split(":")[0].removeprefix("search.space.")
+    lineno = 5 + [i for i, text in enumerate(line.splitlines()) if f'"{key}"' in text][0]
+    assert result.stderr.strip().splitlines() == [f"error: {path}:{lineno} {message}"]
 
 
 def test_every_bad_key_is_reported_at_once(heart, tmp_path):
@@ -191,8 +194,8 @@ def test_every_bad_key_is_reported_at_once(heart, tmp_path):
     assert lines == [
         f'error: {path}:2 search.metric: "f1" is not a validation metric; use "val_macro_f1", '
         '"val_loss" or "val_recall_<class>", e.g. "val_recall_S"',
-        f'error: {path}:3 search.space.train.lrr: unknown config key; did you mean "train.lr"?',
-        f"error: {path}:3 search.space.train.batch_size: choice needs at least one option "
+        f'error: {path}:4 search.space.train.lrr: unknown config key; did you mean "train.lr"?',
+        f"error: {path}:5 search.space.train.batch_size: choice needs at least one option "
         "(got an empty array)",
     ]
 
