@@ -180,7 +180,7 @@ def test_bad_space_is_a_clear_error(heart, tmp_path, line, message):
     result = heart("tune", "--config", path, expect=2)
     # The error names the line of the space key it is about.
     key = message.split(":")[0].removeprefix("search.space.")
-    lineno = 5 + [i for i, text in enumerate(line.splitlines()) if f'"{key}"' in text][0]
+    lineno = 5 + next(i for i, text in enumerate(line.splitlines()) if f'"{key}"' in text)
     assert result.stderr.strip().splitlines() == [f"error: {path}:{lineno} {message}"]
 
 
