@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -40,7 +39,7 @@ from heartcli import __version__
 from heartcli.config import ExportConfig
 from heartcli.dataset import BeatSet, load_split, read_beats
 from heartcli.errors import DataError, HeartError, UsageError
-from heartcli.io import sha256_file, write_json, write_text
+from heartcli.io import read_json, sha256_file, write_json, write_text
 
 if TYPE_CHECKING:
     from torch import nn
@@ -446,8 +445,8 @@ def _evaluation(run: LoadedRun) -> dict[str, Any]:
     if not path.is_file():
         return {"status": "not evaluated", "note": f"run `heart evaluate {run.path}`, then export"}
     try:
-        figures = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        figures = read_json(path, "evaluate again")
+    except DataError:
         return {"status": "not evaluated", "note": f"{path} is unreadable; evaluate again"}
     keep = ("data", "split", "n", "accuracy", "balanced_accuracy", "macro_f1", "macro_f1_ci95")
     result: dict[str, Any] = {"status": "evaluated", **{k: figures.get(k) for k in keep}}

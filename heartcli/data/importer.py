@@ -140,16 +140,19 @@ def _csv_layout(path: Path) -> tuple[bool, bool]:
     return header, index
 
 
+def _csv_widths(labelled: bool) -> tuple[int, ...]:
+    """Columns a beat CSV row may have (after any index): the beat and its label, or the beat."""
+    return (BEAT_LENGTH + 1,) if labelled else (BEAT_LENGTH, BEAT_LENGTH + 1)
+
+
 def _diagnose_csv(path: Path, header: bool, index: bool, labelled: bool = True) -> str:
     """The first bad line of a CSV pandas could not read as numbers, as a message.
 
     ``labelled`` False accepts rows without the label column too (beats to classify).
     """
-    want = BEAT_LENGTH + 1 + int(index)
-    widths = (want,) if labelled else (want - 1, want)
-    what = f"{BEAT_LENGTH} values and the label" + (" after the index" if index else "")
-    if not labelled:
-        what = f"{BEAT_LENGTH} values, optionally the label" + (" after the index" if index else "")
+    widths = tuple(w + int(index) for w in _csv_widths(labelled))
+    label = " and the label" if labelled else ", optionally the label"
+    what = f"{BEAT_LENGTH} values{label}" + (" after the index" if index else "")
     with open(path, encoding="utf-8", errors="replace") as fh:
         for lineno, line in enumerate(fh, start=1):
             if lineno == 1 and header:
@@ -202,8 +205,7 @@ def read_csv(path: Path, labelled: bool = True) -> Read:
         raise DataError(_diagnose_csv(path, header, index, labelled)) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: the file holds no rows") from None
-    widths = (BEAT_LENGTH + 1,) if labelled else (BEAT_LENGTH, BEAT_LENGTH + 1)
-    if values.shape[1] not in widths or not np.isfinite(values).all():
+    if values.shape[1] not in _csv_widths(labelled) or not np.isfinite(values).all():
         raise DataError(_diagnose_csv(path, header, index, labelled))
 
     def where(row: int) -> str:
