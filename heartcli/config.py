@@ -166,8 +166,42 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description='"auto" picks cuda, then mps, then cpu'
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description='"bf16" = bfloat16 autocast (weights, loss, BatchNorm statistics and '
+        'validation stay fp32); "auto" = bf16 on a CUDA GPU or a CPU with native bf16 '
+        '(AVX512-BF16 or AMX), else "fp32"',
+    )
+    epoch_beats: int = Field(
+        0,
+        ge=0,
+        description="training beats drawn per epoch by the class-balancing sampler; "
+        "0 = the balanced fold's size (the sum of the [resample] class targets)",
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, description='linear LR warm-up before "cosine" decays it (per step)'
+    )
+    max_minutes: float = Field(
+        0.0,
+        ge=0.0,
+        description='training budget: stop after the epoch that crosses it (status "budget", '
+        "best weights kept); 0 = none",
+    )
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
     runs_dir: str = Field("runs", description="folder that holds the run folders")
+
+
+class AugmentConfig(Section):
+    """On-the-fly augmentation of training beats (never validation or test); 0 = off."""
+
+    scale: float = Field(
+        0.0, ge=0.0, lt=1.0, description="amplitude scale: each beat times 1 + U(-scale, scale)"
+    )
+    shift: float = Field(0.0, ge=0.0, description="baseline shift: each beat plus U(-shift, shift)")
+    noise: float = Field(0.0, ge=0.0, description="Gaussian noise of this standard deviation")
+    time_shift: int = Field(
+        0, ge=0, le=32, description="move each beat by up to this many samples (zero-filled)"
+    )
 
 
 SearchKind = Literal["choice", "uniform", "loguniform", "quniform", "bool"]
@@ -247,6 +281,7 @@ class HeartConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)  # type: ignore[arg-type]
     resample: ResampleConfig = Field(default_factory=ResampleConfig)  # type: ignore[arg-type]
     train: TrainConfig = Field(default_factory=TrainConfig)  # type: ignore[arg-type]
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)  # type: ignore[arg-type]
     search: SearchConfig = Field(default_factory=SearchConfig)  # type: ignore[arg-type]
     export: ExportConfig = Field(default_factory=ExportConfig)  # type: ignore[arg-type]
 

@@ -4,8 +4,9 @@ Strategies (``[resample] strategy``):
 
 - ``none``: the fold as it is.
 - ``class_weight``: the fold as it is; the loss weighs class c by n / (k * n_c).
-- ``random``: every class to ``target`` beats: random undersampling above, random
-  oversampling (with replacement) below (imbalanced-learn's random samplers).
+- ``random``: every class to ``target`` beats an epoch, drawn by the training loop's
+  sampler (``heartcli.training.sampler``): a fresh random subset of a class above it, whole
+  shuffles of a class below it. Nothing is copied; the fold keeps each beat once.
 - ``smote`` / ``adasyn``: undersample above ``target`` as ``random`` does, then synthesise
   beats up to ``target`` with SMOTE / ADASYN.
 - ``smote_tomek``: ``smote``, then remove Tomek links from every class.
@@ -13,6 +14,9 @@ Strategies (``[resample] strategy``):
 Class 0 (N, the majority) follows ``majority``: ``cap`` treats it like every class but never
 oversamples it, ``keep`` leaves it whole, ``drop`` removes it. A class with no beats in the
 fold stays empty. Synthetic beats have record "" and sample -1.
+
+``[train] epoch_beats`` scales an epoch's class mix (:func:`epoch_class_counts`) to that many
+beats; 0 keeps the mix's own size.
 """
 
 from __future__ import annotations
@@ -79,14 +83,38 @@ def class_weights(beats: BeatSet, cfg: ResampleConfig) -> np.ndarray | None:
     return weights.astype(np.float32)
 
 
+def epoch_class_counts(fold: BeatSet, cfg: ResampleConfig, epoch_beats: int = 0) -> list[int]:
+    """Beats of each class one epoch draws from ``fold`` (what :func:`resample` returned).
+
+    ``random`` draws ``target_counts``; every other strategy the fold's own mix. With
+    ``epoch_beats`` > 0 the mix is scaled to that total (largest remainders round it).
+    """
+    if cfg.strategy == "random":
+        wanted = target_counts(fold, cfg)
+        counts = np.array([wanted[c] for c in range(len(fold.classes))], dtype=np.float64)
+    else:
+        counts = np.bincount(fold.y, minlength=len(fold.classes)).astype(np.float64)
+    if epoch_beats <= 0 or counts.sum() == 0:
+        return [int(n) for n in counts]
+    exact = counts * epoch_beats / counts.sum()
+    whole = np.floor(exact).astype(np.int64)
+    short = epoch_beats - int(whole.sum())
+    whole[np.argsort(whole - exact, kind="stable")[:short]] += 1
+    return [int(n) for n in whole]
+
+
 def resample(beats: BeatSet, cfg: ResampleConfig) -> BeatSet:
-    """The training fold rebalanced by ``cfg``; ``none`` and ``class_weight`` return it as is."""
+    """The training fold for ``cfg``: SMOTE/ADASYN/SMOTE-Tomek synthesise beats into it.
+
+    ``none``, ``class_weight`` and ``random`` return it as is (``random`` is drawn per epoch
+    by the sampler), after checking that ``random`` can reach its targets.
+    """
     if cfg.strategy in ("none", "class_weight"):
         return beats
     wanted = target_counts(beats, cfg)
-    beats = _random_under(beats, wanted, cfg.seed)
     if cfg.strategy == "random":
-        return _random_over(beats, wanted, cfg.seed)
+        return beats
+    beats = _random_under(beats, wanted, cfg.seed)
     return _synthesise(beats, wanted, cfg)
 
 
@@ -98,18 +126,6 @@ def _random_under(beats: BeatSet, wanted: dict[int, int], seed: int) -> BeatSet:
     sampler = RandomUnderSampler(sampling_strategy=strategy, random_state=seed)
     sampler.fit_resample(np.zeros((len(beats), 1)), beats.y)
     return beats.subset(np.sort(sampler.sample_indices_))
-
-
-def _random_over(beats: BeatSet, wanted: dict[int, int], seed: int) -> BeatSet:
-    from imblearn.over_sampling import RandomOverSampler
-
-    counts = np.bincount(beats.y, minlength=len(beats.classes))
-    strategy = {c: wanted[c] for c in range(len(counts)) if 0 < counts[c] < wanted[c]}
-    if not strategy:
-        return beats
-    sampler = RandomOverSampler(sampling_strategy=strategy, random_state=seed)
-    sampler.fit_resample(np.zeros((len(beats), 1)), beats.y)
-    return beats.subset(sampler.sample_indices_)
 
 
 def _synthesise(beats: BeatSet, wanted: dict[int, int], cfg: ResampleConfig) -> BeatSet:

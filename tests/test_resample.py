@@ -84,7 +84,7 @@ def test_table_shows_counts_before_and_after(heart, sample_dir):
         "f.parquet",
     ).stdout
     assert "training fold, resample.strategy = random" in out
-    assert "│ F     │    270 │   321 │" in out
+    assert "│ F     │    270 │             321 │" in out
     assert "wrote f.parquet" in out
 
 

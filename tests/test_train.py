@@ -104,7 +104,7 @@ def test_train_resume_evaluate_end_to_end_with_mlflow(heart, sample_dir, tmp_pat
     assert "completed: best val macro-F1" in out.stdout
     # The summary counts all three epochs and the time of both invocations, as the manifest does.
     total = json.loads((run / "manifest.json").read_text())["timings"]["seconds"]
-    said = re.search(r"\(3 epochs, ([0-9.]+) s\)", " ".join(out.stdout.split()))
+    said = re.search(r"\(3 epochs, ([0-9.]+) s,", " ".join(out.stdout.split()))
     assert said and abs(float(said.group(1)) - total) < 0.06
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]

@@ -24,13 +24,14 @@ def resample(
     ] = Path("resampled.parquet"),
     set_: SetOption = None,
 ) -> None:
-    """Apply [resample] to the training fold (after the validation carve-out) and save it."""
+    """Write what one training epoch draws from the training fold under [resample]."""
     from heartcli.dataset import write_beats
     from heartcli.training import prepare_folds
 
     resolved = resolve_config(config, set_)
     folds = prepare_folds(resolved)
-    write_beats(out_file, folds.train)
+    # What training's first epoch draws: the fold's beats, as often as the sampler takes them.
+    write_beats(out_file, folds.train.subset(folds.sampler.indices(1)))
     o = out()
     validation = folds.val.counts()
     data: dict[str, Any] = {
@@ -44,7 +45,7 @@ def resample(
     def render() -> None:
         table = Table(title=f"training fold, resample.strategy = {resolved.resample.strategy}")
         table.add_column("class")
-        for title in ("before", "after", "validation (untouched)"):
+        for title in ("before", "one epoch draws", "validation (untouched)"):
             table.add_column(title, justify="right")
         for name in folds.train.classes:
             table.add_row(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,9 +37,15 @@ class RichProgress:
             f"{c} {summary['train_counts'][c]}->{summary['resampled_counts'][c]}"
             for c in self.classes
         )
-        self.o.log(f"run {summary['run_dir']}  ({summary['device']}, {summary['threads']} threads)")
+        self.o.log(
+            f"run {summary['run_dir']}  ({summary['device']}, {summary['precision']}, "
+            f"{summary['threads']} threads, batch {summary['batch_size']})"
+        )
         self.o.log(f"model: {summary['parameters']:,} parameters")
-        self.o.log(f"training fold: {counts}; validation: {sum(summary['val_counts'].values())}")
+        self.o.log(
+            f"training fold -> one epoch's draws: {counts}; "
+            f"validation: {sum(summary['val_counts'].values())}"
+        )
         if summary["start_epoch"] > 1:
             self.o.log(f"resuming at epoch {summary['start_epoch']} of {summary['epochs']}")
 
@@ -100,6 +107,21 @@ class RichProgress:
         self.rows.print(table)
 
 
+def _budget_override(max_minutes: str | None) -> list[str]:
+    """``--max-minutes M`` as the ``--set`` it stands for; M must be a positive number."""
+    if max_minutes is None:
+        return []
+    try:
+        minutes = float(max_minutes)
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise UsageError(
+            f"--max-minutes {max_minutes!r}: expected a positive number of minutes, e.g. 15"
+        )
+    return [f"train.max_minutes={minutes}"]
+
+
 def train(
     config: ConfigOption = None,
     name: Annotated[
@@ -117,6 +139,15 @@ def train(
             file_okay=False,
         ),
     ] = None,
+    max_minutes: Annotated[
+        str | None,
+        typer.Option(
+            "--max-minutes",
+            metavar="MINUTES",
+            help="Training budget: stop after the epoch that crosses it, best weights kept "
+            '(status "budget"); the same as --set train.max_minutes=MINUTES.',
+        ),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Train the [model] CNN on the training split; the test split is never read."""
@@ -125,6 +156,7 @@ def train(
     from heartcli import runs, training
 
     base: TOMLDocument | None
+    set_ = [*(set_ or ()), *_budget_override(max_minutes)]
 
     if resume is not None:
         if config is not None or name is not None:
@@ -148,7 +180,8 @@ def train(
     def render() -> None:
         o.console.print(
             f"{result.status}: best val macro-F1 {result.best_metric:.4f} at epoch "
-            f"{result.best_epoch} ({result.epochs_run} epochs, {result.seconds:.1f} s); "
+            f"{result.best_epoch} ({result.epochs_run} epochs, {result.seconds:.1f} s, "
+            f"{result.seconds_to_best:.1f} s to the best); "
             f"run saved in {result.run_dir}",
             highlight=False,
         )

@@ -1,0 +1,689 @@
+"""The training loop behind `heart train` (and every `heart tune` trial).
+
+:func:`train` reads top to bottom as its steps: open (or resume) the run folder, prepare
+the folds, build the setup (model, precision, optimizer, schedule, sampler), start the run
+record, then per epoch: train one epoch, validate, keep the best weights and checkpoint,
+log, and decide whether to stop; finally, finish the run record.
+
+Reproducible on CPU: the weights come from ``torch.manual_seed(seed)``, and every epoch
+reseeds its draws, augmentation and dropout from ``(seed, epoch)``, so a resumed run
+continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from heartcli import __version__, runs
+from heartcli.config import HeartConfig, save_config
+from heartcli.dataset import BeatSet, read_manifest
+from heartcli.errors import DataError, HeartError, UsageError
+from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
+from heartcli.io import sha256_file, write_text
+from heartcli.model import build_model, count_parameters
+from heartcli.training.folds import Folds, prepare_folds
+from heartcli.training.precision import autocast, pick_device, resolve_precision
+from heartcli.training.recipe import Augment, Schedule, make_optimizer
+from heartcli.training.sampler import EpochSampler
+
+EVAL_BATCH = 2048
+PROGRESS_EVERY = 10  # batches between progress callbacks: cheap, but not free
+# What a resumed run must keep: changing these mid-run would train a different recipe.
+FIXED_ON_RESUME = ("precision", "sampler")
+
+
+class TrainingDiverged(HeartError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class EpochInfo:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_macro_f1: float
+    val_recall: dict[str, float]
+    lr: float
+    beats_per_s: float
+    seconds: float
+    elapsed: float = 0.0  # wall seconds of the run at the end of this epoch, every invocation
+    best: bool = False
+
+    def row(self) -> dict[str, Any]:
+        """One history.csv row: the figures, recall flattened to ``val_recall_<class>``."""
+        data = asdict(self)
+        recall = data.pop("val_recall")
+        data.pop("epochs")
+        data.update({f"val_recall_{k}": v for k, v in recall.items()})
+        return data
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str  # completed, early_stopped, budget, pruned, interrupted
+    best_epoch: int
+    best_metric: float
+    epochs_run: int
+    history: list[dict[str, Any]]
+    seconds: float
+    parameters: int = 0
+    tracking_run_id: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    seconds_to_best: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "status": self.status,
+            "best_epoch": self.best_epoch,
+            "best_val_macro_f1": self.best_metric,
+            "epochs_run": self.epochs_run,
+            "parameters": self.parameters,
+            "precision": self.manifest.get("precision"),
+            "seconds": round(self.seconds, 2),
+            "seconds_to_best": round(self.seconds_to_best, 2),
+            "tracking_run_id": self.tracking_run_id,
+            "history": self.history,
+        }
+
+
+class TrainProgress(Protocol):
+    """What the CLI's progress display gets told; every call is optional work for it."""
+
+    def start(self, summary: dict[str, Any]) -> None: ...
+    def start_epoch(self, epoch: int, steps: int) -> None: ...
+    def advance(self, steps: int) -> None: ...
+    def end_epoch(self, info: EpochInfo) -> None: ...
+
+
+class NoProgress:
+    """The progress display of a run nobody watches (tune trials, notebooks)."""
+
+    def start(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        pass
+
+    def advance(self, steps: int) -> None:
+        pass
+
+    def end_epoch(self, info: EpochInfo) -> None:
+        pass
+
+
+@dataclass
+class Setup:
+    """Everything the epochs need, built once per invocation."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    loss_fn: nn.Module
+    augment: Augment
+    sampler: EpochSampler
+    device: torch.device
+    precision: str
+    threads: int
+    parameters: int
+    steps: int
+    batch_size: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    classes: list[str]
+    recipe: dict[str, Any]  # what FIXED_ON_RESUME compares
+
+
+@dataclass
+class LoopState:
+    """Where the run stands between epochs: what a checkpoint saves and a resume restores."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float = -1.0
+    best_epoch: int = 0
+    since_best: int = 0
+    best_cm: list[list[int]] | None = None
+    seconds_before: float = 0.0  # wall seconds of earlier invocations
+    status: str = "completed"
+
+    def elapsed(self, started: float) -> float:
+        return self.seconds_before + time.perf_counter() - started
+
+    def seconds_to_best(self) -> float:
+        row = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        return float(row.get("elapsed") or 0.0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def flush_subnormals() -> None:
+    """Treat subnormal floats as zero on the CPU, in this thread and the threads torch starts.
+
+    A few epochs into training, the seed CNN's backward pass is full of subnormal values
+    (below 1.2e-38), and x86 cores handle those 5-10x slower: measured on this project's
+    2-core machine, 31 vs 200 beats/s (one thread, batch 32, weights after 3 epochs).
+    torch's worker threads copy the setting from the thread that starts them, so this must
+    run before the first parallel torch operation of the process; later it fixes only the
+    calling thread. Flushing changes values by less than 1.2e-38.
+    """
+    torch.set_flush_denormal(True)
+
+
+def _history_csv(history: list[dict[str, Any]], classes: list[str]) -> str:
+    fields = [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_macro_f1",
+        *[f"val_recall_{c}" for c in classes],
+        "lr",
+        "beats_per_s",
+        "seconds",
+        "elapsed",
+        "best",
+    ]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def _versions() -> dict[str, str]:
+    return {
+        "heartcli": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _tensor(array: np.ndarray, dtype: Any, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device)
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def open_run(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(checkpoint, manifest) of the run to resume, or (None, {}) for a fresh folder.
+
+    A run folder holds one run: a fresh run refuses a folder that already holds one.
+    """
+    if resume:
+        return runs.load_checkpoint(run_dir), runs.read_run_manifest(run_dir)
+    if (run_dir / runs.MANIFEST).exists():
+        raise UsageError(
+            f"{run_dir} already holds a run; pick another name or `heart train --resume {run_dir}`"
+        )
+    return None, {}
+
+
+def build_setup(config: HeartConfig, folds: Folds) -> Setup:
+    """Model, arithmetic, optimizer, schedule and the tensors, before anything is written.
+
+    A config that shrinks the beats to nothing, or asks for bf16 where there is none,
+    fails here.
+    """
+    cfg = config.train
+    threads = cfg.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    classes, length = folds.train.classes, folds.train.length
+    model = build_model(config.model, length, len(classes))
+    device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    model.to(device)
+    epoch_beats = len(folds.sampler)
+    # Whole batches only (a batch of one breaks BatchNorm); the draws left over this
+    # epoch are drawn again the next.
+    steps = max(1, math.floor(epoch_beats * cfg.steps_fraction / cfg.batch_size))
+    weights = torch.from_numpy(folds.weights).to(device) if folds.weights is not None else None
+    optimizer = make_optimizer(model, cfg)
+    resample = config.resample
+    return Setup(
+        model=model,
+        optimizer=optimizer,
+        schedule=Schedule(optimizer, cfg, steps),
+        loss_fn=nn.CrossEntropyLoss(weight=weights),
+        augment=Augment(config.augment),
+        sampler=folds.sampler,
+        device=device,
+        precision=precision,
+        threads=threads,
+        parameters=count_parameters(model),
+        steps=steps,
+        batch_size=cfg.batch_size,
+        x_train=_tensor(folds.train.x, np.float32, device),
+        y_train=_tensor(folds.train.y, np.int64, device),
+        x_val=_tensor(folds.val.x, np.float32, device),
+        y_val=_tensor(folds.val.y, np.int64, device),
+        classes=classes,
+        recipe={
+            "precision": precision,
+            "sampler": {
+                "strategy": resample.strategy,
+                "target": resample.target,
+                "majority": resample.majority,
+                "seed": resample.seed,
+                "epoch_beats": cfg.epoch_beats,
+            },
+        },
+    )
+
+
+def restore_state(setup: Setup, checkpoint: dict[str, Any] | None, run_dir: Path) -> LoopState:
+    """A fresh state, or the checkpoint's: weights, optimizer, schedule and the history."""
+    if checkpoint is None:
+        return LoopState()
+    saved = checkpoint.get("recipe") or {}
+    for key in FIXED_ON_RESUME:
+        if key in saved and saved[key] != setup.recipe[key]:
+            where = "train.precision" if key == "precision" else "[resample] / train.epoch_beats"
+            raise UsageError(
+                f"{where}: {run_dir} trained with {key} {saved[key]}, the config now gives "
+                f"{setup.recipe[key]}; a resumed run keeps its {key} (start a new run instead)"
+            )
+    try:
+        setup.model.load_state_dict(checkpoint["model"])
+        setup.optimizer.load_state_dict(checkpoint["optimizer"])
+        setup.schedule.load_state_dict(checkpoint.get("scheduler") or {})
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise DataError(
+            f"{run_dir / runs.CHECKPOINT}: does not match config.toml ({type(exc).__name__}); "
+            "resume with the run's own config"
+        ) from None
+    return LoopState(
+        epoch=int(checkpoint["epoch"]),
+        history=list(checkpoint["history"]),
+        best_metric=float(checkpoint["best_metric"]),
+        best_epoch=int(checkpoint["best_epoch"]),
+        since_best=int(checkpoint["since_best"]),
+        best_cm=checkpoint.get("best_cm"),
+        seconds_before=float(checkpoint.get("seconds", 0.0)),
+    )
+
+
+def start_manifest(
+    config: HeartConfig,
+    run_dir: Path,
+    setup: Setup,
+    folds: Folds,
+    state: LoopState,
+    old_manifest: dict[str, Any],
+    tracking: dict[str, Any],
+) -> dict[str, Any]:
+    """The run's manifest.json while it runs (status "running")."""
+    data_manifest: dict[str, Any] = {}
+    data_sha = None
+    with contextlib.suppress(DataError):
+        data_manifest = read_manifest(config.data.dir)
+        data_sha = sha256_file(Path(config.data.dir) / "manifest.json")
+    return {
+        "format": runs.FORMAT,
+        "name": run_dir.name,
+        "status": "running",
+        "classes": setup.classes,
+        "input_length": folds.train.length,
+        "sampling_rate_hz": data_manifest.get("sampling_rate_hz"),
+        "data": {
+            "dir": config.data.dir,
+            "split": config.data.split,
+            "manifest_sha256": data_sha,
+            "train_counts": folds.before,
+            "resampled_counts": folds.after,
+            "val_counts": folds.val.counts(),
+            "val_records": folds.val_records,
+        },
+        "model": {"parameters": setup.parameters},
+        "device": str(setup.device),
+        "precision": setup.precision,
+        "threads": setup.threads,
+        "recipe": setup.recipe,
+        "versions": _versions(),
+        "tracking": tracking,
+        "started": old_manifest.get("started", _now()),
+        "best_epoch": state.best_epoch,
+        "metrics": old_manifest.get("metrics", {}),
+    }
+
+
+def train_epoch(
+    setup: Setup, seed: int, epoch: int, progress: TrainProgress
+) -> tuple[float, int, float]:
+    """One epoch of forward, backward and step: (mean train loss, beats seen, seconds)."""
+    # Draws, augmentation and dropout are seeded per epoch: resuming replays the same epochs.
+    torch.manual_seed(seed + epoch)
+    gen = torch.Generator().manual_seed(seed + epoch)
+    order = torch.from_numpy(setup.sampler.indices(epoch)).to(setup.device)
+    model, optimizer, bs = setup.model, setup.optimizer, setup.batch_size
+    model.train()
+    t0 = time.perf_counter()
+    total_loss = torch.zeros((), device=setup.device)
+    seen = 0
+    for step in range(setup.steps):
+        index = order[step * bs : (step + 1) * bs]
+        if len(index) == 0:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        x = setup.augment(setup.x_train[index], gen)
+        with autocast(setup.device, setup.precision):
+            logits = model(x)
+        loss = setup.loss_fn(logits.float(), setup.y_train[index])
+        loss.backward()
+        optimizer.step()
+        setup.schedule.after_step()
+        total_loss += loss.detach() * len(index)
+        seen += len(index)
+        if (step + 1) % PROGRESS_EVERY == 0:
+            progress.advance(PROGRESS_EVERY)
+    progress.advance(setup.steps % PROGRESS_EVERY)
+    train_loss = float(total_loss.item()) / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {train_loss} in epoch {epoch}; "
+            "lower train.lr or check the data"
+        )
+    return train_loss, seen, time.perf_counter() - t0
+
+
+def validate(setup: Setup) -> tuple[float, np.ndarray]:
+    """Validation loss and confusion matrix, in fp32 whatever the training arithmetic."""
+    model, x, y = setup.model, setup.x_val, setup.y_val
+    model.eval()
+    total = torch.zeros((), device=setup.device)
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(x), EVAL_BATCH):
+            logits = model(x[start : start + EVAL_BATCH]).float()
+            total += setup.loss_fn(logits, y[start : start + EVAL_BATCH]) * len(logits)
+            preds.append(logits.argmax(dim=1))
+    y_pred = torch.cat(preds).cpu().numpy()
+    cm = confusion_matrix(y.cpu().numpy(), y_pred, len(setup.classes))
+    return float(total.item()) / len(x), cm
+
+
+def keep_best(setup: Setup, state: LoopState, epoch: int, cm: np.ndarray, run_dir: Path) -> bool:
+    """Save the weights when validation macro-F1 improved; count epochs since it did."""
+    val_f1 = macro_f1_from_confusion(cm)
+    if val_f1 > state.best_metric:
+        state.best_metric, state.best_epoch, state.since_best = val_f1, epoch, 0
+        state.best_cm = cm.tolist()
+        runs.save_weights(setup.model, run_dir / runs.WEIGHTS)
+        return True
+    state.since_best += 1
+    return False
+
+
+def save_checkpoint(setup: Setup, state: LoopState, run_dir: Path, elapsed: float) -> None:
+    """history.csv and checkpoint.pt after an epoch: what a resume starts from."""
+    write_text(run_dir / runs.HISTORY, _history_csv(state.history, setup.classes))
+    runs.save_checkpoint(
+        {
+            "model": setup.model.state_dict(),
+            "optimizer": setup.optimizer.state_dict(),
+            "scheduler": setup.schedule.state_dict(),
+            "epoch": state.epoch,
+            "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "since_best": state.since_best,
+            "best_cm": state.best_cm,
+            "history": state.history,
+            "seconds": elapsed,
+            "recipe": setup.recipe,
+        },
+        run_dir / runs.CHECKPOINT,
+    )
+
+
+def stop_reason(config: HeartConfig, state: LoopState, elapsed: float) -> str | None:
+    """Why the run stops after this epoch, or None to go on."""
+    cfg = config.train
+    if state.since_best >= cfg.patience and state.epoch < cfg.epochs:
+        return "early_stopped"
+    if cfg.max_minutes and elapsed >= cfg.max_minutes * 60 and state.epoch < cfg.epochs:
+        return "budget"
+    return None
+
+
+def finish(
+    config: HeartConfig,
+    run_dir: Path,
+    setup: Setup,
+    state: LoopState,
+    manifest: dict[str, Any],
+    tracker: Any,
+    seconds: float,
+) -> None:
+    """Curves, the best epoch's validation confusion, the final manifest, tracking."""
+    from heartcli import plots
+
+    history = state.history
+    if history:
+        plots.curves(history, run_dir / runs.CURVES)
+    if state.best_cm is not None:
+        plots.confusion(
+            np.asarray(state.best_cm),
+            setup.classes,
+            run_dir / "val_confusion.png",
+            f"{run_dir.name}: validation, epoch {state.best_epoch}",
+        )
+    best_row = next((h for h in history if h["epoch"] == state.best_epoch), {})
+    manifest.update(
+        {
+            "status": state.status,
+            "best_epoch": state.best_epoch,
+            "epochs_run": len(history),
+            "metrics": {
+                k: v for k, v in best_row.items() if k.startswith("val_") or k == "train_loss"
+            },
+            "finished": _now(),
+            "timings": {
+                "seconds": round(seconds, 2),
+                "seconds_to_best": round(state.seconds_to_best(), 2),
+                "seconds_per_epoch": round(
+                    float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3
+                ),
+                "train_beats_per_s": round(
+                    float(np.mean([h["beats_per_s"] for h in history])) if history else 0.0, 1
+                ),
+            },
+        }
+    )
+    runs.write_manifest(run_dir, manifest)
+    tracker.set_tags({"heart.best_epoch": str(state.best_epoch)})
+    if state.best_metric >= 0:
+        tracker.log_metrics({"best_val_macro_f1": state.best_metric}, step=state.best_epoch)
+    for name in (runs.CONFIG, runs.CURVES, "val_confusion.png", runs.HISTORY, runs.MANIFEST):
+        tracker.log_artifact(run_dir / name)
+    tracker.end(state.status)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(
+    config: HeartConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[EpochInfo], bool | None] | None = None,
+    progress: TrainProgress | None = None,
+    tracking_parent: str | None = None,
+    train_data: BeatSet | None = None,
+    val_data: BeatSet | None = None,
+    config_base: Any = None,
+) -> TrainResult:
+    """Train ``config`` into ``run_dir``; ``resume`` continues from its checkpoint.pt.
+
+    ``on_epoch`` returning True stops the run (status "pruned"). ``train_data`` /
+    ``val_data`` replace the split named by ``[data]`` (a tuner loads it once).
+    ``config_base`` is the user's TOML document, whose comments config.toml keeps.
+    """
+    from heartcli.tracking import Tracker
+
+    # Before the first parallel torch op, so that torch's worker threads inherit it.
+    flush_subnormals()
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    cfg = config.train
+    progress = progress or NoProgress()
+
+    checkpoint, old_manifest = open_run(run_dir, resume)
+    folds = prepare_folds(config, train_data, val_data)
+    if resume and (
+        old_manifest["classes"] != folds.train.classes
+        or old_manifest["input_length"] != folds.train.length
+    ):
+        raise DataError(f"{run_dir}: the data's classes or beat length differ from the run's")
+    setup = build_setup(config, folds)
+    state = restore_state(setup, checkpoint, run_dir)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / runs.CONFIG, base=config_base)
+    old_tracking = old_manifest.get("tracking") or {}
+    tracker = Tracker(
+        config, run_dir, parent=tracking_parent, run_id=old_tracking.get("run_id") or None
+    )
+    tracking = {
+        "uri": tracker.uri,
+        "run_id": tracker.run_id,
+        "parent_run_id": tracking_parent or old_tracking.get("parent_run_id"),
+    }
+    manifest = start_manifest(config, run_dir, setup, folds, state, old_manifest, tracking)
+    runs.write_manifest(run_dir, manifest)
+    progress.start(
+        {
+            "run_dir": str(run_dir),
+            "parameters": setup.parameters,
+            "device": str(setup.device),
+            "precision": setup.precision,
+            "threads": setup.threads,
+            "classes": setup.classes,
+            "train_counts": folds.before,
+            "resampled_counts": folds.after,
+            "val_counts": folds.val.counts(),
+            "start_epoch": state.epoch + 1,
+            "epochs": cfg.epochs,
+            "steps": setup.steps,
+            "batch_size": cfg.batch_size,
+        }
+    )
+
+    try:
+        if state.since_best >= cfg.patience and state.epoch < cfg.epochs:
+            state.status = "early_stopped"  # a resumed run that had already stopped
+        else:
+            _epochs(config, run_dir, setup, state, started, tracker, progress, on_epoch)
+    except KeyboardInterrupt:
+        state.status = "interrupted"
+    except BaseException:
+        manifest["status"] = "failed"
+        runs.write_manifest(run_dir, manifest)
+        tracker.end("failed")
+        raise
+
+    seconds = state.elapsed(started)
+    finish(config, run_dir, setup, state, manifest, tracker, seconds)
+    return TrainResult(
+        run_dir=run_dir,
+        status=state.status,
+        best_epoch=state.best_epoch,
+        best_metric=max(state.best_metric, 0.0),
+        epochs_run=len(state.history),
+        history=state.history,
+        seconds=seconds,  # every invocation's, as epochs_run counts every epoch
+        parameters=setup.parameters,
+        tracking_run_id=tracker.run_id,
+        manifest=manifest,
+        seconds_to_best=state.seconds_to_best(),
+    )
+
+
+def _epochs(
+    config: HeartConfig,
+    run_dir: Path,
+    setup: Setup,
+    state: LoopState,
+    started: float,
+    tracker: Any,
+    progress: TrainProgress,
+    on_epoch: Callable[[EpochInfo], bool | None] | None,
+) -> None:
+    """Epoch after epoch until the last, a stop rule, or ``on_epoch`` says stop."""
+    cfg = config.train
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        lr = setup.optimizer.param_groups[0]["lr"]
+        progress.start_epoch(epoch, setup.steps)
+        t0 = time.perf_counter()
+        train_loss, seen, train_seconds = train_epoch(setup, cfg.seed, epoch, progress)
+
+        # Validate, then let the schedule react and keep the best weights.
+        val_loss, cm = validate(setup)
+        val_f1 = macro_f1_from_confusion(cm)
+        setup.schedule.after_epoch(val_f1)
+        state.epoch = epoch
+        improved = keep_best(setup, state, epoch, cm, run_dir)
+        support = cm.sum(axis=1)
+        classes = setup.classes
+        info = EpochInfo(
+            epoch=epoch,
+            epochs=cfg.epochs,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_macro_f1=val_f1,
+            val_recall={
+                classes[i]: float(cm[i, i] / support[i]) for i in range(len(classes)) if support[i]
+            },
+            lr=lr,
+            beats_per_s=seen / train_seconds if train_seconds > 0 else 0.0,
+            seconds=time.perf_counter() - t0,
+            elapsed=state.elapsed(started),
+            best=improved,
+        )
+        state.history.append(info.row())
+        save_checkpoint(setup, state, run_dir, state.elapsed(started))
+        tracker.log_metrics(
+            {
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_macro_f1": val_f1,
+                "lr": lr,
+                "beats_per_s": info.beats_per_s,
+                **{f"val_recall_{k}": v for k, v in info.val_recall.items()},
+            },
+            step=epoch,
+        )
+        progress.end_epoch(info)
+        if on_epoch is not None and on_epoch(info):
+            state.status = "pruned"
+            return
+        reason = stop_reason(config, state, state.elapsed(started))
+        if reason:
+            state.status = reason
+            return
