@@ -130,8 +130,8 @@ class ResampleConfig(Section):
 
     strategy: Literal["none", "class_weight", "random", "smote", "adasyn", "smote_tomek"] = Field(
         "none",
-        description='"none", "class_weight" (weighted loss), "random" (under/over-sample every '
-        'class to target), "smote", "adasyn", "smote_tomek"',
+        description='"none", "class_weight" (weighted loss), "random" (every class to target '
+        'beats an epoch, drawn by the sampler), "smote", "adasyn", "smote_tomek"',
     )
     target: int = Field(
         15000, ge=1, description="beats per class after resampling (seed search: 5,000-25,000)"
@@ -148,12 +148,18 @@ class TrainConfig(Section):
     """Training loop. Validation is carved from the training split; test is never read."""
 
     epochs: int = Field(50, ge=1, description="maximum epochs")
-    batch_size: int = Field(32, ge=1, description="beats per batch")
-    optimizer: Literal["adam", "adamw"] = Field("adam", description='"adam" or "adamw"')
-    lr: float = Field(1e-3, gt=0.0, description="learning rate")
-    weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
+    batch_size: int = Field(
+        256, ge=1, description="beats per batch (scale lr with it: twice the batch, twice the lr)"
+    )
+    optimizer: Literal["adam", "adamw"] = Field(
+        "adamw", description='"adamw" (decoupled weight decay) or "adam"'
+    )
+    lr: float = Field(2e-3, gt=0.0, description="learning rate (the peak, after any warm-up)")
+    weight_decay: float = Field(0.01, ge=0.0, description="weight decay")
     scheduler: Literal["plateau", "onecycle", "cosine", "none"] = Field(
-        "plateau", description='LR schedule: "plateau", "onecycle", "cosine" or "none"'
+        "cosine",
+        description='LR schedule: "cosine" (warm-up, then cosine decay to 0 over epochs), '
+        '"onecycle", "plateau" (halve on a stalled val macro-F1) or "none"',
     )
     patience: int = Field(10, ge=1, description="early stopping: epochs without val improvement")
     val_fraction: float = Field(
@@ -179,7 +185,7 @@ class TrainConfig(Section):
         "0 = the balanced fold's size (the sum of the [resample] class targets)",
     )
     warmup_epochs: float = Field(
-        0.0, ge=0.0, description='linear LR warm-up before "cosine" decays it (per step)'
+        1.0, ge=0.0, description='linear LR warm-up before "cosine" decays it (per step)'
     )
     max_minutes: float = Field(
         0.0,

@@ -55,9 +55,7 @@ def test_random_resampling_draws_the_class_mix_without_copies(heart, sample_dir)
     fold = fold.subset(train_idx)
     times = Counter(zip(drawn.record, drawn.sample, strict=True))
     for c, name in enumerate(fold.classes):
-        beats = {
-            (r, s) for r, s, y in zip(fold.record, fold.sample, fold.y, strict=True) if y == c
-        }
+        beats = {(r, s) for r, s, y in zip(fold.record, fold.sample, fold.y, strict=True) if y == c}
         seen = {key: n for key, n in times.items() if key in beats}
         if len(beats) >= 500:  # N (900): a subset, each beat at most once
             assert len(seen) == 500 and set(seen.values()) == {1}, name
@@ -179,7 +177,7 @@ def test_augmentation_changes_training_but_never_validation(heart, sample_dir):
         "again",
     )
     assert again["history"][0]["val_macro_f1"] == noisy["history"][0]["val_macro_f1"]
-    assert manifest("runs/noisy")["data"]["val_counts"] == manifest("runs/plain")["data"][
-        "val_counts"
-    ]
+    assert (
+        manifest("runs/noisy")["data"]["val_counts"] == manifest("runs/plain")["data"]["val_counts"]
+    )
     assert np.isfinite(noisy["history"][0]["val_loss"])

@@ -51,8 +51,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "bf16" and not native:
         what = "this CPU (no AVX512-BF16 or AMX)" if device.type == "cpu" else f"{device}"
         raise UsageError(
-            f'train.precision: "bf16" is not supported natively by {what}; '
-            'use "auto" or "fp32"'
+            f'train.precision: "bf16" is not supported natively by {what}; use "auto" or "fp32"'
         )
     return name
 

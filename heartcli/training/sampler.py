@@ -30,7 +30,8 @@ class EpochSampler:
     def indices(self, epoch: int) -> np.ndarray:
         """The fold's row indices epoch ``epoch`` visits, in the order it visits them."""
         rng = np.random.default_rng([*self.seeds, epoch])
-        parts = [_draw(rows, want, rng) for rows, want in zip(self.by_class, self.per_class)]
+        pairs = zip(self.by_class, self.per_class, strict=True)
+        parts = [_draw(rows, want, rng) for rows, want in pairs]
         drawn = np.concatenate(parts) if parts else np.array([], dtype=np.int64)
         return rng.permutation(drawn)
 
