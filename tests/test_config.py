@@ -42,7 +42,7 @@ def test_precedence_set_over_file_over_defaults(heart, tmp_path):
     shown = heart.json("config", "show", "--config", cfg, "--set", "train.lr=0.5")
     assert shown["train"]["epochs"] == 7
     assert shown["train"]["lr"] == 0.5
-    assert shown["train"]["batch_size"] == 32
+    assert shown["train"]["batch_size"] == 256
     # A bare word is taken as a string.
     shown = heart.json("config", "show", "--set", "data.split=inter-patient")
     assert shown["data"]["split"] == "inter-patient"
@@ -53,7 +53,7 @@ def test_show_keeps_user_comments(heart, tmp_path):
     out = heart("config", "show", "--config", cfg, "--set", "train.epochs=9").stdout
     assert "# my notes" in out
     assert "epochs = 9  # short run" in out
-    assert "batch_size = 32" in out
+    assert "batch_size = 256" in out
 
 
 BAD_CONFIGS = [
