@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heartcli.errors import DataError
+from heartcli.errors import DataError, UsageError
 from heartcli.io import atomic_path, read_json
 
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
@@ -192,8 +192,58 @@ def split_path(data_dir: str | Path, split: str, part: str) -> Path:
     return Path(data_dir) / split / f"{part}.parquet"
 
 
-def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
-    """One part ("train" or "test") of a split of the dataset in ``data_dir``."""
+DROP = "drop"
+
+
+def class_mapping(classes: list[str], mapping: dict[str, str]) -> tuple[list[str], np.ndarray]:
+    """``[data] classes`` applied to a class list: the classes left, and old index -> new.
+
+    ``mapping`` maps a class name to "drop" or to the class it merges into; an old index
+    maps to -1 when its class is dropped. Raises UsageError (exit 2) for names the data
+    does not have, or for a mapping that leaves fewer than 2 classes.
+    """
+    for name, target in mapping.items():
+        if name not in classes:
+            raise UsageError(
+                f'data.classes: no class "{name}" in the data (classes: {", ".join(classes)})'
+            )
+        if target != DROP and (target not in classes or target in mapping):
+            raise UsageError(
+                f'data.classes.{name}: "{target}" is not a class that stays; use "drop" or '
+                f"one of {', '.join(c for c in classes if c not in mapping)}"
+            )
+    kept = [c for c in classes if c not in mapping]
+    if len(kept) < 2:
+        raise UsageError(f"data.classes: leaves {len(kept)} class; keep at least 2")
+    index = np.array(
+        [
+            kept.index(c) if c in kept else (-1 if mapping[c] == DROP else kept.index(mapping[c]))
+            for c in classes
+        ],
+        dtype=np.int64,
+    )
+    return kept, index
+
+
+def apply_classes(beats: BeatSet, mapping: dict[str, str]) -> BeatSet:
+    """The beats with ``[data] classes`` applied: dropped classes removed, merged relabelled."""
+    if not mapping:
+        return beats
+    kept, index = class_mapping(list(beats.classes), mapping)
+    new_y = index[beats.y]
+    out = beats.subset(np.flatnonzero(new_y >= 0))
+    out.y = new_y[new_y >= 0]
+    out.classes = kept
+    return out
+
+
+def load_split(
+    data_dir: str | Path, split: str, part: str, *, classes: dict[str, str] | None = None
+) -> BeatSet:
+    """One part ("train" or "test") of a split of the dataset in ``data_dir``.
+
+    ``classes`` is ``[data] classes``: classes to drop or merge (see ``apply_classes``).
+    """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     manifest = read_manifest(data_dir)
@@ -203,4 +253,5 @@ def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
         raise DataError(
             f"{data_dir}: split {split!r} has no {part}.parquet; splits here: {', '.join(known)}"
         )
-    return read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
+    beats = read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
+    return apply_classes(beats, classes or {})

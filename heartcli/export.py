@@ -468,7 +468,7 @@ def build_card(
     quantized: dict[str, Any] | None,
     notes: list[str],
 ) -> dict[str, Any]:
-    from heartcli.predict import _training_lead
+    from heartcli.predict import training_lead
 
     data = run.manifest.get("data") or {}
     k = len(run.classes)
@@ -487,7 +487,7 @@ def build_card(
             "length": run.input_length,
             "sampling_rate_hz": run.manifest.get("sampling_rate_hz") or 120.0,
             "normalisation": "min-max over the beat's whole segment to [0, 1], zero-padded",
-            "lead": _training_lead(run.manifest, run.config.data.lead),
+            "lead": training_lead(run.manifest, run.config.data.lead),
         },
         "output": {
             "name": OUTPUT_NAME,

@@ -20,6 +20,15 @@ from heartcli.errors import HeartError
 GLOBAL_FLAGS = {"--json", "-q", "--quiet"}
 
 
+def training_split(config: HeartConfig) -> Any:
+    """The training split with ``[data] classes`` applied (None: training loads it itself)."""
+    from heartcli.dataset import load_split
+
+    if not config.data.classes:
+        return None
+    return load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
+
+
 @dataclass
 class Output:
     """How a command talks: a result on stdout (a rich rendering, or JSON), the rest on stderr."""

@@ -32,18 +32,19 @@ def evaluate(
     ] = None,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1 with 95% CI, per-class figures, confusion matrix."""
-    from heartcli.dataset import load_split, read_beats
+    from heartcli.dataset import apply_classes, load_split, read_beats
     from heartcli.evaluate import evaluate_run
     from heartcli.runs import CONFUSION, EVAL, load_run
 
     loaded = load_run(run)
     source = data if data is not None else Path(loaded.config.data.dir)
     split_name = split or loaded.config.data.split
+    mapping = loaded.config.data.classes
     if source.is_file():
-        beats = read_beats(source)
+        beats = apply_classes(read_beats(source), mapping)
         description, split_used = str(source), None
     else:
-        beats = load_split(source, split_name, "test")
+        beats = load_split(source, split_name, "test", classes=mapping)
         description, split_used = f"{source} (split {split_name}, test part)", split_name
     result = evaluate_run(loaded, beats, description=description, split=split_used)
     from heartcli.tracking import log_evaluation

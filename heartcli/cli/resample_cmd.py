@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
+from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config, training_split
 
 
 def resample(
@@ -29,7 +29,7 @@ def resample(
     from heartcli.training import prepare_folds
 
     resolved = resolve_config(config, set_)
-    folds = prepare_folds(resolved)
+    folds = prepare_folds(resolved, training_split(resolved))
     write_beats(out_file, folds.train)
     o = out()
     validation = folds.val.counts()

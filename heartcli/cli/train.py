@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
+from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config, training_split
 from heartcli.config import load_document
 from heartcli.errors import UsageError
 
@@ -141,7 +141,12 @@ def train(
         base = load_document(config) if config is not None else None
         run_dir = runs.new_run_dir(resolved, name)
     result = training.train(
-        resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
+        resolved,
+        run_dir,
+        resume=resume is not None,
+        progress=RichProgress(),
+        config_base=base,
+        train_data=training_split(resolved),
     )
     o = out()
 
