@@ -126,21 +126,6 @@ def metrics(
     return result
 
 
-def predict_proba(model: Any, x: np.ndarray, batch: int = 2048) -> np.ndarray:
-    """Softmax probabilities of a model on CPU, in batches, no grad."""
-    import torch
-
-    model.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))
-            parts.append(torch.softmax(model(xb).float(), dim=1).numpy())
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(parts)
-
-
 def check_data(run: LoadedRun, data: BeatSet, description: str) -> None:
     """The data must fit the model: same beat length, same class set, finite values."""
     if data.length != run.input_length:
@@ -174,10 +159,11 @@ def evaluate_run(
     names the split (stored as ``split``; null for a file outside a dataset).
     """
     from heartcli import plots
+    from heartcli.inference import torch_proba
     from heartcli.runs import CONFUSION, EVAL
 
     check_data(run, data, description)
-    proba = predict_proba(run.model, data.x)
+    proba = torch_proba(run.model, [data.x])
     result = metrics(data.y, proba.argmax(axis=1), run.classes, proba, data.record)
     result = {"run": str(run.path), "data": description, "split": split, **result}
     if write:

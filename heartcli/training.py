@@ -34,6 +34,7 @@ from heartcli.config import HeartConfig, TrainConfig, save_config
 from heartcli.dataset import BeatSet, load_split, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
 from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
+from heartcli.inference import torch_logits
 from heartcli.io import sha256_file, write_text
 from heartcli.model import build_model, count_parameters
 from heartcli.resample import class_weights, resample
@@ -263,11 +264,10 @@ def _validate(
     model.eval()
     total = torch.zeros((), device=device)
     preds = []
-    with torch.inference_mode(), _autocast(device):
-        for start in range(0, len(x), EVAL_BATCH):
-            logits = model(x[start : start + EVAL_BATCH]).float()
-            total += loss_fn(logits, y[start : start + EVAL_BATCH]) * len(logits)
-            preds.append(logits.argmax(dim=1))
+    with torch.inference_mode():
+        logits = torch_logits(model, [x], context=_autocast(device))
+        total += loss_fn(logits, y) * len(logits)
+        preds.append(logits.argmax(dim=1))
     y_pred = torch.cat(preds).cpu().numpy()
     cm = confusion_matrix(y.cpu().numpy(), y_pred, n_classes)
     return float(total.item()) / len(x), cm

@@ -141,7 +141,7 @@ def test_refuses_to_oversample_a_class_of_few_real_beats(heart, sample_dir):
     result = heart(*args, expect=2)
     assert result.stderr.strip() == (
         "error: resample.min_beats: class Q has 4 real beats in the training fold, fewer than "
-        'min_beats = 50, and random would oversample it to 300; drop or merge it (data.classes '
+        "min_beats = 50, and random would oversample it to 300; drop or merge it (data.classes "
         '= {Q = "drop"}) or lower resample.min_beats'
     )
     assert not Path("x.parquet").exists()
