@@ -74,12 +74,12 @@ class DataConfig(Section):
         for name, target in value.items():
             if not target or target == name:
                 raise ValueError(
-                    f'classes.{name}: use "drop" or the name of another class to merge into '
+                    f'class {name}: use "drop" or the name of another class to merge it into '
                     f"(got {target!r})"
                 )
             if target in value:
                 raise ValueError(
-                    f'classes.{name}: "{target}" is itself dropped or merged; '
+                    f'class {name}: "{target}" is itself dropped or merged; '
                     "merge into a class that stays"
                 )
         return value

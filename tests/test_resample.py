@@ -169,6 +169,8 @@ def test_merging_a_class_relabels_its_beats(heart, sample_dir):
         ('{X = "drop"}', 'data.classes: no class "X" in the data (classes: N, S, V, F, Q)'),
         ('{F = "Z"}', 'data.classes.F: "Z" is not a class that stays; use "drop" or one of '),
         ('{N = "drop", S = "drop", V = "drop", F = "drop"}', "data.classes: leaves 1 class"),
+        ('{Q = "Q"}', '--set data.classes: class Q: use "drop" or the name of another class'),
+        ('{Q = "F", F = "V"}', '--set data.classes: class Q: "F" is itself dropped or merged'),
     ],
 )
 def test_bad_class_mappings_are_one_line(heart, sample_dir, value, message):
