@@ -57,7 +57,7 @@ def bench_models(threads: int) -> dict[str, dict[str, float]]:
 
     from heartcli.config import HeartConfig, load_config
     from heartcli.dataset import load_split
-    from heartcli.export import _probability_module, export_onnx
+    from heartcli.export.formats import export_onnx, probability_module
     from heartcli.model import build_model
 
     torch.set_num_threads(threads)
@@ -71,7 +71,7 @@ def bench_models(threads: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in configs.items():
             torch.manual_seed(0)
-            module = _probability_module(build_model(cfg, 187, 5).eval())
+            module = probability_module(build_model(cfg, 187, 5).eval())
             path = Path(tmp) / "m.onnx"
             export_onnx(module, torch.from_numpy(x[:2].copy()), path, 18)
             options = ort.SessionOptions()

@@ -61,6 +61,28 @@ class DataConfig(Section):
         0.2, gt=0.0, lt=1.0, description="test share of the beat-level random split"
     )
     seed: int = Field(42, description="seed of the random split")
+    classes: dict[str, str] = Field(
+        {},
+        description="drop or merge classes of the split for training, validation and "
+        'evaluation (AAMI EC57 practice): {Q = "drop"} leaves class Q out, {F = "V"} '
+        "counts F beats as V; {} = the dataset's classes",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _valid_classes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            if not target or target == name:
+                raise ValueError(
+                    f'class {name}: use "drop" or the name of another class to merge it into '
+                    f"(got {target!r})"
+                )
+            if target in value:
+                raise ValueError(
+                    f'class {name}: "{target}" is itself dropped or merged; '
+                    "merge into a class that stays"
+                )
+        return value
 
 
 class TrackingConfig(Section):
@@ -142,6 +164,12 @@ class ResampleConfig(Section):
     )
     k_neighbors: int = Field(5, ge=1, description="neighbours for SMOTE / ADASYN")
     seed: int = Field(42, description="seed of the resampler")
+    min_beats: int = Field(
+        50,
+        ge=0,
+        description="refuse to oversample a class from fewer real beats than this "
+        "(drop or merge it with data.classes instead); 0 = no limit",
+    )
 
 
 class TrainConfig(Section):

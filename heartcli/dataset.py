@@ -7,8 +7,9 @@ Layout (written by `heart fetch`, read by every other command)::
     DIR/<split>/test.parquet
 
 Columns: "0".."L-1" (float32 beat samples), "target" (int64 class index), "record"
-(string, "" when unknown) and "sample" (int64, R-peak index in the 360 Hz record, -1
-when unknown).
+(string, "" when unknown), "sample" (int64, R-peak index in the 360 Hz record, -1
+when unknown) and, for datasets built from records, the rhythm columns ``RHYTHM_COLUMNS``
+(float32 seconds and ratios; see :mod:`heartcli.data.rhythm`).
 """
 
 from __future__ import annotations
@@ -22,22 +23,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from heartcli.errors import DataError
+from heartcli.errors import DataError, UsageError
 from heartcli.io import atomic_path, read_json
 
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 PARTS = ("train", "test")
+RHYTHM_COLUMNS = ("rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre")
 
 
 @dataclass
 class BeatSet:
-    """Beats as arrays: ``x`` float32 [n, length], ``y`` int64 [n], with their provenance."""
+    """Beats as arrays: ``x`` float32 [n, length], ``y`` int64 [n], with their provenance.
+
+    ``rhythm`` is float32 [n, len(RHYTHM_COLUMNS)] for beats cut from records, else None.
+    """
 
     x: np.ndarray
     y: np.ndarray
     record: np.ndarray = field(default_factory=lambda: np.array([], dtype=object))
     sample: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
     classes: list[str] = field(default_factory=lambda: list(AAMI_CLASSES))
+    rhythm: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -45,6 +51,8 @@ class BeatSet:
             self.record = np.full(n, "", dtype=object)
         if len(self.sample) != n:
             self.sample = np.full(n, -1, dtype=np.int64)
+        if self.rhythm is not None and self.rhythm.shape != (n, len(RHYTHM_COLUMNS)):
+            raise ValueError(f"rhythm must be [{n}, {len(RHYTHM_COLUMNS)}]")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -59,8 +67,14 @@ class BeatSet:
         return {name: int(found[i]) for i, name in enumerate(self.classes)}
 
     def subset(self, index: np.ndarray) -> BeatSet:
+        rhythm = None if self.rhythm is None else self.rhythm[index]
         return BeatSet(
-            self.x[index], self.y[index], self.record[index], self.sample[index], self.classes
+            self.x[index],
+            self.y[index],
+            self.record[index],
+            self.sample[index],
+            self.classes,
+            rhythm,
         )
 
 
@@ -70,6 +84,10 @@ def to_table(beats: BeatSet) -> pa.Table:
     columns["target"] = pa.array(beats.y, type=pa.int64())
     columns["record"] = pa.array([str(r) for r in beats.record], type=pa.string())
     columns["sample"] = pa.array(beats.sample, type=pa.int64())
+    if beats.rhythm is not None:
+        rhythm = np.ascontiguousarray(beats.rhythm.T, dtype=np.float32)
+        for i, name in enumerate(RHYTHM_COLUMNS):
+            columns[name] = pa.array(rhythm[i])
     meta = {b"heart.classes": json.dumps(beats.classes).encode()}
     return pa.table(columns).replace_schema_metadata(meta)
 
@@ -134,7 +152,27 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
         if "sample" in names
         else np.array([], dtype=np.int64)
     )
-    return BeatSet(x, y, record, sample, list(classes))
+    return BeatSet(x, y, record, sample, list(classes), _read_rhythm(path, table))
+
+
+def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
+    """The rhythm columns, when the file has them (all of them, finite), else None."""
+    present = [c for c in RHYTHM_COLUMNS if c in table.column_names]
+    if not present:
+        return None
+    if len(present) != len(RHYTHM_COLUMNS):
+        missing = [c for c in RHYTHM_COLUMNS if c not in present]
+        raise DataError(
+            f"{path}: rhythm columns incomplete (missing {', '.join(missing)}); "
+            "rebuild the dataset with `heart fetch`"
+        )
+    rhythm = np.empty((table.num_rows, len(RHYTHM_COLUMNS)), dtype=np.float32)
+    for i, c in enumerate(RHYTHM_COLUMNS):
+        rhythm[:, i] = table.column(c).to_numpy()
+    if not np.all(np.isfinite(rhythm)):
+        row = int(np.argwhere(~np.isfinite(rhythm))[0][0])
+        raise DataError(f"{path}: row {row} has a NaN or infinite rhythm value; rebuild it")
+    return rhythm
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -154,8 +192,58 @@ def split_path(data_dir: str | Path, split: str, part: str) -> Path:
     return Path(data_dir) / split / f"{part}.parquet"
 
 
-def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
-    """One part ("train" or "test") of a split of the dataset in ``data_dir``."""
+DROP = "drop"
+
+
+def class_mapping(classes: list[str], mapping: dict[str, str]) -> tuple[list[str], np.ndarray]:
+    """``[data] classes`` applied to a class list: the classes left, and old index -> new.
+
+    ``mapping`` maps a class name to "drop" or to the class it merges into; an old index
+    maps to -1 when its class is dropped. Raises UsageError (exit 2) for names the data
+    does not have, or for a mapping that leaves fewer than 2 classes.
+    """
+    for name, target in mapping.items():
+        if name not in classes:
+            raise UsageError(
+                f'data.classes: no class "{name}" in the data (classes: {", ".join(classes)})'
+            )
+        if target != DROP and (target not in classes or target in mapping):
+            raise UsageError(
+                f'data.classes.{name}: "{target}" is not a class that stays; use "drop" or '
+                f"one of {', '.join(c for c in classes if c not in mapping)}"
+            )
+    kept = [c for c in classes if c not in mapping]
+    if len(kept) < 2:
+        raise UsageError(f"data.classes: leaves {len(kept)} class; keep at least 2")
+    index = np.array(
+        [
+            kept.index(c) if c in kept else (-1 if mapping[c] == DROP else kept.index(mapping[c]))
+            for c in classes
+        ],
+        dtype=np.int64,
+    )
+    return kept, index
+
+
+def apply_classes(beats: BeatSet, mapping: dict[str, str]) -> BeatSet:
+    """The beats with ``[data] classes`` applied: dropped classes removed, merged relabelled."""
+    if not mapping:
+        return beats
+    kept, index = class_mapping(list(beats.classes), mapping)
+    new_y = index[beats.y]
+    out = beats.subset(np.flatnonzero(new_y >= 0))
+    out.y = new_y[new_y >= 0]
+    out.classes = kept
+    return out
+
+
+def load_split(
+    data_dir: str | Path, split: str, part: str, *, classes: dict[str, str] | None = None
+) -> BeatSet:
+    """One part ("train" or "test") of a split of the dataset in ``data_dir``.
+
+    ``classes`` is ``[data] classes``: classes to drop or merge (see ``apply_classes``).
+    """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     manifest = read_manifest(data_dir)
@@ -165,4 +253,5 @@ def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
         raise DataError(
             f"{data_dir}: split {split!r} has no {part}.parquet; splits here: {', '.join(known)}"
         )
-    return read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
+    beats = read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
+    return apply_classes(beats, classes or {})

@@ -1,6 +1,8 @@
 """Honest metrics: accuracy and balanced accuracy, per-class P/R/F1 with support, macro-F1
-with a 95% bootstrap interval, the confusion matrix, and sensitivity / PPV (the figures the
-inter-patient AAMI literature reports).
+with a 95% bootstrap interval, the confusion matrix, and sensitivity / PPV; for the AAMI
+classes also the EC57 figures the inter-patient literature compares (``aami``: Se, +P, FPR
+and F1 per class, the SVEB and VEB rows, kappa, j-index, jκ, per-record figures; see
+:mod:`heartcli.aami`).
 
 Macro averages run over the classes that occur in the true labels or the predictions (the
 scikit-learn convention), so a class absent from a small test set does not count as F1 0.
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from heartcli import aami
 from heartcli.dataset import BeatSet
 from heartcli.errors import DataError
 from heartcli.io import write_json
@@ -76,8 +79,12 @@ def metrics(
     y_pred: np.ndarray,
     classes: list[str],
     proba: np.ndarray | None = None,
+    records: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Every figure `heart evaluate` reports, as plain JSON-ready values."""
+    """Every figure `heart evaluate` reports, as plain JSON-ready values.
+
+    ``records`` (the record of every beat) adds per-record AAMI figures.
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     k = len(classes)
@@ -111,26 +118,12 @@ def metrics(
         },
         "classes": list(classes),
         "confusion_matrix": cm.tolist(),
+        "aami": aami.report(cm, list(classes), y_true, y_pred, records),
     }
     if proba is not None and n:
         p = np.clip(np.asarray(proba, dtype=np.float64)[np.arange(n), y_true], 1e-12, 1.0)
         result["log_loss"] = float(-np.log(p).mean())
     return result
-
-
-def predict_proba(model: Any, x: np.ndarray, batch: int = 2048) -> np.ndarray:
-    """Softmax probabilities of a model on CPU, in batches, no grad."""
-    import torch
-
-    model.eval()
-    parts = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch]))
-            parts.append(torch.softmax(model(xb).float(), dim=1).numpy())
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(parts)
 
 
 def check_data(run: LoadedRun, data: BeatSet, description: str) -> None:
@@ -166,11 +159,12 @@ def evaluate_run(
     names the split (stored as ``split``; null for a file outside a dataset).
     """
     from heartcli import plots
+    from heartcli.inference import torch_proba
     from heartcli.runs import CONFUSION, EVAL
 
     check_data(run, data, description)
-    proba = predict_proba(run.model, data.x)
-    result = metrics(data.y, proba.argmax(axis=1), run.classes, proba)
+    proba = torch_proba(run.model, [data.x])
+    result = metrics(data.y, proba.argmax(axis=1), run.classes, proba, data.record)
     result = {"run": str(run.path), "data": description, "split": split, **result}
     if write:
         path = Path(run.path)

@@ -15,7 +15,6 @@ carries per-class agreement: sensitivity and PPV of the predictions against it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,12 @@ from typing import Any
 import numpy as np
 
 from heartcli.errors import DataError, UsageError
+from heartcli.inference import Runner, batched, onnx_runner, onnx_session
 from heartcli.io import atomic_path, read_json, sha256_file, write_json
 
 CARD_NAME = "model_card.json"
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
 BEAT_SUFFIXES = (".csv", ".parquet", ".parq")
-BATCH = 1024
 
 
 # --------------------------------------------------------------------------- models
@@ -43,16 +42,24 @@ class Model:
     classes: list[str]
     input_length: int
     lead: str  # lead of the training data: "channel0" or "MLII"
-    proba_fn: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    proba_fn: Runner = field(repr=False)  # one batch of beats -> probabilities
+    class_map: dict[str, str] = field(default_factory=dict)  # [data] classes of the training
+
+    def reference_index(self, labels: np.ndarray, source: list[str]) -> np.ndarray:
+        """Reference labels (indices into ``source`` classes) as indices into the model's
+        classes, through its ``[data] classes`` map; -1 where the model has no such class."""
+        lookup = []
+        for name in source:
+            name = self.class_map.get(name, name)
+            lookup.append(self.classes.index(name) if name in self.classes else -1)
+        table = np.asarray(lookup, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        return np.where(labels >= 0, table[np.clip(labels, 0, len(table) - 1)], -1)
 
     def proba(self, x: np.ndarray) -> np.ndarray:
-        parts = [
-            self.proba_fn(np.ascontiguousarray(x[i : i + BATCH], dtype=np.float32))
-            for i in range(0, len(x), BATCH)
-        ]
-        if not parts:
+        if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return batched(self.proba_fn, [x]).astype(np.float32, copy=False)
 
 
 def load_model(path: str | Path) -> Model:
@@ -71,7 +78,7 @@ def load_model(path: str | Path) -> Model:
     )
 
 
-def _training_lead(manifest: dict[str, Any], fallback: str) -> str:
+def training_lead(manifest: dict[str, Any], fallback: str) -> str:
     """The lead the run's dataset was built from, as its data manifest records it."""
     from heartcli.dataset import read_manifest
 
@@ -87,19 +94,16 @@ def _training_lead(manifest: dict[str, Any], fallback: str) -> str:
 
 
 def _load_run_model(path: Path) -> Model:
-    import torch
-
+    from heartcli.inference import torch_runner
     from heartcli.runs import load_run
 
     run = load_run(path)
-    model = run.model
-
-    def proba(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
-
-    lead = _training_lead(run.manifest, run.config.data.lead)
-    return Model(path, "run", list(run.classes), run.input_length, lead, proba)
+    run.model.eval()
+    proba = torch_runner(run.model)
+    lead = training_lead(run.manifest, run.config.data.lead)
+    return Model(
+        path, "run", list(run.classes), run.input_length, lead, proba, dict(run.config.data.classes)
+    )
 
 
 def read_card(model_path: Path) -> dict[str, Any]:
@@ -116,17 +120,8 @@ def read_card(model_path: Path) -> dict[str, Any]:
 
 def load_onnx(path: Path) -> Model:
     """An exported ONNX model, after checking that its card describes exactly this file."""
-    import onnxruntime as ort
-
     card = read_card(path)
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise DataError(
-            f"{path}: not a loadable ONNX model (truncated or damaged); export it again"
-        ) from None
+    session = onnx_session(path)
     card_path = path.parent / CARD_NAME
     entry = next((f for f in card.get("files", []) if f.get("file") == path.name), None)
     if entry is None:
@@ -150,12 +145,9 @@ def load_onnx(path: Path) -> Model:
             f"{model_classes}; export again"
         )
     lead = str((card.get("input") or {}).get("lead", "channel0"))
-    name = inputs[0].name
-
-    def proba(x: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {name: x})[0])
-
-    return Model(path, "onnx", classes, length, lead, proba)
+    proba = onnx_runner(session)
+    class_map = {str(k): str(v) for k, v in (card.get("class_map") or {}).items()}
+    return Model(path, "onnx", classes, length, lead, proba, class_map)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -178,6 +170,7 @@ class Beats:
 
 def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str = "auto") -> Beats:
     """A beat file or a WFDB record, as beats the model can take."""
+    from heartcli.dataset import AAMI_CLASSES
     from heartcli.segment import is_record, segment_record
 
     path = Path(path)
@@ -189,7 +182,7 @@ def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str
             seg.x,
             np.full(len(seg.x), seg.record, dtype=object),
             seg.sample,
-            seg.reference,
+            None if seg.reference is None else model.reference_index(seg.reference, AAMI_CLASSES),
             seg.method,
             seg.lead,
             seg.notes,
@@ -216,11 +209,21 @@ def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str
     return beats
 
 
+def _whole_in(labels: np.ndarray, k: int) -> bool:
+    """Every label a whole class index in 0..k-1."""
+    return bool(
+        (labels == np.round(labels)).all()
+        and labels.min(initial=0) >= 0
+        and labels.max(initial=0) < k
+    )
+
+
 def _read_beat_file(path: Path, model: Model) -> Beats:
     """Beats in the `heart fetch --import` layouts (the importer's reader and checks)."""
     import pyarrow.parquet as pq
 
     from heartcli.data.importer import read_file
+    from heartcli.dataset import AAMI_CLASSES
 
     x, labels, _ = read_file(path, labelled=False)
     n = len(x)
@@ -239,11 +242,10 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
     reference: np.ndarray | None = None
     if labels is None:
         notes.append("no labels in the file: predictions only")
-    elif (
-        (labels == np.round(labels)).all()
-        and labels.min(initial=0) >= 0
-        and labels.max(initial=0) < len(model.classes)
-    ):
+    elif model.class_map and _whole_in(labels, len(AAMI_CLASSES)):
+        # The model was trained with [data] classes: the file's labels are dataset classes.
+        reference = model.reference_index(labels.astype(np.int64), AAMI_CLASSES)
+    elif _whole_in(labels, len(model.classes)):
         reference = labels.astype(np.int64)
     else:
         notes.append("labels outside the model's classes: no agreement table")

@@ -13,7 +13,11 @@ Strategies (``[resample] strategy``):
 
 Class 0 (N, the majority) follows ``majority``: ``cap`` treats it like every class but never
 oversamples it, ``keep`` leaves it whole, ``drop`` removes it. A class with no beats in the
-fold stays empty. Synthetic beats have record "" and sample -1.
+fold stays empty. Synthetic beats have record "" and sample -1 (and no rhythm columns).
+
+A class with fewer than ``min_beats`` real beats is not oversampled: the command stops
+(exit 2) and says to drop or merge it with ``[data] classes`` (AAMI EC57 practice: Q has 8
+beats in DS1, which ``random`` would draw some 2,000 times each).
 
 ``[train] epoch_beats`` scales an epoch's class mix (:func:`epoch_class_counts`) to that many
 beats; 0 keeps the mix's own size.
@@ -69,6 +73,15 @@ def target_counts(beats: BeatSet, cfg: ResampleConfig) -> dict[int, int]:
                     f"training fold; {cfg.strategy} needs at least k_neighbors + 1 = {need}; "
                     'lower resample.k_neighbors or use strategy = "random"'
                 )
+    for c, n in enumerate(counts):
+        if 0 < n < wanted[c] and n < cfg.min_beats:
+            name = beats.classes[c]
+            raise UsageError(
+                f"resample.min_beats: class {name} has {int(n)} real beats in the training "
+                f"fold, fewer than min_beats = {cfg.min_beats}, and {cfg.strategy} would "
+                f"oversample it to {wanted[c]:,}; drop or merge it (data.classes = "
+                f'{{{name} = "drop"}}) or lower resample.min_beats'
+            )
     return wanted
 
 

@@ -167,6 +167,13 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
     }
     for name, per in result["per_class"].items():
         figures[f"{part}_f1_{name}"] = per["f1"]
+    aami = result.get("aami")
+    if aami:
+        figures[f"{part}_jk_index"] = aami["jk_index"]
+        figures[f"{part}_kappa"] = aami["kappa"]
+        for row, per in aami["rows"].items():
+            for key in ("se", "ppv", "fpr", "f1"):
+                figures[f"{part}_{row}_{key}"] = per[key]
     try:
         _quiet()
         with warnings.catch_warnings():

@@ -59,7 +59,8 @@ def test_non_beat_annotations_are_boundaries(mitdb_dir: Path):
 
 
 def test_mlii_lead_skips_records_without_it(mitdb_dir: Path):
-    beats, skipped = collect_beats(mitdb_dir, ["100", "102", "114"], lead="MLII")
+    beats, skipped, short = collect_beats(mitdb_dir, ["100", "102", "114"], lead="MLII")
+    assert short == []
     assert skipped == ["102"]
     # 114 has MLII as its second channel: the MLII build reads that one.
     header = wfdb.rdheader(str(mitdb_dir / "114"))

@@ -77,6 +77,33 @@ def test_evaluate_prints_every_figure_and_writes_eval_json(heart, run, sample_di
     assert (run / "confusion.png").stat().st_size > 0
 
 
+def test_evaluate_inter_patient_prints_the_aami_figures(heart, run, sample_dir):
+    args = ("evaluate", run, "--data", sample_dir, "--split", "inter-patient")
+    out = heart(*args).stdout
+    assert "AAMI EC57" in out and "FPR" in out
+    assert "SVEB: Se" in out and "VEB: Se" in out
+    assert "jκ" in out and "κ/2 + j/8" in out
+    assert "per record" in out and "232" in out
+    result = heart.json(*args)
+    figures = result["aami"]
+    cm = np.array(result["confusion_matrix"])
+    # The JSON figures follow from the confusion matrix it reports (Q row not scored).
+    assert figures["scored_beats"] == cm[:4].sum() == 532 - 7
+    s = figures["rows"]["SVEB"]
+    assert s["se"] == pytest.approx(cm[1, 1] / cm[1].sum())
+    assert s["ppv"] == pytest.approx(cm[1, 1] / cm[:4, 1].sum() if cm[:4, 1].sum() else 0.0)
+    v = figures["rows"]["VEB"]
+    assert v["fp"] == cm[:4, 2].sum() - cm[2, 2] - cm[3, 2]
+    assert 0.0 <= figures["jk_index"] <= 1.0
+    per_record = figures["per_record"]
+    test = load_split(sample_dir, "inter-patient", "test")
+    assert set(per_record) == set(test.record)
+    assert sum(r["beats"] for r in per_record.values()) == 532 - 7
+    assert sum(r["S"]["support"] for r in per_record.values()) == int((test.y == 1).sum())
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["aami"]["jk_index"] == figures["jk_index"]
+
+
 def test_evaluate_a_parquet_file(heart, run, sample_dir):
     file = sample_dir / "random" / "test.parquet"
     result = heart.json("evaluate", run, "--data", file)

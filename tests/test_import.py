@@ -70,6 +70,10 @@ def test_kaggle_mitbih_csvs(heart, real, tmp_path):
     assert manifest["sampling_rate_hz"] == 120.0
     assert manifest["imported"]["mitbih"]["train"][0]["file"] == "mitbih_train.csv"
     assert manifest["imported"]["mitbih"]["split_by"] == "the files' own train/test"
+    # CSV beats carry no timing: no rhythm columns, and the manifest says so.
+    assert manifest["rhythm"] is None
+    assert "no rhythm columns" in manifest["rhythm_note"]
+    assert load_split(tmp_path / "ds", "mitbih", "train").rhythm is None
 
 
 def test_pandas_csv_variant_with_header_and_index(heart, real, tmp_path):
@@ -115,6 +119,8 @@ def test_mads_parquet_files(heart, real, tmp_path):
     got = load_split(tmp_path / "ds", "heart_big", "train")
     np.testing.assert_array_equal(got.x, real["train"].x)
     np.testing.assert_array_equal(got.y, real["train"].y)
+    assert got.rhythm is None
+    assert read_manifest(tmp_path / "ds")["rhythm"] is None
 
 
 def test_a_later_import_keeps_the_earlier_splits(heart, real, tmp_path):

@@ -130,3 +130,51 @@ def test_dropping_n_when_one_other_class_is_left(heart, sample_dir, tmp_path):
         'error: resample.majority: "drop" removes class N and leaves 1 class in the training '
         'fold; use "cap" or "keep"'
     )
+
+
+def test_refuses_to_oversample_a_class_of_few_real_beats(heart, sample_dir):
+    # The inter-patient sample holds all 8 Q beats of DS1; after the validation carve-out
+    # the training fold has 4, which "random" would copy up to 300.
+    args = ["resample", "--set", f"data.dir={sample_dir}", "--set", "data.split=inter-patient"]
+    args += ["--set", "resample.strategy=random", "--set", "resample.target=300"]
+    args += ["--out", "x.parquet"]
+    result = heart(*args, expect=2)
+    assert result.stderr.strip() == (
+        "error: resample.min_beats: class Q has 4 real beats in the training fold, fewer than "
+        "min_beats = 50, and random would oversample it to 300; drop or merge it (data.classes "
+        '= {Q = "drop"}) or lower resample.min_beats'
+    )
+    assert not Path("x.parquet").exists()
+    # Lowering the limit allows it; dropping Q (AAMI EC57 practice) is the better way.
+    lowered = heart.json(*args, "--set", "resample.min_beats=4")
+    assert lowered["after"]["Q"] == 300
+    dropped = heart.json(*args, "--set", 'data.classes={Q = "drop"}')
+    assert list(dropped["after"]) == ["N", "S", "V", "F"]
+    assert dropped["after"] == {"N": 300, "S": 300, "V": 300, "F": 300}
+    assert Path("x.parquet").exists()
+
+
+def test_merging_a_class_relabels_its_beats(heart, sample_dir):
+    args = ["resample", "--set", f"data.dir={sample_dir}", "--set", "resample.strategy=none"]
+    plain = heart.json(*args)
+    merged = heart.json(*args, "--set", 'data.classes={F = "V", Q = "drop"}')
+    assert list(merged["before"]) == ["N", "S", "V"]
+    assert merged["before"]["V"] == plain["before"]["V"] + plain["before"]["F"]
+    assert merged["before"]["N"] == plain["before"]["N"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{X = "drop"}', 'data.classes: no class "X" in the data (classes: N, S, V, F, Q)'),
+        ('{F = "Z"}', 'data.classes.F: "Z" is not a class that stays; use "drop" or one of '),
+        ('{N = "drop", S = "drop", V = "drop", F = "drop"}', "data.classes: leaves 1 class"),
+        ('{Q = "Q"}', '--set data.classes: class Q: use "drop" or the name of another class'),
+        ('{Q = "F", F = "V"}', '--set data.classes: class Q: "F" is itself dropped or merged'),
+    ],
+)
+def test_bad_class_mappings_are_one_line(heart, sample_dir, value, message):
+    args = ["resample", "--set", f"data.dir={sample_dir}", "--set", f"data.classes={value}"]
+    result = heart(*args, expect=2)
+    assert result.stderr.startswith(f"error: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from heartcli.cli._util import out
@@ -31,18 +32,19 @@ def evaluate(
     ] = None,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1 with 95% CI, per-class figures, confusion matrix."""
-    from heartcli.dataset import load_split, read_beats
+    from heartcli.dataset import apply_classes, load_split, read_beats
     from heartcli.evaluate import evaluate_run
     from heartcli.runs import CONFUSION, EVAL, load_run
 
     loaded = load_run(run)
     source = data if data is not None else Path(loaded.config.data.dir)
     split_name = split or loaded.config.data.split
+    mapping = loaded.config.data.classes
     if source.is_file():
-        beats = read_beats(source)
+        beats = apply_classes(read_beats(source), mapping)
         description, split_used = str(source), None
     else:
-        beats = load_split(source, split_name, "test")
+        beats = load_split(source, split_name, "test", classes=mapping)
         description, split_used = f"{source} (split {split_name}, test part)", split_name
     result = evaluate_run(loaded, beats, description=description, split=split_used)
     from heartcli.tracking import log_evaluation
@@ -100,4 +102,74 @@ def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
         console.print(
             "Se = sensitivity, +P = positive predictive value (AAMI EC57)", highlight=False
         )
+    if result.get("aami"):
+        _render_aami(result["aami"], per_record=result.get("split") == "inter-patient")
     console.print(f"wrote {eval_path} and {png}", highlight=False)
+
+
+def _render_aami(figures: dict[str, Any], *, per_record: bool) -> None:
+    """The EC57 table, the SVEB / VEB rows and jκ; per record for the inter-patient split."""
+    console = out().console
+    table = Table(title=f"AAMI EC57 ({figures['scored_beats']:,} scored beats)")
+    table.add_column("class")
+    for title in ("Se", "+P", "FPR", "F1", "support"):
+        table.add_column(title, justify="right")
+    from heartcli.aami import ROWS
+
+    rows = {name: row for row, name in ROWS.items()}
+    for name, c in figures["per_class"].items():
+        label = f"{rows[name]} ({name})" if name in rows else name
+        table.add_row(
+            label,
+            f"{c['se']:.4f}",
+            f"{c['ppv']:.4f}",
+            f"{c['fpr']:.4f}",
+            f"{c['f1']:.4f}",
+            f"{c['support']:,}",
+        )
+    console.print(table)
+    for row, c in figures["rows"].items():
+        console.print(
+            f"{row}: Se {c['se']:.4f}  +P {c['ppv']:.4f}  FPR {c['fpr']:.4f}  F1 {c['f1']:.4f}",
+            highlight=False,
+        )
+    console.print(
+        f"jκ {figures['jk_index']:.4f} = κ/2 + j/8 (κ {figures['kappa']:.4f}, "
+        f"j {figures['j_index']:.4f}); accuracy {figures['accuracy']:.4f}",
+        highlight=False,
+    )
+    console.print(figures["note"], highlight=False)
+    if per_record and figures.get("per_record"):
+        _render_records(figures["per_record"])
+
+
+def _render_records(records: dict[str, Any]) -> None:
+    def fig(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    table = Table(
+        title="per record (Se, +P: - where undefined; share: of all S or V beats)",
+        box=box.SIMPLE,
+        pad_edge=False,
+    )
+    for title in ("record", "beats", "acc", "S", "Se", "+P", "share", "V", "Se", "+P", "share"):
+        table.add_column(title, justify="left" if title == "record" else "right")
+    for record, r in records.items():
+        s, v = r["S"], r["V"]
+        table.add_row(
+            record,
+            f"{r['beats']:,}",
+            fig(r["accuracy"]),
+            f"{s['support']:,}",
+            fig(s["se"]),
+            fig(s["ppv"]),
+            share(s["share"]),
+            f"{v['support']:,}",
+            fig(v["se"]),
+            fig(v["ppv"]),
+            share(v["share"]),
+        )
+    out().console.print(table)

@@ -173,7 +173,11 @@ def train(
         base = load_document(config) if config is not None else None
         run_dir = runs.new_run_dir(resolved, name)
     result = training.train(
-        resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
+        resolved,
+        run_dir,
+        resume=resume is not None,
+        progress=RichProgress(),
+        config_base=base,
     )
     o = out()
 

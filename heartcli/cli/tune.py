@@ -161,6 +161,11 @@ def tune_cmd(
     if resume is not None and (config is not None or set_):
         raise UsageError("--resume continues with the search's own config; drop --config and --set")
     resolved = resolve_config(config, set_) if resume is None else None
+    if resolved is not None and resolved.data.classes:
+        raise UsageError(
+            "data.classes: heart tune does not drop or merge classes yet; tune without it, "
+            "then train the chosen config with `heart train`"
+        )
     chosen = backend or (resolved.search.backend if resolved is not None else "hyperopt")
     if address is not None and chosen != "ray":
         raise UsageError("--address: only with --backend ray")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from heartcli.data.mitdb import AAMI_MAP, FS_HZ
+from heartcli.data.rhythm import rows_rhythm
 from heartcli.errors import DataError
 
 BEAT_LENGTH = 187
@@ -146,3 +147,18 @@ def record_beats(record_path: str | Path, lead: str = "channel0") -> tuple[np.nd
     signal = read_lead(record_path, lead)
     samples, symbols = read_annotations(record_path)
     return segment_beats(signal, samples, symbols)
+
+
+def record_rows(
+    record_path: str | Path, lead: str = "channel0"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The dataset rows of one record with their rhythm features.
+
+    Returns ``(x, y, r_peak, rhythm float32 [n, 6], short)``; ``short`` is True for a record
+    with fewer than 3 beat annotations (see :mod:`heartcli.data.rhythm`).
+    """
+    signal = read_lead(record_path, lead)
+    samples, symbols = read_annotations(record_path)
+    x, y, peaks = segment_beats(signal, samples, symbols)
+    rhythm, short = rows_rhythm(samples, symbols, peaks, FS_HZ)
+    return x, y, peaks, rhythm, short

@@ -14,9 +14,17 @@ from typing import Any
 import numpy as np
 
 from heartcli import __version__
-from heartcli.data.beats import BEAT_LENGTH, RATE_HZ, STRIDE, TAIL_DIVISOR, record_beats
+from heartcli.data.beats import (
+    BEAT_LENGTH,
+    RATE_HZ,
+    STRIDE,
+    TAIL_DIVISOR,
+    record_beats,
+    record_rows,
+)
 from heartcli.data.mitdb import DS1, DS2, RECORDS, record_files
-from heartcli.dataset import AAMI_CLASSES, BeatSet, write_beats
+from heartcli.data.rhythm import DEFINITIONS, MIN_BEATS
+from heartcli.dataset import AAMI_CLASSES, RHYTHM_COLUMNS, BeatSet, write_beats
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file, write_json
 
@@ -29,16 +37,23 @@ def collect_beats(
     *,
     lead: str = "channel0",
     on_record: Callable[[str], None] | None = None,
-) -> tuple[BeatSet, list[str]]:
-    """Every beat of ``records`` (in record order). Returns the beats and the records skipped.
+    rhythm: bool = True,
+) -> tuple[BeatSet, list[str], list[str]]:
+    """Every beat of ``records`` (in record order), with its rhythm features.
 
-    With ``lead="MLII"`` a record without an MLII lead (102, 104) is skipped, not an error.
+    Returns the beats, the records skipped and the records with fewer than 3 beats (their
+    rhythm columns hold the defined stand-ins of :mod:`heartcli.data.rhythm`). With
+    ``lead="MLII"`` a record without an MLII lead (102, 104) is skipped, not an error.
+    ``rhythm=False`` leaves the rhythm columns out.
     """
     records_dir = Path(records_dir)
 
-    def one(record: str) -> tuple[str, tuple[np.ndarray, ...] | None]:
+    def one(record: str) -> tuple[str, tuple[Any, ...] | None]:
         try:
-            result = record_beats(records_dir / record, lead)
+            if rhythm:
+                result: tuple[Any, ...] = record_rows(records_dir / record, lead)
+            else:
+                result = (*record_beats(records_dir / record, lead), None, False)
         except DataError as exc:
             if lead != "channel0" and f"has no {lead} lead" in str(exc):
                 return record, None
@@ -50,16 +65,19 @@ def collect_beats(
     # wfdb's decoding is numpy work that releases the GIL: two threads halve the wall time.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         results = list(pool.map(one, records))
-    xs, ys, recs, peaks, skipped = [], [], [], [], []
+    xs, ys, recs, peaks, rhythms, skipped, short = [], [], [], [], [], [], []
     for record, result in results:
         if result is None:
             skipped.append(record)
             continue
-        x, y, peak = result
+        x, y, peak, features, too_short = result
         xs.append(x)
         ys.append(y)
         peaks.append(peak)
+        rhythms.append(features)
         recs.append(np.full(len(y), record, dtype=object))
+        if too_short:
+            short.append(record)
     if not xs:
         raise DataError(f"{records_dir}: no beats found in the records")
     beats = BeatSet(
@@ -68,8 +86,29 @@ def collect_beats(
         np.concatenate(recs),
         np.concatenate(peaks),
         list(AAMI_CLASSES),
+        np.concatenate(rhythms) if rhythm else None,
     )
-    return beats, skipped
+    return beats, skipped, short
+
+
+def rhythm_manifest(short: list[str]) -> dict[str, Any]:
+    """The manifest's description of the rhythm columns (see :mod:`heartcli.data.rhythm`)."""
+    note = (
+        f"records with fewer than {MIN_BEATS} beats: {', '.join(short)}; their intervals "
+        "are 0 and their ratios 1"
+        if short
+        else f"every record has at least {MIN_BEATS} beats"
+    )
+    return {
+        "columns": list(RHYTHM_COLUMNS),
+        "dtype": "float32",
+        "unit": "seconds (rr_pre, rr_post, rr_local, rr_record); ratios without unit",
+        "beats": "RR intervals between the record's beat annotations (AAMI beat symbols "
+        "N L R e j A a J S V E F / f Q); non-beat annotations are skipped",
+        "definitions": DEFINITIONS,
+        "records_too_short": short,
+        "note": note,
+    }
 
 
 def random_split(beats: BeatSet, test_fraction: float, seed: int) -> tuple[BeatSet, BeatSet]:
@@ -143,8 +182,12 @@ def build_dataset(
     test_fraction: float = 0.2,
     seed: int = 42,
     on_record: Callable[[str], None] | None = None,
+    rhythm: bool = True,
 ) -> dict[str, Any]:
-    """Build both splits from the 48 records in ``records_dir``; returns the manifest."""
+    """Build both splits from the 48 records in ``records_dir``; returns the manifest.
+
+    ``rhythm=False`` leaves out the rhythm columns (the benchmark's baseline).
+    """
     started = time.perf_counter()
     records_dir = Path(records_dir)
     missing = [f for r in RECORDS for f in record_files(r) if not (records_dir / f).exists()]
@@ -153,7 +196,9 @@ def build_dataset(
             f"{records_dir}: {len(missing)} record files missing (first: {missing[0]}); "
             "run `heart fetch` to download them"
         )
-    beats, skipped = collect_beats(records_dir, lead=lead, on_record=on_record)
+    beats, skipped, short = collect_beats(
+        records_dir, lead=lead, on_record=on_record, rhythm=rhythm
+    )
     splits = {
         "random": random_split(beats, test_fraction, seed),
         "inter-patient": inter_patient_split(beats),
@@ -187,6 +232,7 @@ def build_dataset(
         "records": [r for r in RECORDS if r not in skipped],
         "records_skipped": skipped,
         "inter_patient": {"train": list(DS1), "test": list(DS2)},
+        "rhythm": rhythm_manifest(short) if rhythm else None,
         "total": {"total": len(beats), **beats.counts()},
         "source_sha256": sources,
         "build_seconds": round(time.perf_counter() - started, 3),

@@ -18,7 +18,7 @@ from heartcli.data.build import SPLITS, build_dataset
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.sample import make_sample
-from heartcli.dataset import PARTS, read_manifest, split_path
+from heartcli.dataset import PARTS, RHYTHM_COLUMNS, read_manifest, split_path
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file
 
@@ -142,6 +142,8 @@ def current_manifest(
         return None
     if any(params.get(key) != value for key, value in wanted.items()):
         return None
+    if (manifest.get("rhythm") or {}).get("columns") != list(RHYTHM_COLUMNS):
+        return None  # built before the rhythm columns existed
     records = list(manifest.get("records") or [])
     if sorted(records + list(manifest.get("records_skipped") or [])) != sorted(RECORDS):
         return None

@@ -381,6 +381,9 @@ def import_files(
         "sampling_rate_hz": family.rate_hz if len({family_of(s).name for s in read}) == 1 else None,
         "parameters": {"test_fraction": test_fraction, "seed": seed},
         "imported": imported,
+        "rhythm": None,
+        "rhythm_note": "no rhythm columns: imported beat files carry no beat timing "
+        "(build from the records with `heart fetch` for rr_pre, rr_post, ...)",
     }
     return write_dataset(out_dir, splits, manifest)
 

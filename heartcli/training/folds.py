@@ -92,12 +92,15 @@ def prepare_folds(
     train_data: BeatSet | None = None,
     val_data: BeatSet | None = None,
 ) -> Folds:
-    """The training split, minus a validation fold, with [resample] applied to what is left.
+    """The training split (``[data] classes`` applied), minus a validation fold, with
+    [resample] applied to what is left.
 
     ``random`` resampling copies nothing: the sampler draws each epoch's class mix.
     """
     if train_data is None:
-        train_data = load_split(config.data.dir, config.data.split, "train")
+        train_data = load_split(
+            config.data.dir, config.data.split, "train", classes=config.data.classes
+        )
     if not np.all(np.isfinite(train_data.x)):
         row = int(np.argwhere(~np.isfinite(train_data.x))[0][0])
         raise DataError(f"training data: row {row} has a NaN or infinite value; repair the data")

@@ -34,6 +34,7 @@ from heartcli.config import HeartConfig, save_config
 from heartcli.dataset import BeatSet, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
 from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
+from heartcli.inference import torch_logits
 from heartcli.io import sha256_file, write_text
 from heartcli.model import build_model, count_parameters
 from heartcli.training.folds import Folds, prepare_folds
@@ -41,7 +42,6 @@ from heartcli.training.precision import autocast, pick_device, resolve_precision
 from heartcli.training.recipe import Augment, Schedule, make_optimizer
 from heartcli.training.sampler import EpochSampler
 
-EVAL_BATCH = 2048
 PROGRESS_EVERY = 10  # batches between progress callbacks: cheap, but not free
 # What a resumed run must keep: changing these mid-run would train a different recipe.
 FIXED_ON_RESUME = ("precision", "sampler")
@@ -414,18 +414,12 @@ def train_epoch(
 
 def validate(setup: Setup) -> tuple[float, np.ndarray]:
     """Validation loss and confusion matrix, in fp32 whatever the training arithmetic."""
-    model, x, y = setup.model, setup.x_val, setup.y_val
-    model.eval()
-    total = torch.zeros((), device=setup.device)
-    preds = []
+    setup.model.eval()
     with torch.inference_mode():
-        for start in range(0, len(x), EVAL_BATCH):
-            logits = model(x[start : start + EVAL_BATCH]).float()
-            total += setup.loss_fn(logits, y[start : start + EVAL_BATCH]) * len(logits)
-            preds.append(logits.argmax(dim=1))
-    y_pred = torch.cat(preds).cpu().numpy()
-    cm = confusion_matrix(y.cpu().numpy(), y_pred, len(setup.classes))
-    return float(total.item()) / len(x), cm
+        logits = torch_logits(setup.model, [setup.x_val])
+        loss = float(setup.loss_fn(logits, setup.y_val).item())
+    y_pred = logits.argmax(dim=1).cpu().numpy()
+    return loss, confusion_matrix(setup.y_val.cpu().numpy(), y_pred, len(setup.classes))
 
 
 def keep_best(setup: Setup, state: LoopState, epoch: int, cm: np.ndarray, run_dir: Path) -> bool:

@@ -1,0 +1,267 @@
+"""The model card of `heart export`: model_card.json and MODEL_CARD.md.
+
+Classes, the input spec (187 samples at 120 Hz, min-max normalised, the lead), the
+preprocessing recipe, the training data and split (with ``[data] classes``), the
+evaluation figures of ``eval.json`` with their CI and the AAMI EC57 figures, the parity
+check, and the SHA-256 of every file.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from heartcli import __version__
+from heartcli.aami import ROWS as AAMI_ROWS
+from heartcli.errors import DataError
+from heartcli.export.formats import INPUT_NAME, OUTPUT_NAME
+from heartcli.io import read_json
+
+if TYPE_CHECKING:
+    from heartcli.runs import LoadedRun
+
+CARD_JSON = "model_card.json"
+CARD_MD = "MODEL_CARD.md"
+RECIPE = [
+    "one ECG lead in raw ADC units, no filtering (MLII: channel 0 of the MIT-BIH records, "
+    "heart predict picks the lead named MLII)",
+    "at 360 Hz (records at other rates are resampled with an anti-aliasing polyphase filter)",
+    "boundaries: the record's annotations (heart predict: R-peaks detected by XQRS when "
+    "there is no .atr)",
+    "a beat starts at its R-peak r0 and ends 20% of the next RR interval past the next "
+    "R-peak r1: x[r0 : r1 + (r2 - r1) // 5 : 3], every third sample (120 Hz)",
+    "min-max normalised over the whole segment to [0, 1] (float64), the first 187 values "
+    "kept, cast to float32 and zero-padded to 187",
+]
+AAMI_DESCRIPTIONS = {
+    "N": "normal, left/right bundle branch block, atrial/nodal escape (N L R e j)",
+    "S": "supraventricular ectopic (A a J S)",
+    "V": "ventricular ectopic (V E)",
+    "F": "fusion of ventricular and normal (F)",
+    "Q": "paced, fusion of paced and normal, unclassifiable (/ f Q)",
+}
+
+
+def evaluation_summary(run: LoadedRun) -> dict[str, Any]:
+    path = Path(run.path) / "eval.json"
+    if not path.is_file():
+        return {"status": "not evaluated", "note": f"run `heart evaluate {run.path}`, then export"}
+    try:
+        figures = read_json(path, "evaluate again")
+    except DataError:
+        return {"status": "not evaluated", "note": f"{path} is unreadable; evaluate again"}
+    keep = (
+        "data",
+        "split",
+        "n",
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "macro_f1_ci95",
+        "aami",
+    )
+    result: dict[str, Any] = {"status": "evaluated", **{k: figures.get(k) for k in keep}}
+    result["per_class"] = {
+        name: {k: c.get(k) for k in ("precision", "recall", "f1", "support")}
+        for name, c in (figures.get("per_class") or {}).items()
+    }
+    weights = Path(run.path) / "model.safetensors"
+    if weights.exists() and path.stat().st_mtime < weights.stat().st_mtime:
+        result["status"] = "stale"
+        result["note"] = "eval.json is older than the weights; run `heart evaluate` again"
+    return result
+
+
+def build_card(
+    run: LoadedRun,
+    files: list[dict[str, Any]],
+    parity: dict[str, Any],
+    quantized: dict[str, Any] | None,
+    notes: list[str],
+) -> dict[str, Any]:
+    from heartcli.predict import training_lead
+
+    data = run.manifest.get("data") or {}
+    k = len(run.classes)
+    return {
+        "format": "heart-model-card/1",
+        "name": Path(run.path).name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "heart_version": __version__,
+        "task": "single-beat ECG classification into AAMI EC57 classes (MIT-BIH Arrhythmia)",
+        "classes": list(run.classes),
+        "class_map": dict(run.config.data.classes),
+        "class_descriptions": {c: AAMI_DESCRIPTIONS.get(c, "") for c in run.classes},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", run.input_length],
+            "dtype": "float32",
+            "length": run.input_length,
+            "sampling_rate_hz": run.manifest.get("sampling_rate_hz") or 120.0,
+            "normalisation": "min-max over the beat's whole segment to [0, 1], zero-padded",
+            "lead": training_lead(run.manifest, run.config.data.lead),
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", k],
+            "dtype": "float32",
+            "meaning": "softmax probabilities, one column per class in `classes` order",
+        },
+        "preprocessing": RECIPE,
+        "training": {
+            "run": str(run.path),
+            "data_dir": data.get("dir"),
+            "split": data.get("split"),
+            "data_manifest_sha256": data.get("manifest_sha256"),
+            "train_counts": data.get("train_counts"),
+            "resampled_counts": data.get("resampled_counts"),
+            "validation_counts": data.get("val_counts"),
+            "resample": run.config.resample.model_dump(mode="json"),
+            "epochs_run": run.manifest.get("epochs_run"),
+            "best_epoch": run.manifest.get("best_epoch"),
+            "validation_metrics": run.manifest.get("metrics"),
+            "model": run.config.model.model_dump(mode="json"),
+            "parameters": (run.manifest.get("model") or {}).get("parameters"),
+        },
+        "evaluation": evaluation_summary(run),
+        "files": files,
+        "parity": parity,
+        "quantized": quantized,
+        "notes": notes,
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def aami_markdown(figures: dict[str, Any] | None) -> list[str]:
+    """The AAMI EC57 block of the card: per class, SVEB / VEB, kappa, j-index, jκ."""
+    if not figures:
+        return []
+    rows = {name: row for row, name in AAMI_ROWS.items()}
+    lines = [
+        f"AAMI EC57 figures on {figures['scored_beats']} scored beats ({figures['note']}):",
+        "",
+        "| class | Se | +P | FPR | F1 | support |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in figures["per_class"].items():
+        label = f"{rows[name]} ({name})" if name in rows else name
+        lines.append(
+            f"| {label} | {_fmt(c['se'])} | {_fmt(c['ppv'])} | {_fmt(c['fpr'])} | "
+            f"{_fmt(c['f1'])} | {c['support']} |"
+        )
+    lines += [
+        "",
+        f"jκ {_fmt(figures['jk_index'])} = κ/2 + j/8 (κ {_fmt(figures['kappa'])}, "
+        f"j {_fmt(figures['j_index'])}); per-record figures in model_card.json.",
+        "",
+    ]
+    return lines
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    inp, out, tr, ev = card["input"], card["output"], card["training"], card["evaluation"]
+    lines = [
+        f"# Model card: {card['name']}",
+        "",
+        f"{card['task']}. Exported by heart {card['heart_version']} on {card['created']}.",
+        "",
+        "## Classes",
+        "",
+        "| index | class | beats (MIT-BIH symbols) |",
+        "|---|---|---|",
+        *[
+            f"| {i} | {c} | {card['class_descriptions'].get(c, '')} |"
+            for i, c in enumerate(card["classes"])
+        ],
+        "",
+        "## Input and output",
+        "",
+        f"- input `{inp['name']}`: float32 `[batch, {inp['length']}]`, one beat per row: "
+        f"{inp['length']} samples at {inp['sampling_rate_hz']:g} Hz, {inp['normalisation']}; "
+        f"lead {inp['lead']}",
+        f"- output `{out['name']}`: float32 `[batch, {len(card['classes'])}]`, {out['meaning']}",
+        "",
+        "## Preprocessing (the recipe of `heart fetch`; `heart predict` applies it to records)",
+        "",
+        *[f"{i}. {step}" for i, step in enumerate(card["preprocessing"], start=1)],
+        "",
+        "## Training data",
+        "",
+        f"- dataset: `{tr['data_dir']}`, split `{tr['split']}` "
+        f"(manifest SHA-256 `{tr['data_manifest_sha256']}`)",
+        f"- classes dropped or merged (data.classes): {card.get('class_map') or 'none'}",
+        f"- training fold per class: {tr['train_counts']}; after resampling "
+        f"({tr['resample'].get('strategy')}): {tr['resampled_counts']}",
+        f"- validation per class: {tr['validation_counts']}",
+        f"- {tr['epochs_run']} epochs, best at epoch {tr['best_epoch']}; "
+        f"{tr['parameters']} parameters",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if ev["status"] == "not evaluated":
+        lines += [f"Not evaluated: {ev['note']}.", ""]
+    else:
+        lo, hi = ev.get("macro_f1_ci95") or [float("nan"), float("nan")]
+        if ev["status"] == "stale":
+            lines += [f"**Stale**: {ev['note']}.", ""]
+        lines += [
+            f"On {ev['data']}, {ev['n']} beats: accuracy {_fmt(ev['accuracy'])}, balanced "
+            f"accuracy {_fmt(ev['balanced_accuracy'])}, macro-F1 {_fmt(ev['macro_f1'])} "
+            f"(95% bootstrap CI {_fmt(lo)}-{_fmt(hi)}).",
+            "",
+            "| class | precision (+P) | recall (Se) | F1 | support |",
+            "|---|---|---|---|---|",
+            *[
+                f"| {c} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | "
+                f"{v['support']} |"
+                for c, v in ev["per_class"].items()
+            ],
+            "",
+            *aami_markdown(ev.get("aami")),
+        ]
+    par = card["parity"]
+    lines += [
+        "## Files",
+        "",
+        f"Each file was reloaded and checked against the PyTorch model on {par['beats']:,} real "
+        f"beats ({par['source']}): max |p - p_torch| <= {par['atol']:g} and the same class for "
+        "every beat.",
+        "",
+        "| file | format | bytes | SHA-256 | max abs diff | same class |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in card["files"]:
+        p = f.get("parity") or f.get("agreement") or {}
+        lines.append(
+            f"| {f['file']} | {f['format']} | {f['bytes']:,} | `{f['sha256']}` | "
+            f"{p.get('max_abs_diff', float('nan')):.2e} | {p.get('argmax_agreement', 0):.2%} |"
+        )
+    q = card.get("quantized")
+    if q:
+        lines += [
+            "",
+            "## Int8 (dynamic quantisation)",
+            "",
+            f"`{q['file']}` is not held to the parity tolerance. On {q['test_beats']:,} test "
+            f"beats ({q['test_source']}): macro-F1 {q['macro_f1_int8']:.4f} (int8) vs "
+            f"{q['macro_f1_float']:.4f} (float); the same class as the float model for "
+            f"{q['agreement']:.2%} of the beats.",
+        ]
+    if card["notes"]:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in card["notes"]]]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```",
+        "heart predict model.onnx path/to/record   # a WFDB record without extension",
+        "heart predict model.onnx beats.parquet --out predictions.csv",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Batched inference in one place: PyTorch models and ONNX Runtime sessions.
+
+`heart evaluate`, `heart export` (reference and parity), `heart predict` and the training
+loop's validation all run models through these helpers, with one batch size.
+
+A model takes a sequence of **inputs**, each an array whose first axis is the beat: today
+one, the beats ``[n, length]``. A second input (the rhythm features ``[n, 6]``) adds an
+array to the sequence; every helper slices all inputs in step and hands them to the model
+positionally (PyTorch) or by the session's input names, in order (ONNX). torch is
+imported only by the PyTorch helpers, so ONNX inference runs without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heartcli.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+BATCH = 1024  # beats per forward pass everywhere (CPU and ONNX Runtime alike)
+
+Runner = Callable[..., np.ndarray]  # one batch of every input -> outputs [batch, k]
+
+
+def batched(run: Runner, inputs: Sequence[np.ndarray], batch: int = BATCH) -> np.ndarray:
+    """``run`` over all beats in batches of ``batch``, every input sliced in step.
+
+    Inputs are made C-contiguous float32; an empty input gives an empty ``[0, 0]`` result.
+    """
+    n = len(inputs[0])
+    if any(len(a) != n for a in inputs):
+        raise ValueError("every input needs one row per beat")
+    parts = [
+        run(*[np.ascontiguousarray(a[i : i + batch], dtype=np.float32) for a in inputs])
+        for i in range(0, n, batch)
+    ]
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(parts)
+
+
+def torch_runner(model: nn.Module, *, softmax: bool = True) -> Runner:
+    """A PyTorch module as a runner: numpy inputs -> probabilities (or logits), no grad."""
+    import torch
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(*[torch.from_numpy(a) for a in arrays]).float()
+            if softmax:
+                out = torch.softmax(out, dim=1)
+            return np.asarray(out.numpy())
+
+    return run
+
+
+def torch_proba(model: nn.Module, inputs: Sequence[np.ndarray], batch: int = BATCH) -> np.ndarray:
+    """Softmax probabilities of a PyTorch model on CPU, in eval mode, in batches."""
+    model.eval()
+    return batched(torch_runner(model), inputs, batch)
+
+
+def torch_logits(
+    model: nn.Module,
+    inputs: Sequence[torch.Tensor],
+    batch: int = BATCH,
+    context: contextlib.AbstractContextManager[Any] | None = None,
+) -> torch.Tensor:
+    """float32 logits of tensors already on the model's device (training's validation).
+
+    ``context`` wraps every forward pass (e.g. autocast on CUDA).
+    """
+    import torch
+
+    model.eval()
+    n = len(inputs[0])
+    parts = []
+    with torch.inference_mode(), context or contextlib.nullcontext():
+        for i in range(0, n, batch):
+            parts.append(model(*[t[i : i + batch] for t in inputs]).float())
+    return torch.cat(parts)
+
+
+def onnx_session(path: str | Path) -> Any:
+    """An ONNX Runtime CPU session of ``path``; DataError (one line) if it cannot load."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        raise DataError(
+            f"{path}: not a loadable ONNX model (truncated or damaged); export it again"
+        ) from None
+
+
+def onnx_runner(session: Any) -> Runner:
+    """An ONNX Runtime session as a runner: inputs in the order of the session's inputs."""
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, dict(zip(names, arrays, strict=True)))[0])
+
+    return run
