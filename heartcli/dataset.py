@@ -27,6 +27,7 @@ from heartcli.io import atomic_path, read_json
 
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 PARTS = ("train", "test")
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -154,6 +155,31 @@ def split_path(data_dir: str | Path, split: str, part: str) -> Path:
     return Path(data_dir) / split / f"{part}.parquet"
 
 
+def changed_files(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
+    """The files the manifest lists (``files``: path -> SHA-256) that are missing or differ."""
+    from heartcli.io import sha256_file
+
+    bad = []
+    for name, digest in (manifest.get("files") or {}).items():
+        path = Path(data_dir) / name
+        if not path.is_file() or sha256_file(path) != digest:
+            bad.append(name)
+    return bad
+
+
+def _check_part(data_dir: str | Path, manifest: dict[str, Any], split: str, part: str) -> None:
+    """A split part must be the file its manifest lists: never train on a half-swapped set."""
+    listed = manifest.get("files") or {}
+    name = f"{split}/{part}.parquet"
+    if name not in listed:
+        return  # a dataset from before manifests listed their files
+    if changed_files(data_dir, {"files": {name: listed[name]}}):
+        raise DataError(
+            f"{split_path(data_dir, split, part)}: is not the file {MANIFEST} lists (its "
+            "SHA-256 differs: a half-finished rebuild, or edited); rebuild with `heart fetch`"
+        )
+
+
 def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
     """One part ("train" or "test") of a split of the dataset in ``data_dir``."""
     if part not in PARTS:
@@ -165,4 +191,5 @@ def load_split(data_dir: str | Path, split: str, part: str) -> BeatSet:
         raise DataError(
             f"{data_dir}: split {split!r} has no {part}.parquet; splits here: {', '.join(known)}"
         )
+    _check_part(data_dir, manifest, split, part)
     return read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))

@@ -13,7 +13,9 @@ from heartcli.dataset import AAMI_CLASSES
 
 
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `heart train`.")],
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN", help="Run folder written by `heart train`.")
+    ],
     data: Annotated[
         Path | None,
         typer.Option(

@@ -105,13 +105,18 @@ def train(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", "-n", help="Run folder name under [train] runs_dir (default: a timestamp)."
+            "--name",
+            "-n",
+            metavar="NAME",
+            help="Run folder name under [train] runs_dir: letters, digits, '.', '_', '-', at "
+            "most 100 (default: a timestamp).",
         ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
             "--resume",
+            metavar="RUN_DIR",
             help="Continue this run folder from its last epoch, with its own config.toml "
             "(--set may change keys, e.g. train.epochs).",
             file_okay=False,

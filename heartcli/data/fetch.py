@@ -18,7 +18,7 @@ from heartcli.data.build import SPLITS, build_dataset
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.sample import make_sample
-from heartcli.dataset import PARTS, read_manifest, split_path
+from heartcli.dataset import PARTS, changed_files, read_manifest
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file
 
@@ -150,8 +150,10 @@ def current_manifest(
     expected = [name for record in records for name in record_files(record)]
     if any(sources.get(name) != pinned[name] for name in expected):
         return None
-    if any(not split_path(out_dir, split, part).is_file() for split in SPLITS for part in PARTS):
-        return None
+    listed = manifest.get("files") or {}
+    wanted_files = {f"{split}/{part}.parquet" for split in SPLITS for part in PARTS}
+    if not wanted_files <= set(listed) or changed_files(out_dir, manifest):
+        return None  # the files on disk are not the ones the manifest lists
     return manifest
 
 
