@@ -80,6 +80,11 @@ class TrackingConfig(Section):
     experiment: str = Field("heart", description="MLflow experiment name")
     enabled: bool = Field(True, description="log runs to MLflow")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars into the run")
+    on_error: Literal["fail", "local"] = Field(
+        "fail",
+        description='an MLflow server that does not answer within seconds: "fail" (one error '
+        'line) or "local" (warn, then log to sqlite:///mlflow.db in the working folder)',
+    )
 
 
 PoolKind = Literal["max", "avg", "none"]

@@ -44,6 +44,9 @@ class Model:
     input_length: int
     lead: str  # lead of the training data: "channel0" or "MLII"
     proba_fn: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    # [min, max] of the training beats: the run's manifest records it; an exported model's
+    # card says "min-max normalised to [0, 1]".
+    input_range: tuple[float, float] = (0.0, 1.0)
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         parts = [
@@ -99,7 +102,10 @@ def _load_run_model(path: Path) -> Model:
             return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
 
     lead = _training_lead(run.manifest, run.config.data.lead)
-    return Model(path, "run", list(run.classes), run.input_length, lead, proba)
+    lo, hi = (run.manifest.get("data") or {}).get("input_range") or (0.0, 1.0)
+    return Model(
+        path, "run", list(run.classes), run.input_length, lead, proba, (float(lo), float(hi))
+    )
 
 
 def read_card(model_path: Path) -> dict[str, Any]:
@@ -317,6 +323,28 @@ class Prediction:
         return columns
 
 
+def check_range(model: Model, x: np.ndarray, source: str | Path) -> None:
+    """Refuse beats far outside the range the model was trained on (e.g. raw millivolts or
+    ADC counts instead of min-max normalised beats): its answers there mean nothing.
+
+    "Far" is more than the training range's own width beyond either end of it.
+    """
+    if not len(x):
+        return
+    lo, hi = model.input_range
+    span = max(hi - lo, 1e-6)
+    low, high = x.min(axis=1), x.max(axis=1)
+    bad = np.flatnonzero((low < lo - span) | (high > hi + span))
+    if len(bad):
+        row = int(bad[0])
+        raise DataError(
+            f"{source}: {len(bad):,} of {len(x):,} beats are far outside the range the model "
+            f"was trained on [{lo:g}, {hi:g}] (row {row}: {float(low[row]):.3g} to "
+            f"{float(high[row]):.3g}); min-max normalise every beat to [0, 1] as `heart fetch` "
+            "does"
+        )
+
+
 def check_output(out: str | Path | None) -> None:
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out {out}: unknown output type; name a .csv, .parquet or .json file")
@@ -338,6 +366,7 @@ def predict(
     model = load_model(model_path)
     t1 = time.perf_counter()
     beats = read_input(input_path, model, lead=lead, peaks=peaks)
+    check_range(model, beats.x, input_path)
     t2 = time.perf_counter()
     proba = model.proba(beats.x)
     t3 = time.perf_counter()

@@ -20,7 +20,7 @@ from torch import nn
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
-from heartcli.io import atomic_path, read_json, sha256_file, write_json
+from heartcli.io import atomic_path, read_json, sha256_file, write_json, write_text
 
 CONFIG = "config.toml"
 WEIGHTS = "model.safetensors"
@@ -94,8 +94,25 @@ def release_run_dir(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def config_sha256(path: Path) -> str:
-    return sha256_file(path)
+def save_run_config(config: HeartConfig, run_dir: Path, base: Any = None) -> str:
+    """Write the run's config.toml unless it already says exactly this; return its SHA-256.
+
+    A resume without --set leaves the file untouched; with --set it is written back, and
+    the manifest records the new checksum.
+    """
+    from heartcli.config import dumps
+
+    file = Path(run_dir) / CONFIG
+    text = dumps(config, base)
+    current = file.read_text(encoding="utf-8") if file.is_file() else None
+    if current != text:
+        write_text(file, text)
+    return sha256_file(file)
+
+
+def input_range(x: Any) -> list[float]:
+    """The [min, max] of the beats a model trained on (predict warns far outside it)."""
+    return [float(x.min()), float(x.max())] if len(x) else [0.0, 1.0]
 
 
 def check_run_config(run_dir: Path, manifest: dict[str, Any]) -> None:

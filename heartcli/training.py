@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from heartcli import __version__, runs
-from heartcli.config import HeartConfig, TrainConfig, save_config
+from heartcli.config import HeartConfig, TrainConfig
 from heartcli.dataset import BeatSet, load_split, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
 from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
@@ -413,7 +413,7 @@ def train(
         seconds_before = float(checkpoint.get("seconds", 0.0))
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / runs.CONFIG, base=config_base)
+    config_sha = runs.save_run_config(config, run_dir, config_base)  # harden: issue 12
     old_tracking = old_manifest.get("tracking") or {}
     tracker = Tracker(
         config,
@@ -436,7 +436,9 @@ def train(
             "resampled_counts": folds.after,
             "val_counts": folds.val.counts(),
             "val_records": folds.val_records,
+            "input_range": runs.input_range(folds.train.x),  # harden: predict's range check
         },
+        "config_sha256": config_sha,  # harden: resume refuses a changed config.toml
         "model": {"parameters": parameters},
         "device": str(device),
         "threads": threads,

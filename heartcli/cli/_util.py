@@ -49,6 +49,10 @@ class Output:
     def log(self, message: str) -> None:
         self.err.print(message, highlight=False)
 
+    def warn(self, message: str) -> None:
+        """A warning goes to stderr even with -q."""
+        Console(file=sys.stderr, soft_wrap=True).print(message, highlight=False, markup=False)
+
     def result(self, data: Any, render: Callable[[], None] | None = None) -> None:
         """Emit a command's result: one JSON document with --json, else ``render()``."""
         if self.json:

@@ -50,6 +50,8 @@ def evaluate(
     from heartcli.tracking import log_evaluation
 
     o = out()
+    if result.get("warning"):
+        o.warn(f"warning: {result['warning']}")
     o.log(log_evaluation(loaded.manifest, result, [loaded.path / EVAL, loaded.path / CONFUSION]))
     o.result(result, lambda: _render(result, loaded.path / EVAL, loaded.path / CONFUSION))
 

@@ -137,17 +137,23 @@ def train(
                 "--resume continues a run with its own config.toml; drop --config/--name "
                 "(use --set to change keys)"
             )
-        runs.read_run_manifest(resume)
+        manifest = runs.read_run_manifest(resume)
+        runs.check_run_config(resume, manifest)  # a cut or edited config.toml is refused
         resolved = runs.read_run_config(resume, list(set_ or ()))
         base = load_document(resume / runs.CONFIG)
         run_dir = resume
     else:
         resolved = resolve_config(config, set_)
         base = load_document(config) if config is not None else None
-        run_dir = runs.new_run_dir(resolved, name)
-    result = training.train(
-        resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
-    )
+        run_dir = runs.claim_run_dir(runs.new_run_dir(resolved, name))
+    try:
+        result = training.train(
+            resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
+        )
+    except BaseException:
+        if resume is None:
+            runs.release_run_dir(run_dir)  # failed before its manifest: the name is free again
+        raise
     o = out()
 
     def render() -> None:
