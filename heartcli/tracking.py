@@ -31,7 +31,6 @@ def tracking_uri(config: HeartConfig) -> str:
 
 
 REACH_TIMEOUT_S = 3.0
-log = logging.getLogger("heartcli.tracking")
 
 
 def local_uri() -> str:
@@ -56,6 +55,29 @@ def unreachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> str | None:
             return None
     except OSError as exc:
         return f"{parts.hostname}:{port} does not answer ({exc.strerror or exc})"
+
+
+def reachable_config(config: HeartConfig) -> tuple[HeartConfig, str | None]:
+    """``config`` if its MLflow server answers (or tracking is off or local); with
+    ``on_error = "local"`` a copy logging to the local store, and a note saying so;
+    otherwise a HeartError in seconds instead of MLflow's minutes of retries."""
+    if not config.tracking.enabled:
+        return config, None
+    uri = tracking_uri(config)
+    why = unreachable(uri)
+    if why is None:
+        return config, None
+    if config.tracking.on_error == "local" and uri == config.tracking.uri:
+        local = config.model_copy(deep=True)
+        local.tracking.uri = local_uri()
+        return local, (
+            f"tracking: MLflow at {uri} is unreachable ({why}); logging to {local_uri()} "
+            'instead ([tracking] on_error = "local")'
+        )
+    raise HeartError(
+        f"tracking: cannot reach MLflow at {uri} ({why}); start the server, fix "
+        '[tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'
+    )
 
 
 def flatten(config: HeartConfig) -> dict[str, str]:
@@ -101,16 +123,7 @@ class Tracker:
             return
         self.uri = tracking_uri(config)
         why = unreachable(self.uri)
-        if why is not None and config.tracking.on_error == "local" and run_id is None:
-            log.warning(
-                "warning: tracking: MLflow at %s is unreachable (%s); logging to %s instead "
-                '([tracking] on_error = "local")',
-                self.uri,
-                why,
-                local_uri(),
-            )
-            self.uri = local_uri()
-        elif why is not None:
+        if why is not None:  # the CLI checked first (reachable_config); a library caller may not
             raise HeartError(
                 f"tracking: cannot reach MLflow at {self.uri} ({why}); start the server, fix "
                 '[tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sys
 import threading
@@ -130,8 +131,28 @@ def split_global_flags(command: Any, args: list[str]) -> tuple[list[str], list[s
     return flags, rest
 
 
+def readable_help(text: str) -> str:
+    """Typer's raw type labels made readable, column widths kept: ``{RUN}`` -> ``RUN``,
+    ``<list[Path]>`` -> ``<path>...``, ``<int range>`` -> ``<int>``."""
+
+    def same_width(new: str, old: str) -> str:
+        return new + " " * max(0, len(old) - len(new))
+
+    text = re.sub(r"\{([A-Za-z_.\-]+)\}", r"\1", text)
+    text = re.sub(
+        r"<list\[([^\]]+)\]>",
+        lambda m: same_width(f"<{m.group(1).lower()}>...", m.group(0)),
+        text,
+    )
+    text = re.sub(r"<(int|float) range>", lambda m: same_width(f"<{m.group(1)}>", m.group(0)), text)
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
 class HeartCommand(TyperCommand):
     """A sub-command whose --help ends with the global flags (--json, -q) and exit codes."""
+
+    def get_help(self, ctx: Any) -> str:
+        return readable_help(super().get_help(ctx))
 
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
         super().format_epilog(ctx, formatter)
@@ -151,6 +172,9 @@ class HeartGroup(TyperGroup):
             _json_requested = "--json" in flags
             args = flags + rest
         return super().parse_args(ctx, args)
+
+    def get_help(self, ctx: Any) -> str:
+        return readable_help(super().get_help(ctx))
 
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
         super().format_epilog(ctx, formatter)

@@ -128,6 +128,7 @@ def train(
     from tomlkit import TOMLDocument
 
     from heartcli import runs, training
+    from heartcli.tracking import reachable_config
 
     base: TOMLDocument | None
 
@@ -145,7 +146,11 @@ def train(
     else:
         resolved = resolve_config(config, set_)
         base = load_document(config) if config is not None else None
-        run_dir = runs.claim_run_dir(runs.new_run_dir(resolved, name))
+        run_dir = runs.new_run_dir(resolved, name)
+        resolved, note = reachable_config(resolved)  # seconds, not MLflow's minutes of retries
+        if note:
+            out().warn(f"warning: {note}")
+        run_dir = runs.claim_run_dir(run_dir)
     try:
         result = training.train(
             resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
