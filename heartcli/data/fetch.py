@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from heartcli import __version__
-from heartcli.data.build import SPLITS, build_dataset
+from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.sample import make_sample
@@ -178,6 +178,7 @@ def fetch(
     out_dir = Path(out_dir)
     hint = "choose a writable folder with --out"
     ensure_writable(out_dir, hint)
+    clean_stale_staging(out_dir)  # left by a build killed mid-way, even if nothing is rebuilt
     if sample_out is not None:
         ensure_writable(Path(sample_out), "choose a writable folder for --sample-out")
     downloaded: list[str] = []
