@@ -29,9 +29,15 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from heartcli.errors import ConfigError
 from heartcli.io import write_text
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger file is a mistake, not a config
+SEED_MAX = 2**32 - 1  # numpy, scikit-learn and torch all accept seeds in 0..2**32-1
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float in the schema must be finite (lr = inf is an error).
+    model_config = ConfigDict(
+        strict=True, extra="forbid", validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(Section):
@@ -60,7 +66,7 @@ class DataConfig(Section):
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="test share of the beat-level random split"
     )
-    seed: int = Field(42, description="seed of the random split")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the random split")
     classes: dict[str, str] = Field(
         {},
         description="drop or merge classes of the split for training, validation and "
@@ -96,6 +102,11 @@ class TrackingConfig(Section):
     experiment: str = Field("heart", description="MLflow experiment name")
     enabled: bool = Field(True, description="log runs to MLflow")
     tensorboard: bool = Field(False, description="also write TensorBoard scalars into the run")
+    on_error: Literal["fail", "local"] = Field(
+        "fail",
+        description='an MLflow server that does not answer within seconds: "fail" (one error '
+        'line) or "local" (warn, then log to sqlite:///mlflow.db in the working folder)',
+    )
 
 
 PoolKind = Literal["max", "avg", "none"]
@@ -163,7 +174,7 @@ class ResampleConfig(Section):
         description='class 0 (N): "cap" at target like every class, "keep" all, or "drop" it',
     )
     k_neighbors: int = Field(5, ge=1, description="neighbours for SMOTE / ADASYN")
-    seed: int = Field(42, description="seed of the resampler")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the resampler")
     min_beats: int = Field(
         50,
         ge=0,
@@ -196,7 +207,9 @@ class TrainConfig(Section):
     steps_fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="share of a full pass run as one epoch (1/10 to 1)"
     )
-    seed: int = Field(42, description="seed for weights, batches and the validation carve-out")
+    seed: int = Field(
+        42, ge=0, le=SEED_MAX, description="seed for weights, batches and the validation carve-out"
+    )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
         "auto", description='"auto" picks cuda, then mps, then cpu'
     )
@@ -245,7 +258,7 @@ class SearchConfig(Section):
     """Hyperparameter search (`heart tune`)."""
 
     evals: int = Field(20, ge=1, description="number of trials")
-    seed: int = Field(42, description="seed of the TPE sampler")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the TPE sampler")
     metric: str = Field("val_macro_f1", description="validation metric to maximise")
     max_minutes: float = Field(0.0, ge=0.0, description="wall-clock budget; 0 = none")
     median_stopping: bool = Field(True, description="prune trials below the running median")
@@ -379,6 +392,7 @@ def _expected(error: Any) -> str:
         "dict_type": "a table",
         "model_type": "a table",
         "int_from_float": "an integer",
+        "finite_number": "a finite number",
     }
     if kind in simple:
         return simple[kind]
@@ -499,22 +513,65 @@ def parse_override(item: str) -> tuple[tuple[str, str], Any]:
     return (parts[0], parts[1]), value
 
 
-def load_document(path: str | Path) -> tomlkit.TOMLDocument:
+def read_config_text(path: str | Path) -> str:
+    """The text of a config file: one that is missing, unreadable or over 1 MB is refused."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                [
+                    f"{path}: {size:,} bytes is too big for a config file (at most "
+                    f"{MAX_CONFIG_BYTES:,}); pass the TOML config, not a data file"
+                ]
+            )
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
             [f"{path}: config file not found; create one with `heart config init {path}`"]
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read the config file ({exc})"]) from None
+
+
+def _duplicate_key_line(text: str, key: str) -> int | None:
+    """The line of the second definition of ``key`` within one table of a TOML text."""
+    seen: set[tuple[str, ...]] = set()
+    table: tuple[str, ...] = ()
+    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    assign = re.compile(r'^\s*("?[A-Za-z0-9_.\-"]+"?)\s*=')
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if m := header.match(line):
+            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
+            if table in seen and table[-1] == key:
+                return lineno
+            seen.add(table)
+        elif m := assign.match(line):
+            full = table + tuple(part.strip().strip('"') for part in m.group(1).split("."))
+            if full in seen and full[-1] == key:
+                return lineno
+            seen.add(full)
+    return None
+
+
+def load_document(path: str | Path) -> tomlkit.TOMLDocument:
+    path = Path(path)
+    text = read_config_text(path)
     try:
         return tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
         raise ConfigError(
             [f"{path}:{exc.line} {exc.__class__.__name__}: {exc}; fix the TOML syntax"]
         ) from None
+    except tomlkit.exceptions.KeyAlreadyPresent as exc:
+        key = str(exc).split('"')[1] if str(exc).count('"') >= 2 else str(exc)
+        line = _duplicate_key_line(text, key)
+        where = f"{path}:{line}" if line else str(path)
+        raise ConfigError(
+            [f'{where} {key}: defined twice (key "{key}" already exists); keep one of them']
+        ) from None
+    except tomlkit.exceptions.TOMLKitError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc}); fix the TOML syntax"]) from None
 
 
 def load_config(
@@ -527,7 +584,7 @@ def load_config(
     if path is not None:
         doc = load_document(path)
         data = doc.unwrap()
-        lines = _line_index(Path(path).read_text(encoding="utf-8"))
+        lines = _line_index(doc.as_string())
         source = str(path)
     problems: list[str] = []
     overridden: set[tuple[str, ...]] = set()

@@ -29,6 +29,7 @@ from heartcli.io import atomic_path, read_json
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 PARTS = ("train", "test")
 RHYTHM_COLUMNS = ("rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre")
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -237,6 +238,31 @@ def apply_classes(beats: BeatSet, mapping: dict[str, str]) -> BeatSet:
     return out
 
 
+def changed_files(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
+    """The files the manifest lists (``files``: path -> SHA-256) that are missing or differ."""
+    from heartcli.io import sha256_file
+
+    bad = []
+    for name, digest in (manifest.get("files") or {}).items():
+        path = Path(data_dir) / name
+        if not path.is_file() or sha256_file(path) != digest:
+            bad.append(name)
+    return bad
+
+
+def _check_part(data_dir: str | Path, manifest: dict[str, Any], split: str, part: str) -> None:
+    """A split part must be the file its manifest lists: never train on a half-swapped set."""
+    listed = manifest.get("files") or {}
+    name = f"{split}/{part}.parquet"
+    if name not in listed:
+        return  # a dataset from before manifests listed their files
+    if changed_files(data_dir, {"files": {name: listed[name]}}):
+        raise DataError(
+            f"{split_path(data_dir, split, part)}: is not the file {MANIFEST} lists (its "
+            "SHA-256 differs: a half-finished rebuild, or edited); rebuild with `heart fetch`"
+        )
+
+
 def load_split(
     data_dir: str | Path, split: str, part: str, *, classes: dict[str, str] | None = None
 ) -> BeatSet:
@@ -253,5 +279,6 @@ def load_split(
         raise DataError(
             f"{data_dir}: split {split!r} has no {part}.parquet; splits here: {', '.join(known)}"
         )
+    _check_part(data_dir, manifest, split, part)
     beats = read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
     return apply_classes(beats, classes or {})

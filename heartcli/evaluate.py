@@ -145,6 +145,9 @@ def check_data(run: LoadedRun, data: BeatSet, description: str) -> None:
         raise DataError(f"{description}: row {row} has a NaN or infinite value; drop or repair it")
 
 
+FINISHED = ("completed", "early_stopped", "budget", "pruned")
+
+
 def evaluate_run(
     run: LoadedRun,
     data: BeatSet,
@@ -164,8 +167,14 @@ def evaluate_run(
 
     check_data(run, data, description)
     proba = torch_proba(run.model, [data.x])
-    result = metrics(data.y, proba.argmax(axis=1), run.classes, proba, data.record)
-    result = {"run": str(run.path), "data": description, "split": split, **result}
+    status = run.manifest.get("status")
+    result = {"run": str(run.path), "run_status": status, "data": description, "split": split}
+    result.update(metrics(data.y, proba.argmax(axis=1), run.classes, proba, data.record))
+    if status not in FINISHED:
+        result["warning"] = (
+            f"the run is {status}, not finished: these are the figures of its best epoch so "
+            f"far; finish it with `heart train --resume {run.path}`"
+        )
     if write:
         path = Path(run.path)
         plots.confusion(

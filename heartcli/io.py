@@ -30,9 +30,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     # mkstemp makes 0600 files; give the result the permissions a plain open() would.
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    mode = 0o666 & ~umask
+    os.chmod(tmp_path, mode)
     try:
         yield tmp_path
+        # Writers that replace the temp file (safetensors does) leave it 0600: every file
+        # heart writes gets the same permissions, whatever wrote it.
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

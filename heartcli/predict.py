@@ -56,6 +56,10 @@ class Model:
         labels = np.asarray(labels, dtype=np.int64)
         return np.where(labels >= 0, table[np.clip(labels, 0, len(table) - 1)], -1)
 
+    # [min, max] of the training beats: the run's manifest records it; an exported model's
+    # card says "min-max normalised to [0, 1]".
+    input_range: tuple[float, float] = (0.0, 1.0)
+
     def proba(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
@@ -101,8 +105,16 @@ def _load_run_model(path: Path) -> Model:
     run.model.eval()
     proba = torch_runner(run.model)
     lead = training_lead(run.manifest, run.config.data.lead)
+    lo, hi = (run.manifest.get("data") or {}).get("input_range") or (0.0, 1.0)
     return Model(
-        path, "run", list(run.classes), run.input_length, lead, proba, dict(run.config.data.classes)
+        path,
+        "run",
+        list(run.classes),
+        run.input_length,
+        lead,
+        proba,
+        dict(run.config.data.classes),
+        (float(lo), float(hi)),
     )
 
 
@@ -319,6 +331,28 @@ class Prediction:
         return columns
 
 
+def check_range(model: Model, x: np.ndarray, source: str | Path) -> None:
+    """Refuse beats far outside the range the model was trained on (e.g. raw millivolts or
+    ADC counts instead of min-max normalised beats): its answers there mean nothing.
+
+    "Far" is more than the training range's own width beyond either end of it.
+    """
+    if not len(x):
+        return
+    lo, hi = model.input_range
+    span = max(hi - lo, 1e-6)
+    low, high = x.min(axis=1), x.max(axis=1)
+    bad = np.flatnonzero((low < lo - span) | (high > hi + span))
+    if len(bad):
+        row = int(bad[0])
+        raise DataError(
+            f"{source}: {len(bad):,} of {len(x):,} beats are far outside the range the model "
+            f"was trained on [{lo:g}, {hi:g}] (row {row}: {float(low[row]):.3g} to "
+            f"{float(high[row]):.3g}); min-max normalise every beat to [0, 1] as `heart fetch` "
+            "does"
+        )
+
+
 def check_output(out: str | Path | None) -> None:
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out {out}: unknown output type; name a .csv, .parquet or .json file")
@@ -340,6 +374,7 @@ def predict(
     model = load_model(model_path)
     t1 = time.perf_counter()
     beats = read_input(input_path, model, lead=lead, peaks=peaks)
+    check_range(model, beats.x, input_path)
     t2 = time.perf_counter()
     proba = model.proba(beats.x)
     t3 = time.perf_counter()

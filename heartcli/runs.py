@@ -8,6 +8,8 @@ loads with ``torch.load(weights_only=True)``), ``manifest.json``, ``history.csv`
 
 from __future__ import annotations
 
+import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +20,7 @@ from torch import nn
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
-from heartcli.io import atomic_path, read_json, write_json
+from heartcli.io import atomic_path, read_json, sha256_file, write_json, write_text
 
 CONFIG = "config.toml"
 WEIGHTS = "model.safetensors"
@@ -32,18 +34,98 @@ MANIFEST_KEYS = ("format", "classes", "input_length", "status")
 FORMAT = "heart-run/1"
 
 
+NAME_MAX = 100
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(name: str, option: str = "--name") -> str:
+    """A run or search name is one safe folder name: letters, digits and ``._-``, at most 100."""
+    if not name or not _NAME.fullmatch(name) or name in (".", "..") or name.startswith("-"):
+        raise UsageError(
+            f"{option} {name!r}: a name is one folder name of letters, digits, '.', '_' and "
+            "'-' (not starting with '-', not '.' or '..'); e.g. --name seed-1"
+        )
+    if len(name) > NAME_MAX:
+        raise UsageError(
+            f"{option}: a name of {len(name)} characters is too long (at most {NAME_MAX})"
+        )
+    return name
+
+
 def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
-    """A fresh folder under ``[train] runs_dir``: NAME, or a timestamp."""
-    name = name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not name or "/" in name or "\\" in name or name in (".", ".."):
-        raise UsageError(f"--name {name!r}: a run name is one folder name, without slashes")
+    """The path of a fresh run folder under ``[train] runs_dir``: NAME, or a timestamp.
+
+    Only a check: :func:`claim_run_dir` is what takes the folder, atomically.
+    """
+    name = check_name(name) if name is not None else datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(config.train.runs_dir) / name
     if path.exists():
-        raise UsageError(
-            f"{path} already exists; choose another --name or continue it with "
-            f"`heart train --resume {path}`"
-        )
+        raise _in_use(path)
     return path
+
+
+def _in_use(path: Path) -> UsageError:
+    return UsageError(
+        f"{path} already exists (the name is in use); choose another --name or continue "
+        f"it with `heart train --resume {path}`"
+    )
+
+
+def claim_run_dir(path: Path) -> Path:
+    """Create ``path`` as a new, empty folder, or fail: of two runs racing for one name,
+    exactly one gets it (``mkdir`` is atomic); the other gets a UsageError (exit 2)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir()
+    except FileExistsError:
+        raise _in_use(path) from None
+    except OSError as exc:
+        raise HeartError(
+            f"cannot create {path}: {exc.strerror}; choose a writable [train] runs_dir"
+        ) from None
+    return path
+
+
+def release_run_dir(path: Path) -> None:
+    """Undo :func:`claim_run_dir` for a run that failed before writing anything lasting."""
+    path = Path(path)
+    if path.is_dir() and not (path / MANIFEST).exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def save_run_config(config: HeartConfig, run_dir: Path, base: Any = None) -> str:
+    """Write the run's config.toml unless it already says exactly this; return its SHA-256.
+
+    A resume without --set leaves the file untouched; with --set it is written back, and
+    the manifest records the new checksum.
+    """
+    from heartcli.config import dumps
+
+    file = Path(run_dir) / CONFIG
+    text = dumps(config, base)
+    current = file.read_text(encoding="utf-8") if file.is_file() else None
+    if current != text:
+        write_text(file, text)
+    return sha256_file(file)
+
+
+def input_range(x: Any) -> list[float]:
+    """The [min, max] of the beats a model trained on (predict warns far outside it)."""
+    return [float(x.min()), float(x.max())] if len(x) else [0.0, 1.0]
+
+
+def check_run_config(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a run whose config.toml is not the one its manifest recorded (cut, edited)."""
+    file = Path(run_dir) / CONFIG
+    recorded = manifest.get("config_sha256")
+    if recorded is None or not file.is_file():
+        return
+    if sha256_file(file) != recorded:
+        raise DataError(
+            f"{file}: does not match the checksum in {MANIFEST} (truncated or edited); "
+            "restore the run's config.toml, or change keys with --set on resume"
+        )
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from heartcli.config import HeartConfig
 from heartcli.errors import HeartError
@@ -25,7 +27,57 @@ def tracking_uri(config: HeartConfig) -> str:
         return env
     if config.tracking.uri:
         return config.tracking.uri
+    return local_uri()
+
+
+REACH_TIMEOUT_S = 3.0
+
+
+def local_uri() -> str:
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
+
+
+def unreachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """Why an http(s) tracking server cannot be reached (None when it answers a TCP connect).
+
+    MLflow retries a dead server with backoff for minutes before it gives up; this check
+    fails in seconds instead. Other URIs (sqlite, file paths) are not network servers.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return f"{uri}: not a valid port"
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{parts.hostname}:{port} does not answer ({exc.strerror or exc})"
+
+
+def reachable_config(config: HeartConfig) -> tuple[HeartConfig, str | None]:
+    """``config`` if its MLflow server answers (or tracking is off or local); with
+    ``on_error = "local"`` a copy logging to the local store, and a note saying so;
+    otherwise a HeartError in seconds instead of MLflow's minutes of retries."""
+    if not config.tracking.enabled:
+        return config, None
+    uri = tracking_uri(config)
+    why = unreachable(uri)
+    if why is None:
+        return config, None
+    if config.tracking.on_error == "local" and uri == config.tracking.uri:
+        local = config.model_copy(deep=True)
+        local.tracking.uri = local_uri()
+        return local, (
+            f"tracking: MLflow at {uri} is unreachable ({why}); logging to {local_uri()} "
+            'instead ([tracking] on_error = "local")'
+        )
+    raise HeartError(
+        f"tracking: cannot reach MLflow at {uri} ({why}); start the server, fix "
+        '[tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'
+    )
 
 
 def flatten(config: HeartConfig) -> dict[str, str]:
@@ -70,6 +122,12 @@ class Tracker:
         if not config.tracking.enabled:
             return
         self.uri = tracking_uri(config)
+        why = unreachable(self.uri)
+        if why is not None:  # the CLI checked first (reachable_config); a library caller may not
+            raise HeartError(
+                f"tracking: cannot reach MLflow at {self.uri} ({why}); start the server, fix "
+                '[tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'
+            )
         try:
             _quiet()
             with warnings.catch_warnings():
@@ -167,6 +225,9 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
     }
     for name, per in result["per_class"].items():
         figures[f"{part}_f1_{name}"] = per["f1"]
+    why = unreachable(uri)
+    if why is not None:
+        return f"not logged to MLflow at {uri} ({why})"
     aami = result.get("aami")
     if aami:
         figures[f"{part}_jk_index"] = aami["jk_index"]

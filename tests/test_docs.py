@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import tomlkit
 import typer.main
 from conftest import REPO
 
@@ -27,7 +28,16 @@ def test_readme_config_reference_lists_every_key_with_its_default():
         assert len(block) == 2, f"README has no [{section}] reference"
         body = block[1].split("\n### ", 1)[0]
         for key in model.model_fields:
-            assert re.search(rf"^\| `{key}` \|", body, re.M), f"{section}.{key} not in README"
+            row = re.search(rf"^\| `{key}` \| `(.*?)` \| (.*) \|$", body, re.M)
+            assert row, f"{section}.{key} not in README"
+            shown = tomlkit.parse(f"v = {row.group(1)}")["v"]
+            shown = shown.unwrap() if hasattr(shown, "unwrap") else shown
+            assert shown == defaults[section][key], (
+                f"README says {section}.{key} defaults to {row.group(1)}, "
+                f"the schema says {defaults[section][key]!r}"
+            )
+            description = model.model_fields[key].description or ""
+            assert row.group(2).replace("\\|", "|") == description, f"{section}.{key}"
         assert len(re.findall(r"^\| `", body, re.M)) == len(defaults[section])
 
 

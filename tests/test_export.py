@@ -132,7 +132,16 @@ def _break_last_layer(folder: Path) -> None:
 
 
 def test_altered_export_fails_parity_and_leaves_nothing(heart, tiny, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_service, "_before_verify", _break_last_layer)
+    real_export_onnx = export_service.export_onnx
+
+    def export_then_break(*args, **kwargs):
+        # The real exporter writes the file, then one weight is shifted: a plausible but
+        # wrong model that only the parity check can catch.
+        info = real_export_onnx(*args, **kwargs)
+        _break_last_layer(Path(args[2]).parent)
+        return info
+
+    monkeypatch.setattr(export_service, "export_onnx", export_then_break)
     out = tmp_path / "exported"
     result = heart("-q", "export", tiny.run, "--format", "onnx", "--out", out, expect=1)
     line = result.stderr.strip()

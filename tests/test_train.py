@@ -244,8 +244,8 @@ def test_existing_run_name_is_refused(heart, sample_dir):
     heart("train", *tiny(sample_dir, "train.epochs=1"), "--name", "one")
     result = heart("train", *tiny(sample_dir), "--name", "one", expect=2)
     assert result.stderr.strip() == (
-        "error: runs/one already exists; choose another --name or continue it with "
-        "`heart train --resume runs/one`"
+        "error: runs/one already exists (the name is in use); choose another --name or "
+        "continue it with `heart train --resume runs/one`"
     )
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import HeartError
@@ -46,6 +50,10 @@ class Output:
     def log(self, message: str) -> None:
         self.err.print(message, highlight=False)
 
+    def warn(self, message: str) -> None:
+        """A warning goes to stderr even with -q."""
+        Console(file=sys.stderr, soft_wrap=True).print(message, highlight=False, markup=False)
+
     def result(self, data: Any, render: Callable[[], None] | None = None) -> None:
         """Emit a command's result: one JSON document with --json, else ``render()``."""
         if self.json:
@@ -69,42 +77,189 @@ def out() -> Output:
     return _current
 
 
+GLOBAL_HELP = (
+    "Global flags, anywhere on the line: --json prints the result (or the error) as one JSON "
+    "document on stdout; -q/--quiet hides progress and logs. Exit codes: 0 success, "
+    "1 runtime failure, 2 bad usage or config, 130 interrupted."
+)
+
+# Set while parsing the line, before any callback runs: errors need it to answer in JSON.
+_json_requested = False
+
+
+def json_requested() -> bool:
+    return _json_requested or _current.json
+
+
+def _takes_value(param: Any) -> bool:
+    return (
+        getattr(param, "param_type_name", "") == "option"
+        and not getattr(param, "is_flag", False)
+        and not getattr(param, "count", False)
+    )
+
+
+def split_global_flags(command: Any, args: list[str]) -> tuple[list[str], list[str]]:
+    """Pull ``--json``/``-q``/``--quiet`` out of ``args`` wherever they stand, except where
+    one is the value of an option (``--name -q``) or comes after ``--``."""
+    flags: list[str] = []
+    rest: list[str] = []
+    current: Any = command
+    value_next = False
+    for i, arg in enumerate(args):
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if value_next:
+            rest.append(arg)
+            value_next = False
+            continue
+        if arg in GLOBAL_FLAGS:
+            flags.append(arg)
+            continue
+        rest.append(arg)
+        if current is None:
+            continue
+        if arg in (getattr(current, "commands", None) or {}):
+            current = current.commands[arg]
+            continue
+        if arg.startswith("-") and "=" not in arg:
+            for param in current.params:
+                if arg in (*param.opts, *getattr(param, "secondary_opts", ())):
+                    value_next = _takes_value(param)
+                    break
+    return flags, rest
+
+
+def readable_help(text: str) -> str:
+    """Typer's raw type labels made readable, column widths kept: ``{RUN}`` -> ``RUN``,
+    ``<list[Path]>`` -> ``<path>...``, ``<int range>`` -> ``<int>``."""
+
+    def same_width(new: str, old: str) -> str:
+        return new + " " * max(0, len(old) - len(new))
+
+    text = re.sub(r"\{([A-Za-z_.\-]+)\}", r"\1", text)
+    text = re.sub(
+        r"<list\[([^\]]+)\]>",
+        lambda m: same_width(f"<{m.group(1).lower()}>...", m.group(0)),
+        text,
+    )
+    text = re.sub(r"<(int|float) range>", lambda m: same_width(f"<{m.group(1)}>", m.group(0)), text)
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+class HeartCommand(TyperCommand):
+    """A sub-command whose --help ends with the global flags (--json, -q) and exit codes."""
+
+    def get_help(self, ctx: Any) -> str:
+        return readable_help(super().get_help(ctx))
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        super().format_epilog(ctx, formatter)
+        formatter.write_paragraph()
+        with formatter.indentation():
+            formatter.write_text(GLOBAL_HELP)
+
+
 class HeartGroup(TyperGroup):
-    """Accepts the global flags anywhere on the line and turns HeartError into one red line."""
+    """Accepts the global flags anywhere on the line and turns every error into one red line
+    (``error: ...``; with --json also ``{"error": ..., "exit_code": ...}`` on stdout)."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if "--" in args:
-            cut = args.index("--")
-            head, tail = args[:cut], args[cut:]
-        else:
-            head, tail = args, []
-        flags = [a for a in head if a in GLOBAL_FLAGS]
-        rest = [a for a in head if a not in GLOBAL_FLAGS]
-        return super().parse_args(ctx, flags + rest + tail)
+        global _json_requested
+        if ctx.parent is None:
+            flags, rest = split_global_flags(self, args)
+            _json_requested = "--json" in flags
+            args = flags + rest
+        return super().parse_args(ctx, args)
+
+    def get_help(self, ctx: Any) -> str:
+        return readable_help(super().get_help(ctx))
+
+    def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        super().format_epilog(ctx, formatter)
+        if ctx.parent is not None:
+            formatter.write_paragraph()
+            with formatter.indentation():
+                formatter.write_text(GLOBAL_HELP)
 
     def invoke(self, ctx: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            with terminate_as_interrupt():
+                return super().invoke(ctx)
         except HeartError as exc:
-            report_error(exc)
+            report_error(str(exc), exc.exit_code)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
+            report_error("interrupted", 130)
             ctx.exit(130)
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Click's own errors (missing argument, bad option value) in heart's style, exit 2."""
+        global _json_requested
+        kwargs["standalone_mode"] = False
+        if not standalone_mode:
+            return super().main(*args, **kwargs)
+        _json_requested = False
+        try:
+            value = super().main(*args, **kwargs)
+        except typer.TyperException as exc:  # Click's errors: missing argument, bad value
+            ctx = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+                sys.stdout.write(ctx.get_help() + "\n")
+                sys.exit(exc.exit_code)
+            message = exc.format_message().replace("Value error, ", "").rstrip(".")
+            if exc.exit_code == 2 and ctx is not None:
+                message = f"{message}; see `{ctx.command_path} --help`"
+            report_error(message, exc.exit_code)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            report_error("interrupted", 130)
+            sys.exit(130)
+        sys.exit(value if isinstance(value, int) else 0)
 
-def report_error(exc: HeartError) -> None:
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: runs stop cleanly and record themselves "interrupted"."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def report_error(message: str, exit_code: int) -> None:
+    """One red ``error:`` line per line of ``message`` on stderr; with --json, also one JSON
+    object on stdout, so a script that asked for JSON always gets JSON."""
+    lines = str(message).splitlines() or ["unknown error"]
     console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
-    for line in str(exc).splitlines() or ["unknown error"]:
+    for line in lines:
         console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
+    if json_requested():
+        document = {"error": "\n".join(lines), "exit_code": exit_code}
+        if len(lines) > 1:
+            document["errors"] = lines
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()
 
 
-def make_app(help_text: str) -> typer.Typer:
+def make_app(help_text: str, *, completion: bool = False) -> typer.Typer:
     return typer.Typer(
         cls=HeartGroup,
         help=help_text,
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=completion,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
         context_settings={"help_option_names": ["-h", "--help"]},
@@ -117,6 +272,7 @@ ConfigOption = Annotated[
         "--config",
         "-c",
         help="TOML config file (heart config init writes one); defaults apply without it.",
+        metavar="FILE",
         dir_okay=False,
     ),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -12,7 +13,7 @@ from heartcli.cli import evaluate as evaluate_cmd
 from heartcli.cli import export as export_cmd
 from heartcli.cli import fetch as fetch_cmd
 from heartcli.cli import predict as predict_cmd
-from heartcli.cli._util import Output, make_app, set_output
+from heartcli.cli._util import HeartCommand, Output, json_requested, make_app, set_output
 from heartcli.cli.tune import tune_cmd
 
 app = make_app(
@@ -20,21 +21,25 @@ app = make_app(
     "honestly evaluated, exported model.\n\n"
     "Global flags (anywhere on the line): --json prints the result as one JSON document on "
     "stdout (progress goes to stderr); -q/--quiet hides progress. "
-    "Exit codes: 0 success, 1 runtime failure, 2 bad usage or config."
+    "Exit codes: 0 success, 1 runtime failure, 2 bad usage or config, 130 interrupted.",
+    completion=True,
 )
 app.add_typer(config_cmd.app, name="config")
-app.command("fetch")(fetch_cmd.fetch)
-app.command("train")(train.train)
-app.command("resample")(resample_cmd.resample)
-app.command("evaluate")(evaluate_cmd.evaluate)
-app.command("tune")(tune_cmd)
-app.command("export")(export_cmd.export)
-app.command("predict")(predict_cmd.predict)
+app.command("fetch", cls=HeartCommand)(fetch_cmd.fetch)
+app.command("train", cls=HeartCommand)(train.train)
+app.command("resample", cls=HeartCommand)(resample_cmd.resample)
+app.command("evaluate", cls=HeartCommand)(evaluate_cmd.evaluate)
+app.command("tune", cls=HeartCommand)(tune_cmd)
+app.command("export", cls=HeartCommand)(export_cmd.export)
+app.command("predict", cls=HeartCommand)(predict_cmd.predict)
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"heart {__version__}")
+        if json_requested():
+            typer.echo(json.dumps({"name": "heart", "version": __version__}))
+        else:
+            typer.echo(f"heart {__version__}")
         raise typer.Exit()
 
 

@@ -7,16 +7,19 @@ from typing import Annotated
 
 import typer
 
-from heartcli.cli._util import ConfigOption, SetOption, make_app, out, resolve_config
+from heartcli.cli._util import ConfigOption, HeartCommand, SetOption, make_app, out, resolve_config
 from heartcli.config import HeartConfig, dumps, load_document, save_config
 from heartcli.errors import UsageError
 
 app = make_app("Write or show the TOML config that every command reads.")
 
 
-@app.command("init")
+@app.command("init", cls=HeartCommand)
 def init(
-    path: Annotated[Path, typer.Argument(help="Where to write the config.")] = Path("heart.toml"),
+    path: Annotated[
+        Path,
+        typer.Argument(metavar="[PATH]", help="Where to write the config (default heart.toml)."),
+    ] = Path("heart.toml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write the complete default config, with a comment on every key."""
@@ -27,7 +30,7 @@ def init(
     o.result({"written": str(path)}, lambda: o.console.print(f"wrote {path}", highlight=False))
 
 
-@app.command("show")
+@app.command("show", cls=HeartCommand)
 def show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the resolved config (file + --set over the defaults) as TOML, or JSON with --json."""
     resolved = resolve_config(config, set_)

@@ -14,7 +14,9 @@ from heartcli.dataset import AAMI_CLASSES
 
 
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `heart train`.")],
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN", help="Run folder written by `heart train`.")
+    ],
     data: Annotated[
         Path | None,
         typer.Option(
@@ -50,6 +52,8 @@ def evaluate(
     from heartcli.tracking import log_evaluation
 
     o = out()
+    if result.get("warning"):
+        o.warn(f"warning: {result['warning']}")
     o.log(log_evaluation(loaded.manifest, result, [loaded.path / EVAL, loaded.path / CONFUSION]))
     o.result(result, lambda: _render(result, loaded.path / EVAL, loaded.path / CONFUSION))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,14 +12,24 @@ from rich.table import Table
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
 
 
+class FormatChoice(StrEnum):
+    """The values --format offers (help and shell completion list them)."""
+
+    onnx = "onnx"
+    pt2 = "pt2"
+    torchscript = "torchscript"
+    all = "all"
+
+
 def export(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `heart train`.")],
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN", help="Run folder written by `heart train`.")
+    ],
     format_: Annotated[
-        list[str] | None,
+        list[FormatChoice] | None,
         typer.Option(
             "--format",
             "-f",
-            metavar="onnx|pt2|torchscript|all",
             help="Format to write (repeatable); default: [export] formats.",
         ),
     ] = None,
@@ -57,7 +68,9 @@ def export(
         resolved = resolve_config(config, set_)
     else:
         resolved = read_run_config(run, list(set_ or ()))
-    formats = parse_formats(format_, list(resolved.export.formats))
+    formats = parse_formats(
+        [f.value for f in format_] if format_ else None, list(resolved.export.formats)
+    )
     result = export_run(
         run,
         formats=formats,

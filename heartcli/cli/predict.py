@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -13,7 +13,10 @@ from heartcli.cli._util import out
 
 def predict(
     model: Annotated[
-        Path, typer.Argument(help="Run folder (heart train) or exported .onnx (heart export).")
+        Path,
+        typer.Argument(
+            metavar="MODEL", help="Run folder (heart train) or exported .onnx (heart export)."
+        ),
     ],
     input_: Annotated[
         Path,
@@ -36,12 +39,14 @@ def predict(
         str,
         typer.Option(
             "--lead",
+            metavar="auto|MLII|channel0|LEAD",
+            autocompletion=lambda: ["auto", "MLII", "channel0"],
             help="Record lead: auto (MLII by name, else channel 0; MLII required for a model "
             "trained on MLII data), MLII (required), channel0, or a lead name.",
         ),
     ] = "auto",
     peaks: Annotated[
-        str,
+        Literal["auto", "annotations", "detect"],
         typer.Option(
             "--peaks",
             help="Record beats: auto (the .atr annotations when present, else detected "
@@ -49,7 +54,10 @@ def predict(
         ),
     ] = "auto",
     rows: Annotated[
-        int, typer.Option("--rows", min=0, help="Beats shown in the table (all go to --out).")
+        int,
+        typer.Option(
+            "--rows", min=0, metavar="N", help="Beats shown in the table (all go to --out)."
+        ),
     ] = 10,
 ) -> None:
     """Predict the class of every beat; with reference labels, per-class sensitivity and PPV."""

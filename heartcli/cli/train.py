@@ -127,13 +127,18 @@ def train(
     name: Annotated[
         str | None,
         typer.Option(
-            "--name", "-n", help="Run folder name under [train] runs_dir (default: a timestamp)."
+            "--name",
+            "-n",
+            metavar="NAME",
+            help="Run folder name under [train] runs_dir: letters, digits, '.', '_', '-', at "
+            "most 100 (default: a timestamp).",
         ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
             "--resume",
+            metavar="RUN_DIR",
             help="Continue this run folder from its last epoch, with its own config.toml "
             "(--set may change keys, e.g. train.epochs).",
             file_okay=False,
@@ -154,6 +159,7 @@ def train(
     from tomlkit import TOMLDocument
 
     from heartcli import runs, training
+    from heartcli.tracking import reachable_config
 
     base: TOMLDocument | None
     set_ = [*(set_ or ()), *_budget_override(max_minutes)]
@@ -164,7 +170,8 @@ def train(
                 "--resume continues a run with its own config.toml; drop --config/--name "
                 "(use --set to change keys)"
             )
-        runs.read_run_manifest(resume)
+        manifest = runs.read_run_manifest(resume)
+        runs.check_run_config(resume, manifest)  # a cut or edited config.toml is refused
         resolved = runs.read_run_config(resume, list(set_ or ()))
         base = load_document(resume / runs.CONFIG)
         run_dir = resume
@@ -172,13 +179,18 @@ def train(
         resolved = resolve_config(config, set_)
         base = load_document(config) if config is not None else None
         run_dir = runs.new_run_dir(resolved, name)
-    result = training.train(
-        resolved,
-        run_dir,
-        resume=resume is not None,
-        progress=RichProgress(),
-        config_base=base,
-    )
+        resolved, note = reachable_config(resolved)  # seconds, not MLflow's minutes of retries
+        if note:
+            out().warn(f"warning: {note}")
+        run_dir = runs.claim_run_dir(run_dir)
+    try:
+        result = training.train(
+            resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
+        )
+    except BaseException:
+        if resume is None:
+            runs.release_run_dir(run_dir)  # failed before its manifest: the name is free again
+        raise
     o = out()
 
     def render() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.status import Status
@@ -12,6 +12,7 @@ from rich.table import Table
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
 from heartcli.config import load_document
 from heartcli.errors import UsageError
+from heartcli.runs import check_name
 from heartcli.search import SearchResult, TrialRecord, describe, tune
 
 COLUMNS = [
@@ -120,28 +121,38 @@ def tune_cmd(
     config: ConfigOption = None,
     set_: SetOption = None,
     evals: Annotated[
-        int | None, typer.Option("--evals", "-n", min=1, help="Number of trials ([search] evals).")
+        int | None,
+        typer.Option("--evals", min=1, metavar="N", help="Number of trials ([search] evals)."),
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Search folder under [train] runs_dir (default: a timestamp)."),
+        typer.Option(
+            "--name",
+            "-n",
+            metavar="NAME",
+            help="Search folder under [train] runs_dir (default: a timestamp).",
+        ),
     ] = None,
     max_minutes: Annotated[
         float | None,
         typer.Option(
-            "--max-minutes", min=0.0, help="Wall-clock budget of this invocation; 0 = none."
+            "--max-minutes",
+            min=0.0,
+            metavar="MINUTES",
+            help="Wall-clock budget of this invocation; 0 = none.",
         ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
             "--resume",
+            metavar="RUN_DIR",
             help="Continue the search in this folder (runs/NAME) with its own config.",
             file_okay=False,
         ),
     ] = None,
     backend: Annotated[
-        str | None,
+        Literal["hyperopt", "ray"] | None,
         typer.Option(
             "--backend",
             help='"hyperopt" (in-process, the default) or "ray" '
@@ -151,13 +162,15 @@ def tune_cmd(
     address: Annotated[
         str | None,
         typer.Option(
-            "--address", help='Ray cluster address, e.g. "ray://head:10001" (ray backend).'
+            "--address",
+            metavar="ADDR",
+            help='Ray cluster address, e.g. "ray://head:10001" (ray backend).',
         ),
     ] = None,
 ) -> None:
     """Search hyperparameters with hyperopt TPE: every trial is a run folder, the best is linked."""
-    if backend is not None and backend not in ("hyperopt", "ray"):
-        raise UsageError(f'--backend: "{backend}" is not a backend; use "hyperopt" or "ray"')
+    if name is not None:
+        check_name(name)
     if resume is not None and (config is not None or set_):
         raise UsageError("--resume continues with the search's own config; drop --config and --set")
     resolved = resolve_config(config, set_) if resume is None else None

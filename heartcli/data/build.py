@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -24,7 +26,7 @@ from heartcli.data.beats import (
 )
 from heartcli.data.mitdb import DS1, DS2, RECORDS, record_files
 from heartcli.data.rhythm import DEFINITIONS, MIN_BEATS
-from heartcli.dataset import AAMI_CLASSES, RHYTHM_COLUMNS, BeatSet, write_beats
+from heartcli.dataset import AAMI_CLASSES, MANIFEST, PARTS, RHYTHM_COLUMNS, BeatSet, write_beats
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file, write_json
 
@@ -129,29 +131,106 @@ def inter_patient_split(beats: BeatSet) -> tuple[BeatSet, BeatSet]:
     return beats.subset(train), beats.subset(test)
 
 
+STAGING_PREFIX = ".heart-build-"
+LOCK = ".lock"
+
+
+def _staging_dir(out_dir: Path) -> tuple[Path, int]:
+    """A fresh staging folder inside ``out_dir``, locked (flock) for this build's life."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(out_dir)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
+        fd = os.open(staging / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise HeartError(
+            f"cannot write to {out_dir}: {exc.strerror}; choose a writable folder with --out"
+        ) from None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return staging, fd
+
+
+def clean_stale_staging(out_dir: Path) -> list[Path]:
+    """Remove the staging folders of builds that died (kill -9): a running build holds the
+    lock in its folder, so only folders whose lock nobody holds are removed."""
+    removed = []
+    for folder in sorted(Path(out_dir).glob(f"{STAGING_PREFIX}*")):
+        if not folder.is_dir():
+            continue
+        try:
+            fd = os.open(folder / LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            # Killed between mkdtemp and creating the lock: a live build creates it at once.
+            if time.time() - folder.stat().st_mtime < 60:
+                continue
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # a running build owns it
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
+def _swap_in(out_dir: Path, staging: Path, names: list[str]) -> None:
+    """Move the staged splits and manifest into ``out_dir`` as one unit.
+
+    The manifest is the commit point: the old one is taken away first, so between the
+    renames ``out_dir`` holds no dataset at all (never old files under a new manifest, or
+    new files under the old one); the new one is renamed in last. On failure every move is
+    undone in reverse, and the old dataset is back as it was.
+    """
+    old = staging / "old"
+    old.mkdir()
+    done: list[tuple[Path, Path]] = []
+
+    def move(src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+        done.append((src, dst))
+
+    try:
+        if (out_dir / MANIFEST).exists():
+            move(out_dir / MANIFEST, old / MANIFEST)
+        for name in names:
+            if (out_dir / name).exists() or (out_dir / name).is_symlink():
+                move(out_dir / name, old / name)
+            move(staging / name, out_dir / name)
+        move(staging / MANIFEST, out_dir / MANIFEST)
+    except OSError as exc:
+        for src, dst in reversed(done):
+            with contextlib.suppress(OSError):
+                os.replace(dst, src)
+        place = exc.filename or out_dir
+        raise HeartError(
+            f"cannot replace the dataset in {out_dir}: {exc.strerror} ({place}); the old "
+            "dataset is left as it was; make the folder writable or choose another --out"
+        ) from None
+
+
 def write_dataset(
     out_dir: str | Path,
     splits: dict[str, tuple[BeatSet, BeatSet]],
     manifest: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write splits and manifest into ``out_dir`` without ever leaving it half-written.
+    """Write splits and manifest into ``out_dir`` as one unit, never half-written.
 
-    Everything is written into a staging folder beside ``out_dir`` first; only when all of
-    it is on disk are the files moved into place (the manifest last).
+    The whole new tree is written into a staging folder inside ``out_dir`` first, with the
+    SHA-256 of every file in the manifest; then it is swapped in (:func:`_swap_in`).
     """
     out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".heart-build-", dir=out_dir))
-    except OSError as exc:
-        raise HeartError(
-            f"cannot write to {out_dir}: {exc.strerror}; choose a writable folder with --out"
-        ) from None
+    staging, lock = _staging_dir(out_dir)
     try:
         jobs = [
             (staging / name / f"{part}.parquet", beats)
             for name, pair in splits.items()
-            for part, beats in zip(("train", "test"), pair, strict=True)
+            for part, beats in zip(PARTS, pair, strict=True)
         ]
         # Parquet encoding releases the GIL: write the four files side by side.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
@@ -162,14 +241,16 @@ def write_dataset(
                 "train": {"total": len(train), **train.counts()},
                 "test": {"total": len(test), **test.counts()},
             }
-        manifest = {**manifest, "splits": counts}
-        write_json(staging / "manifest.json", manifest)
-        for name in splits:
-            (out_dir / name).mkdir(exist_ok=True)
-            for part in ("train", "test"):
-                os.replace(staging / name / f"{part}.parquet", out_dir / name / f"{part}.parquet")
-        os.replace(staging / "manifest.json", out_dir / "manifest.json")
+        files = {
+            f"{name}/{part}.parquet": sha256_file(staging / name / f"{part}.parquet")
+            for name in splits
+            for part in PARTS
+        }
+        manifest = {**manifest, "splits": counts, "files": files}
+        write_json(staging / MANIFEST, manifest)
+        _swap_in(out_dir, staging, list(splits))
     finally:
+        os.close(lock)
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
 

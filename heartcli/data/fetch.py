@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from heartcli import __version__
-from heartcli.data.build import SPLITS, build_dataset
+from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.sample import make_sample
-from heartcli.dataset import PARTS, RHYTHM_COLUMNS, read_manifest, split_path
+from heartcli.dataset import PARTS, RHYTHM_COLUMNS, changed_files, read_manifest
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file
 
@@ -152,8 +152,10 @@ def current_manifest(
     expected = [name for record in records for name in record_files(record)]
     if any(sources.get(name) != pinned[name] for name in expected):
         return None
-    if any(not split_path(out_dir, split, part).is_file() for split in SPLITS for part in PARTS):
-        return None
+    listed = manifest.get("files") or {}
+    wanted_files = {f"{split}/{part}.parquet" for split in SPLITS for part in PARTS}
+    if not wanted_files <= set(listed) or changed_files(out_dir, manifest):
+        return None  # the files on disk are not the ones the manifest lists
     return manifest
 
 
@@ -178,6 +180,7 @@ def fetch(
     out_dir = Path(out_dir)
     hint = "choose a writable folder with --out"
     ensure_writable(out_dir, hint)
+    clean_stale_staging(out_dir)  # left by a build killed mid-way, even if nothing is rebuilt
     if sample_out is not None:
         ensure_writable(Path(sample_out), "choose a writable folder for --sample-out")
     downloaded: list[str] = []

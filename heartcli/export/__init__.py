@@ -61,10 +61,6 @@ __all__ = ["ExportResult", "ParityError", "export_run", "parse_formats"]
 
 SUMS = "SHA256SUMS"
 
-# Test seam: called with the temporary folder after the files are written and before they
-# are verified (the tests alter a file here to prove that a bad export is caught).
-_before_verify: Callable[[Path], None] | None = None
-
 
 @dataclass
 class ExportResult:
@@ -212,9 +208,6 @@ def export_run(
             say(f"quantising to {FILENAMES['onnx-int8']}")
             quantize_onnx(tmp / FILENAMES["onnx"], tmp / FILENAMES["onnx-int8"])
             info["onnx-int8"] = {"exporter": "onnxruntime quantize_dynamic (QInt8)"}
-
-        if _before_verify is not None:
-            _before_verify(tmp)
 
         files: list[dict[str, Any]] = []
         for fmt in formats:

@@ -205,6 +205,11 @@ def quantize_onnx(src: Path, dst: Path) -> None:
     """A dynamic int8 copy of the ONNX model at ``src`` (ONNX Runtime's quantize_dynamic)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    root = logging.getLogger()
+    level = root.level
     with quiet():
-        logging.getLogger().setLevel(logging.ERROR)
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs through the root logger
+        try:
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from heartcli import __version__, runs
-from heartcli.config import HeartConfig, save_config
+from heartcli.config import HeartConfig
 from heartcli.dataset import BeatSet, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
 from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
@@ -359,6 +359,7 @@ def start_manifest(
             "resampled_counts": folds.after,
             "val_counts": folds.val.counts(),
             "val_records": folds.val_records,
+            "input_range": runs.input_range(folds.train.x),  # predict's out-of-range check
         },
         "model": {"parameters": setup.parameters},
         "device": str(setup.device),
@@ -559,7 +560,7 @@ def train(
     state = restore_state(setup, checkpoint, run_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / runs.CONFIG, base=config_base)
+    config_sha = runs.save_run_config(config, run_dir, config_base)
     old_tracking = old_manifest.get("tracking") or {}
     tracker = Tracker(
         config, run_dir, parent=tracking_parent, run_id=old_tracking.get("run_id") or None
@@ -570,6 +571,7 @@ def train(
         "parent_run_id": tracking_parent or old_tracking.get("parent_run_id"),
     }
     manifest = start_manifest(config, run_dir, setup, folds, state, old_manifest, tracking)
+    manifest["config_sha256"] = config_sha  # a resume refuses a config.toml that differs
     runs.write_manifest(run_dir, manifest)
     progress.start(
         {
