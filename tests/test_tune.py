@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from heartcli.config import load_config
-from heartcli.search import Suggester
+from heartcli.search.tpe import Suggester
 from heartcli.search_space import parse_space
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,12 @@
 """`heart tune --backend ray`: the same space through Ray Tune, to tune across machines.
 
 Ray Tune's HyperOptSearch runs TPE over the very hyperopt space the in-process backend uses,
-a ConcurrencyLimiter caps parallel trials at ``[search] concurrency``, and ASHA stops poor
-trials early (its rungs start after ``warmup_epochs``). Each trial is the same
+a ConcurrencyLimiter caps parallel trials at ``[search] concurrency`` (``--jobs``), and the
+same ``[search]`` keys pick Ray's own scheduler: ``pruner = "asha"`` is ``ASHAScheduler``
+(grace period ``min_epochs``, ``reduction_factor``, max_t the most epochs a trial can run),
+``"median"`` is ``MedianStoppingRule`` (grace period ``warmup_epochs``, ``min_trials``
+samples required), ``"none"`` is FIFO. A trial a scheduler stops ends "pruned" in its
+manifest, search.json and MLflow. Each trial is the same
 ``trial-NNN`` run folder, a nested MLflow run under one parent run. On a cluster, point
 ``[train] runs_dir`` at a shared folder and ``[tracking] uri`` at an MLflow server that every
 node can reach; the default sqlite file only works on one machine.
@@ -19,23 +23,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+from heartcli.config import SearchConfig
 from heartcli.errors import ConfigError, HeartError, UsageError
-from heartcli.search import (
-    Context,
+from heartcli.search.report import build_report, write_report
+from heartcli.search.state import (
     SearchReporter,
     SearchResult,
     TrialRecord,
-    _best,
-    _failure,
-    _save,
-    _shared_folds,
-    finalize,
+    best_of,
+    failure,
+    history,
+    link_best,
+    mark_ended,
+    max_trial_epochs,
     maximize,
     metric_value,
     read_state,
+    save_state,
     search_config,
     trial_config,
 )
+from heartcli.search.trial import shared_folds
 from heartcli.search_space import flatten, parse_space, to_hyperopt
 
 
@@ -100,9 +108,18 @@ def _trainable(
     if cfg.train.threads == 0:
         cfg.train.threads = 1  # one core per trial; Ray schedules the rest
 
+    stopped = False
+
     def on_epoch(info: Any) -> bool:
+        nonlocal stopped
         value = metric_value(s.metric, vars(info))
-        tune.report({s.metric: value, "epoch": info.epoch, "trial": number, "final": False})
+        try:
+            tune.report({s.metric: value, "epoch": info.epoch, "trial": number, "final": False})
+        except SystemExit:
+            # Ray's scheduler stops a trial with sys.exit() inside report: end it as pruned
+            # (manifest, MLflow), not as a failure.
+            stopped = True
+            return True
         return False
 
     try:
@@ -117,7 +134,9 @@ def _trainable(
         )
     except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
         # The number leads the message: a trial that fails reports nothing else.
-        raise HeartError(f"trial-{number:03d}: {_failure(exc)}") from None
+        raise HeartError(f"trial-{number:03d}: {failure(exc)}") from None
+    if stopped:
+        return  # Ray wants no more reports from a trial it stopped
     best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
     tune.report(
         {
@@ -129,30 +148,6 @@ def _trainable(
             "best_epoch": result.best_epoch,
         }
     )
-
-
-def _mark_pruned(run_dir: Path) -> None:
-    """A trial ASHA stopped was killed mid-run: mark its folder and MLflow run as pruned."""
-    from heartcli import runs
-
-    try:
-        manifest = runs.read_run_manifest(run_dir)
-    except HeartError:
-        return
-    if manifest.get("status") != "running":
-        return
-    manifest["status"] = "pruned"
-    runs.write_manifest(run_dir, manifest)
-    tracking = manifest.get("tracking") or {}
-    if tracking.get("uri") and tracking.get("run_id"):
-        try:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=tracking["uri"])
-            client.set_tag(tracking["run_id"], "heart.status", "pruned")
-            client.set_terminated(tracking["run_id"], status="FINISHED")
-        except Exception:  # the run folder is what matters; tracking is best effort here
-            pass
 
 
 def _error_reason(error: BaseException) -> tuple[int | None, str]:
@@ -170,18 +165,95 @@ def _error_reason(error: BaseException) -> tuple[int | None, str]:
 
 def _from_folder(record: TrialRecord, metric: str) -> None:
     """Curve, best epoch and metric of a trial from its history.csv (the kept epoch)."""
-    from heartcli.search import _history
-
-    rows = _history(Path(record.run_dir))
+    rows = history(Path(record.run_dir))
     values = [metric_value(metric, row) for row in rows]
     record.curve = [v for v in values if v is not None]
     scored = [
-        (float(r["val_macro_f1"]), int(r["epoch"]), v) for r, v in zip(rows, values, strict=True)
+        (float(r["val_macro_f1"]), int(r["epoch"]), v)
+        for r, v in zip(rows, values, strict=True)
+        if v is not None
     ]
     if scored:
         best = max(scored, key=lambda t: (t[0], -t[1]))
         record.best_epoch, record.metric = best[1], best[2]
         record.epochs_run = len(rows)
+
+
+def scheduler(s: SearchConfig, max_epochs: int, mode: str) -> Any:
+    """Ray Tune's own scheduler for ``[search] pruner`` and its keys."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    if s.pruner == "asha":
+        return ASHAScheduler(
+            time_attr="epoch",
+            metric=s.metric,
+            mode=mode,
+            max_t=max_epochs + 1,  # never stop at max_t: the trial's final report comes after
+            grace_period=min(s.min_epochs, max_epochs),
+            reduction_factor=s.reduction_factor,
+        )
+    if s.pruner == "median":
+        return MedianStoppingRule(
+            time_attr="epoch",
+            metric=s.metric,
+            mode=mode,
+            grace_period=s.warmup_epochs,
+            min_samples_required=s.min_trials,
+        )
+    return FIFOScheduler()
+
+
+def _collect(grid: Any, search_dir: Path, s: SearchConfig, space: Any) -> list[TrialRecord]:
+    """Trial records from Ray's results (numbers from the trials' own reports)."""
+    records: list[TrialRecord] = []
+    unnumbered: list[TrialRecord] = []
+    for i in range(len(grid)):
+        res = grid[i]
+        metrics = res.metrics or {}
+        record = TrialRecord(0, {}, flatten(space, dict(res.config or {})))
+        record.seconds = float(metrics.get("time_total_s") or 0.0)
+        number: int | None
+        if res.error is not None:
+            number, record.reason = _error_reason(res.error)
+            record.status = "failed"
+        else:
+            number = int(metrics["trial"])
+            final = metrics.get("final")
+            record.status = str(metrics.get("heart_status", "completed")) if final else "pruned"
+        if number is None:
+            unnumbered.append(record)
+            continue
+        record.number = number
+        record.run_dir = str(search_dir / f"trial-{number:03d}")
+        if record.status == "pruned":
+            record.reason = f"stopped by Ray's {s.pruner} scheduler"
+            mark_ended(Path(record.run_dir), "pruned", record.reason)
+        elif record.status == "failed":
+            mark_ended(Path(record.run_dir), "failed", record.reason)
+        if record.status != "failed":
+            _from_folder(record, s.metric)
+        records.append(record)
+    for record in unnumbered:
+        record.number = max((r.number for r in records), default=0) + 1
+        records.append(record)
+    return sorted(records, key=lambda r: r.number)
+
+
+def _searcher(expr: Any, s: SearchConfig, mode: str) -> Any:
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    return ConcurrencyLimiter(
+        # The space is given here, so HyperOptSearch ignores TuneConfig's metric: set it too.
+        HyperOptSearch(
+            space=expr,
+            metric=s.metric,
+            mode=mode,
+            random_state_seed=s.seed,
+            n_initial_points=s.startup_trials,
+        ),
+        max_concurrent=s.concurrency,
+    )
 
 
 def run_ray(
@@ -191,9 +263,6 @@ def run_ray(
     try:
         import ray
         from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
-        from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.hyperopt import HyperOptSearch
     except ImportError:
         raise UsageError(
             "--backend ray needs Ray Tune; install it with `pip install 'heartcli[ray]'`"
@@ -207,7 +276,6 @@ def run_ray(
     config_text = (search_dir / "search.toml").read_text(encoding="utf-8")
     s = config.search
     space = parse_space(s.space)
-    expr = to_hyperopt(space, config.model.conv_layers)
     mode = "max" if maximize(s.metric) else "min"
     evals = int(state["evals"])
 
@@ -216,7 +284,7 @@ def run_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     parent = Tracker(config, search_dir)
     state["parent_run_id"] = parent.run_id
-    train_data, val_data = _shared_folds(config, space)
+    train_data, val_data = shared_folds(config, space)
     if reporter is not None:
         reporter.start(
             {
@@ -226,34 +294,9 @@ def run_ray(
                 "metric": s.metric,
                 "keys": space.keys,
                 "tracking_run_id": parent.run_id,
+                "jobs": s.concurrency,
             }
         )
-    searcher = ConcurrencyLimiter(
-        # The space is given here, so HyperOptSearch ignores TuneConfig's metric: set it too.
-        HyperOptSearch(
-            space=expr,
-            metric=s.metric,
-            mode=mode,
-            random_state_seed=s.seed,
-            n_initial_points=s.startup_trials,
-        ),
-        max_concurrent=s.concurrency,
-    )
-    max_epochs = config.train.epochs
-    if "train.epochs" in space.keys:
-        param = space.param("train.epochs")
-        if param is not None and param.dist is not None:
-            max_epochs = int(max(float(a) for a in param.dist.args[:2]))
-    if s.max_epochs:
-        max_epochs = min(max_epochs, s.max_epochs)
-    max_epochs = max(1, max_epochs)
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        metric=s.metric,
-        mode=mode,
-        max_t=max_epochs + 1,  # never stop at max_t: the trial's final report comes after
-        grace_period=min(max(1, s.warmup_epochs), max_epochs),
-    )
     resources: dict[str, float] = {"cpu": 1, "gpu": 1 if config.train.device == "cuda" else 0}
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -271,8 +314,8 @@ def run_ray(
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
+            search_alg=_searcher(to_hyperopt(space, config.model.conv_layers), s, mode),
+            scheduler=scheduler(s, max_trial_epochs(config, space), mode),
             num_samples=evals,
             time_budget_s=s.max_minutes * 60 if s.max_minutes > 0 else None,
         ),
@@ -284,58 +327,54 @@ def run_ray(
         # Ray Tune writes its own progress to stdout: keep stdout for heart's result.
         with contextlib.redirect_stdout(sys.stderr):
             grid = tuner.fit()
-        unnumbered: list[TrialRecord] = []
-        for i in range(len(grid)):
-            res = grid[i]
-            metrics = res.metrics or {}
-            record = TrialRecord(0, {}, flatten(space, dict(res.config or {})))
-            record.seconds = float(metrics.get("time_total_s") or 0.0)
-            if res.error is not None:
-                number, record.reason = _error_reason(res.error)
-                record.status = "failed"
-            else:
-                number = int(metrics["trial"])
-                record.status = (
-                    str(metrics.get("heart_status", "completed"))
-                    if metrics.get("final")
-                    else "pruned"
-                )
-            if number is None:
-                unnumbered.append(record)
-                continue
-            record.number = number
-            record.run_dir = str(search_dir / f"trial-{number:03d}")
-            if record.status != "failed":
-                if record.status == "pruned":
-                    record.reason = "stopped by ASHA"
-                    _mark_pruned(Path(record.run_dir))
-                _from_folder(record, s.metric)
-            records.append(record)
-        for record in unnumbered:
-            record.number = max((r.number for r in records), default=0) + 1
-            records.append(record)
-        records.sort(key=lambda r: r.number)
+        records = _collect(grid, search_dir, s, space)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        _save(search_dir, state, records)
-        ctx = Context(
-            search_dir, config, config_text, parent.run_id, None, None, None, reporter, []
-        )
         result = SearchResult(
-            search_dir, s.metric, records, None, None, None, 0.0, parent.run_id, keys=space.keys
+            search_dir,
+            s.metric,
+            records,
+            tracking_run_id=parent.run_id,
+            keys=space.keys,
+            jobs=s.concurrency,
         )
-        if reporter is not None:
-            for record in records:
-                reporter.trial_end(
-                    record, _best(records[: records.index(record) + 1], mode == "max")
-                )
-        finalize(ctx, records, result)
-        if result.best is not None and result.best.metric is not None:
-            parent.log_metrics({f"best_{s.metric}": result.best.metric}, step=result.best.number)
-            parent.set_tags({"heart.best_trial": f"trial-{result.best.number:03d}"})
-        parent.set_tags({"heart.trials": str(len(records)), "heart.backend": "ray"})
-        parent.end(status)
+        _wrap_up(search_dir, state, config, result, parent, reporter, status)
         result.seconds = time.perf_counter() - started
     return result
+
+
+def _wrap_up(
+    search_dir: Path,
+    state: dict[str, Any],
+    config: Any,
+    result: SearchResult,
+    parent: Any,
+    reporter: SearchReporter | None,
+    status: str,
+) -> None:
+    records = result.records
+    save_state(search_dir, state, records)
+    if reporter is not None:
+        maximise = maximize(config.search.metric)
+        for n, record in enumerate(records):
+            reporter.trial_end(record, best_of(records[: n + 1], maximise))
+    result.best, result.best_config, result.notes = link_best(search_dir, config, records)
+    with contextlib.suppress(Exception):
+        result.report = build_report(search_dir)
+        write_report(search_dir, result.report)
+    metric = config.search.metric
+    if result.best is not None and result.best.metric is not None:
+        parent.log_metrics({f"best_{metric}": result.best.metric}, step=result.best.number)
+        parent.set_tags({"heart.best_trial": f"trial-{result.best.number:03d}"})
+    parent.set_tags(
+        {
+            "heart.trials": str(len(records)),
+            "heart.backend": "ray",
+            "heart.pruner": config.search.pruner,
+        }
+    )
+    for name in ("search.json", "best.toml", "report.json", "report.png"):
+        parent.log_artifact(search_dir / name)
+    parent.end(status)
