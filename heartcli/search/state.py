@@ -65,6 +65,7 @@ class TrialRecord:
     seen: list[int] = field(default_factory=list)  # the finished trials TPE knew when suggesting
     started_at: float | None = None  # unix time the trial (last) started
     ended_at: float | None = None  # unix time it ended
+    worker: int | None = None  # process id of the worker that ran it (--jobs)
 
     @property
     def finished(self) -> bool:

@@ -60,46 +60,61 @@ def _plain(value: Any) -> Any:
 
 
 class Suggester:
-    """hyperopt TPE, one trial at a time, with its history rebuilt from plain records."""
+    """hyperopt TPE, one trial at a time, with its history rebuilt from plain records.
+
+    The history TPE sees is ordered by trial number, whatever order the trials finished in
+    (with --jobs they finish out of order), so a point depends only on which trials were
+    known, never on timing.
+    """
 
     def __init__(self, space: Space, fixed_layers: int, seed: int, startup_trials: int):
-        from hyperopt import Trials
         from hyperopt.base import Domain
 
         logging.getLogger("hyperopt").setLevel(logging.WARNING)
         self.space = space
         self.expr = to_hyperopt(space, fixed_layers)
         self.domain = Domain(lambda _: 0.0, self.expr)
-        self.trials = Trials()
+        self.history: dict[int, tuple[dict[str, list[Any]], float | None]] = {}
         self.seed = seed
         self.startup_trials = startup_trials
-        self.known: list[int] = []  # trial numbers told so far
+
+    @property
+    def known(self) -> list[int]:
+        """The trial numbers told so far."""
+        return sorted(self.history)
 
     def add(self, number: int, vals: dict[str, list[Any]], loss: float | None) -> None:
         """Tell TPE a finished trial; ``loss`` None is a failure (STATUS_FAIL)."""
-        from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK
+        self.history[number] = (vals, loss)
 
-        tid = number - 1
-        misc = {
-            "tid": tid,
-            "cmd": self.domain.cmd,
-            "workdir": self.domain.workdir,
-            "idxs": {label: [tid] if v else [] for label, v in vals.items()},
-            "vals": {label: list(v) for label, v in vals.items()},
-        }
-        result = {"status": STATUS_FAIL} if loss is None else {"status": STATUS_OK, "loss": loss}
-        docs = self.trials.new_trial_docs([tid], [None], [result], [misc])
-        docs[0]["state"] = JOB_STATE_DONE
-        self.trials.insert_trial_docs(docs)
-        self.trials.refresh()
-        self.known.append(number)
+    def _trials(self) -> Any:
+        from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials
+
+        trials = Trials()
+        for number in sorted(self.history):
+            vals, loss = self.history[number]
+            tid = number - 1
+            misc = {
+                "tid": tid,
+                "cmd": self.domain.cmd,
+                "workdir": self.domain.workdir,
+                "idxs": {label: [tid] if v else [] for label, v in vals.items()},
+                "vals": {label: list(v) for label, v in vals.items()},
+            }
+            ok = {"status": STATUS_OK, "loss": loss}
+            result = {"status": STATUS_FAIL} if loss is None else ok
+            docs = trials.new_trial_docs([tid], [None], [result], [misc])
+            docs[0]["state"] = JOB_STATE_DONE
+            trials.insert_trial_docs(docs)
+        trials.refresh()
+        return trials
 
     def suggest(self, number: int) -> dict[str, list[Any]]:
         """hyperopt's vals (label -> [value] / []) of trial ``number``."""
         from hyperopt import tpe
 
         algo = partial(tpe.suggest, n_startup_jobs=self.startup_trials)
-        docs = algo([number - 1], self.domain, self.trials, trial_seed(self.seed, number))
+        docs = algo([number - 1], self.domain, self._trials(), trial_seed(self.seed, number))
         vals = docs[0]["misc"]["vals"]
         return {label: [_plain(v) for v in values] for label, values in vals.items()}
 
@@ -299,6 +314,8 @@ def _assign(search: Search, workers: list[Worker]) -> None:
             if record is None:
                 return
             w.number = record.number
+            record.worker = w.process.pid
+            search.save()
             w.send(("trial", asdict(record)))
 
 
