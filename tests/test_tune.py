@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from heartcli.config import load_config
+from heartcli.search.pruners import rungs
 from heartcli.search.tpe import Suggester
 from heartcli.search_space import parse_space
 
@@ -210,30 +211,80 @@ def test_resume_after_kill_9_keeps_finished_trials(tmp_path, sample_dir):
     assert sorted(c.info.run_name for c in children) == ["trial-001", "trial-002", "trial-003"]
 
 
+def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_dir):
+    pytest.importorskip("ray")
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    from heartcli.search.ray import scheduler
+
+    path = tmp_path / "asha.toml"
+    path.write_text(ASHA.format(data=sample_dir))
+    s = load_config(path, ["search.min_epochs=2", "search.reduction_factor=3"]).search
+    asha = scheduler(s, 9, "max")
+    assert isinstance(asha, ASHAScheduler)
+    assert asha._reduction_factor == 3 and asha._max_t == 10
+    # Ray's rungs are heart's: min_epochs x factor^k up to the most epochs (here 2, 6).
+    ray_rungs = sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+    assert ray_rungs == rungs(2, 3, 9) == [2, 6]
+    s = load_config(path, ["search.pruner=median", "search.warmup_epochs=2"]).search
+    median = scheduler(s, 9, "max")
+    assert isinstance(median, MedianStoppingRule)
+    assert median._grace_period == 2 and median._min_samples_required == s.min_trials
+    assert type(scheduler(load_config(path, ["search.pruner=none"]).search, 9, "max")) is (
+        FIFOScheduler
+    )
+
+
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
-    config = tiny(tmp_path, sample_dir, seed=3)  # 1 conv layer, then 1: no failure
+    # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.
+    config = tmp_path / "asha.toml"
+    config.write_text(ASHA.format(data=sample_dir))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = heart.json(
-            "tune", "--config", config, "--name", "r", "--backend", "ray", "--evals", "2"
+            "tune",
+            "--config",
+            config,
+            "--name",
+            "r",
+            "--backend",
+            "ray",
+            "--evals",
+            "5",
+            "--jobs",
+            "1",
         )
     finally:
         ray.shutdown()
-    assert summary["trials"] == 2
+    assert summary["trials"] == 5 and summary["jobs"] == 1
     search = tmp_path / "runs" / "r"
     trials = state(search)["trials"]
-    assert sorted(t["number"] for t in trials) == [1, 2]
-    for t in trials:
-        assert t["status"] in ("completed", "early_stopped", "pruned")
-        assert (search / f"trial-{t['number']:03d}" / "history.csv").exists()
-        assert 0.0 < t["metric"] <= 1.0
-    assert (search / "best" / "model.safetensors").exists()
+    assert sorted(t["number"] for t in trials) == [1, 2, 3, 4, 5]
     runs = mlflow_runs(tmp_path)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["heart.backend"] == "ray"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2
+    assert parent.data.tags["heart.pruner"] == "asha"
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert len(children) == 5
+    for t in trials:
+        assert t["status"] in ("completed", "pruned"), t
+        folder = search / f"trial-{t['number']:03d}"
+        assert (folder / "history.csv").exists() and 0.0 < t["metric"] <= 1.0
+        # A trial Ray's scheduler stopped is pruned everywhere, never "failed".
+        manifest = json.loads((folder / "manifest.json").read_text())
+        run = children[folder.name]
+        assert manifest["status"] == run.data.tags["heart.status"] == t["status"]
+        assert run.info.status == "FINISHED"
+    # Completed trials ran every epoch; pruned ones stopped early.
+    assert all(t["epochs_run"] == 4 for t in trials if t["status"] == "completed")
+    assert all(t["epochs_run"] < 4 for t in trials if t["status"] == "pruned")
+    assert [t["status"] for t in trials].count("pruned") >= 1
+    assert (search / "best" / "model.safetensors").exists()
 
 
 def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
