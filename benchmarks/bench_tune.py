@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -83,11 +84,16 @@ def threads(work: Path, repeats: int) -> dict[str, Any]:
     return {"side_by_side_s": one, "in_turn_s": two, "ratio": round(ratio, 2)}
 
 
-def pruners(work: Path, evals: int) -> dict[str, Any]:
+def pruners(work: Path, evals: int, png: Path | None) -> dict[str, Any]:
     rows = {}
     for pruner in ("none", "asha", "median"):
-        rows[pruner] = search(work, pruner, [f"search.evals={evals}", f"search.pruner={pruner}"], 1)
+        # One thread: what is compared is the epochs each pruner saves.
+        overrides = [f"search.evals={evals}", f"search.pruner={pruner}", "train.threads=1"]
+        rows[pruner] = search(work, pruner, overrides, 1)
         print(f"pruner {pruner}: {rows[pruner]}", flush=True)
+        if png is not None and pruner == "asha":
+            png.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / "runs" / "asha" / "report.png", png)
     for pruner in ("asha", "median"):
         speedup = rows["none"]["wall_s"] / rows[pruner]["wall_s"]
         gap = rows["none"]["best_val_macro_f1"] - rows[pruner]["best_val_macro_f1"]
@@ -116,19 +122,22 @@ def main() -> None:
     parser.add_argument("--jobs-evals", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", choices=["threads", "pruners", "jobs"])
+    parser.add_argument("--png", type=Path, help="copy the asha search's report.png here")
     args = parser.parse_args()
     out: dict[str, Any] = {"evals": args.evals, "jobs_evals": args.jobs_evals}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # Warm-up: the first search of a process pays for imports and the disk cache.
-        search(work, "warmup", ["search.evals=1", "train.epochs=1"], 1)
+        search(work, "warmup", ["search.evals=1", "train.epochs=1", "train.threads=1"], 1)
         if args.only in (None, "threads"):
             out["threads"] = threads(work, args.repeats)
         if args.only in (None, "pruners"):
-            out["pruners"] = pruners(work, args.evals)
+            out["pruners"] = pruners(work, args.evals, args.png)
         if args.only in (None, "jobs"):
             out["jobs"] = jobs(work, args.jobs_evals)
-    path = REPO / "benchmarks" / "results" / "bench_tune.json"
+    path = (
+        REPO / "benchmarks" / "results" / f"bench_tune{'-' + args.only if args.only else ''}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

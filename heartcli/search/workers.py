@@ -27,9 +27,11 @@ from typing import Any
 
 from heartcli.errors import UsageError
 
-# Measured by benchmarks/bench_tune.py --jobs-only on this project's 2-core machine (see the
-# README): two one-thread trials side by side finish 1.7x sooner than the same two trials
-# one after the other with two threads each, so `--jobs auto` runs one trial per core.
+# Measured with benchmarks/bench_tune.py --only threads on this project's 2-core machine,
+# shared with other work (see the README): two one-thread quickstart trials side by side
+# took 20 s, while one two-thread trial spent 10 minutes on its first epoch (its threads
+# wait on each other at every operation when the cores are busy). So `--jobs auto` runs
+# one one-thread trial per core.
 AUTO_TRIALS_PER_CORE = 1
 
 
