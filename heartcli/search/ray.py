@@ -256,13 +256,52 @@ def _searcher(expr: Any, s: SearchConfig, mode: str) -> Any:
     )
 
 
+def _tuner(
+    search_dir: Path,
+    config: Any,
+    config_text: str,
+    parent: Any,
+    folds: tuple[Any, Any],
+    evals: int,
+) -> Any:
+    """Ray Tune's Tuner for the search: the trainable, the searcher and the scheduler."""
+    from ray import tune
+
+    s = config.search
+    space = parse_space(s.space)
+    mode = "max" if maximize(s.metric) else "min"
+    resources: dict[str, float] = {"cpu": 1, "gpu": 1 if config.train.device == "cuda" else 0}
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trainable,
+            search_dir=str(search_dir),
+            config_text=config_text,
+            parent_run_id=parent.run_id,
+            tracking_uri=parent.uri,
+            cwd=os.getcwd(),
+            train_data=folds[0],
+            val_data=folds[1],
+        ),
+        resources,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(to_hyperopt(space, config.model.conv_layers), s, mode),
+            scheduler=scheduler(s, max_trial_epochs(config, space), mode),
+            num_samples=evals,
+            time_budget_s=s.max_minutes * 60 if s.max_minutes > 0 else None,
+        ),
+        run_config=tune.RunConfig(name="ray", storage_path=str(search_dir), verbose=0),
+    )
+
+
 def run_ray(
     search_dir: Path, *, address: str | None = None, reporter: SearchReporter | None = None
 ) -> SearchResult:
     """Run the search in ``search_dir`` (made by new_search) through Ray Tune."""
     try:
         import ray
-        from ray import tune
     except ImportError:
         raise UsageError(
             "--backend ray needs Ray Tune; install it with `pip install 'heartcli[ray]'`"
@@ -276,7 +315,6 @@ def run_ray(
     config_text = (search_dir / "search.toml").read_text(encoding="utf-8")
     s = config.search
     space = parse_space(s.space)
-    mode = "max" if maximize(s.metric) else "min"
     evals = int(state["evals"])
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -297,30 +335,7 @@ def run_ray(
                 "jobs": s.concurrency,
             }
         )
-    resources: dict[str, float] = {"cpu": 1, "gpu": 1 if config.train.device == "cuda" else 0}
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trainable,
-            search_dir=str(search_dir),
-            config_text=config_text,
-            parent_run_id=parent.run_id,
-            tracking_uri=parent.uri,
-            cwd=os.getcwd(),
-            train_data=train_data,
-            val_data=val_data,
-        ),
-        resources,
-    )
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=_searcher(to_hyperopt(space, config.model.conv_layers), s, mode),
-            scheduler=scheduler(s, max_trial_epochs(config, space), mode),
-            num_samples=evals,
-            time_budget_s=s.max_minutes * 60 if s.max_minutes > 0 else None,
-        ),
-        run_config=tune.RunConfig(name="ray", storage_path=str(search_dir), verbose=0),
-    )
+    tuner = _tuner(search_dir, config, config_text, parent, (train_data, val_data), evals)
     status = "completed"
     records: list[TrialRecord] = []
     try:

@@ -45,7 +45,8 @@ def _row(r: TrialRecord) -> dict[str, Any]:
 
 
 def _best_so_far(records: list[TrialRecord], maximise: bool) -> list[dict[str, Any]]:
-    """(minutes since the first trial started, best so far) at each scored trial's end."""
+    """(minutes since the first trial started, best so far, the trial's own value) at each
+    scored trial's end."""
     ended = sorted(
         (r for r in records if r.ended_at is not None and r.metric is not None and r.finished),
         key=lambda r: r.ended_at or 0.0,
@@ -61,7 +62,9 @@ def _best_so_far(records: list[TrialRecord], maximise: bool) -> list[dict[str, A
         if best is None or (value > best if maximise else value < best):
             best = value
         minutes = ((r.ended_at or origin) - origin) / 60
-        points.append({"minutes": round(minutes, 3), "best": best, "trial": r.number})
+        points.append(
+            {"minutes": round(minutes, 3), "best": best, "trial": r.number, "value": value}
+        )
     return points
 
 
@@ -136,7 +139,15 @@ def draw(report: dict[str, Any], path: Path) -> None:
     points = report["best_so_far"]
     if points:
         right.step([p["minutes"] for p in points], [p["best"] for p in points], where="post", lw=2)
-        right.plot([p["minutes"] for p in points], [p["best"] for p in points], "o", ms=3)
+        right.plot(
+            [p["minutes"] for p in points],
+            [p["value"] for p in points],
+            "o",
+            color="0.6",
+            ms=3,
+            label="each trial's best",
+        )
+        right.legend(loc="lower right", fontsize=8)
     right.set_xlabel("wall time (minutes)")
     right.set_ylabel(f"best {report['metric']} so far")
     right.set_title(f"{report['trials']} trials", fontsize=9)
