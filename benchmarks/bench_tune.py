@@ -1,86 +1,64 @@
-"""`heart tune` with and without the median stopping rule: 20 trials of a small space.
+"""`heart tune`: what pruning and parallel trials buy, on the bundled sample.
 
-Same space, seed and data (the bundled sample) both times; MLflow is off so the figures are
-the search's own. Prints the wall time and best validation macro-F1 of each, and writes
-them to benchmarks/results/bench_tune.json. Target: median stopping takes at least 1.5x
-less wall time at a best score within 0.01.
+Three measurements, all with the quickstart space and model (examples/quickstart.toml) on
+data/sample, MLflow off so the figures are the search's own:
 
-    python benchmarks/bench_tune.py [--evals 20]
+1. threads: two one-thread trials side by side (--jobs 2) against the same two trials one
+   after the other with two threads each (--jobs 1), interleaved and repeated; this is what
+   `--jobs auto` is set from (heartcli/search/workers.py).
+2. pruners: the same 30-trial search (same seed) with pruner "none", "asha" and "median":
+   wall time, epochs trained, best validation macro-F1. Target: asha >= 3x less wall time
+   than none, best within 0.01.
+3. jobs: a 20-trial asha search with --jobs 2 against --jobs 1.
+
+Prints the ratios and writes benchmarks/results/bench_tune.json.
+
+    python benchmarks/bench_tune.py [--evals 30] [--jobs-evals 20] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from heartcli.config import load_config  # noqa: E402
-from heartcli.search import new_search, run_search  # noqa: E402
+from heartcli.search.state import new_search  # noqa: E402
+from heartcli.search.tpe import run_search  # noqa: E402
 
-CONFIG = """
-[data]
-dir = "{data}"
-
-[tracking]
-enabled = false
-
-[model]
-conv_layers = 3
-channels = [16, 32, 32]
-kernel_sizes = [7, 5, 3]
-pooling = ["max", "max", "none"]
-pool_output = 4
-fc = [64, 32, 16]
-
-[resample]
-strategy = "random"
-target = 400
-
-[train]
-epochs = 10
-batch_size = 64
-patience = 10
-threads = 1
-
-[search]
-evals = {evals}
-seed = 7
-median_stopping = {stopping}
-warmup_epochs = 1
-min_trials = 3
-startup_trials = 8
-
-[search.space]
-"train.lr" = {{loguniform = [1e-4, 3e-2]}}
-"train.batch_size" = {{choice = [32, 64, 128]}}
-"model.dropout" = {{uniform = [0.0, 0.5]}}
-"model.kernel_sizes" = {{per_layer = {{choice = [3, 5, 7]}}}}
-"model.channels" = {{each = [{{choice = [8, 16]}}, {{choice = [16, 32]}}, {{choice = [16, 32]}}]}}
-"train.optimizer" = {{choice = ["adam", "adamw"]}}
-"""
+QUICKSTART = REPO / "examples" / "quickstart.toml"
 
 
-def run(evals: int, stopping: bool, work: Path) -> dict:
-    name = "stopping" if stopping else "full"
-    path = work / f"{name}.toml"
-    path.write_text(
-        CONFIG.format(data=REPO / "data" / "sample", evals=evals, stopping=str(stopping).lower())
+def search(work: Path, name: str, overrides: list[str], jobs: int) -> dict[str, Any]:
+    config = load_config(
+        QUICKSTART,
+        [
+            f"data.dir={REPO / 'data' / 'sample'}",
+            f"train.runs_dir={work / 'runs'}",
+            "tracking.enabled=false",
+            "train.threads=0",
+            *overrides,
+        ],
     )
-    config = load_config(path, [f"train.runs_dir={work / 'runs'}"])
     started = time.perf_counter()
-    result = run_search(new_search(config, name))
+    search_dir, lock = new_search(config, name)
+    result = run_search(search_dir, jobs=jobs, lock=lock)
     seconds = time.perf_counter() - started
     statuses: dict[str, int] = {}
     for r in result.records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     return {
-        "median_stopping": stopping,
+        "name": name,
+        "jobs": jobs,
         "trials": len(result.records),
         "statuses": statuses,
         "epochs": sum(r.epochs_run for r in result.records),
@@ -90,45 +68,79 @@ def run(evals: int, stopping: bool, work: Path) -> dict:
     }
 
 
+def threads(work: Path, repeats: int) -> dict[str, Any]:
+    """Two 8-epoch trials: side by side with one thread each, or in turn with two."""
+    fixed = ["search.evals=2", "search.pruner=none", "train.patience=100"]
+    one, two = [], []
+    for i in range(repeats):
+        one.append(search(work, f"threads1-{i}", fixed, jobs=2)["wall_s"])
+        two.append(search(work, f"threads2-{i}", fixed, jobs=1)["wall_s"])
+    ratio = statistics.median(two) / statistics.median(one)
+    print(
+        f"2 trials: side by side, 1 thread each {statistics.median(one):.1f}s; in turn, "
+        f"2 threads each {statistics.median(two):.1f}s -> {ratio:.2f}x for side by side",
+        flush=True,
+    )
+    return {"side_by_side_s": one, "in_turn_s": two, "ratio": round(ratio, 2)}
+
+
+def pruners(work: Path, evals: int, png: Path | None) -> dict[str, Any]:
+    rows = {}
+    for pruner in ("none", "asha", "median"):
+        # One thread: what is compared is the epochs each pruner saves.
+        overrides = [f"search.evals={evals}", f"search.pruner={pruner}", "train.threads=1"]
+        rows[pruner] = search(work, pruner, overrides, 1)
+        print(f"pruner {pruner}: {rows[pruner]}", flush=True)
+        if png is not None and pruner == "asha":
+            png.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / "runs" / "asha" / "report.png", png)
+    for pruner in ("asha", "median"):
+        speedup = rows["none"]["wall_s"] / rows[pruner]["wall_s"]
+        gap = rows["none"]["best_val_macro_f1"] - rows[pruner]["best_val_macro_f1"]
+        rows[f"{pruner}_speedup"] = round(speedup, 2)
+        rows[f"{pruner}_best_gap"] = round(gap, 4)
+        print(
+            f"{pruner} vs none: {speedup:.2f}x less wall time, best val macro-F1 "
+            f"{rows[pruner]['best_val_macro_f1']:.4f} vs {rows['none']['best_val_macro_f1']:.4f} "
+            f"(gap {gap:+.4f})",
+            flush=True,
+        )
+    return rows
+
+
+def jobs(work: Path, evals: int) -> dict[str, Any]:
+    one = search(work, "jobs1", [f"search.evals={evals}"], 1)
+    two = search(work, "jobs2", [f"search.evals={evals}"], 2)
+    ratio = one["wall_s"] / two["wall_s"]
+    print(f"--jobs 1: {one}\n--jobs 2: {two}\n--jobs 2 is {ratio:.2f}x faster", flush=True)
+    return {"jobs1": one, "jobs2": two, "ratio": round(ratio, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--evals", type=int, default=20)
+    parser.add_argument("--evals", type=int, default=30)
+    parser.add_argument("--jobs-evals", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", choices=["threads", "pruners", "jobs"])
+    parser.add_argument("--png", type=Path, help="copy the asha search's report.png here")
     args = parser.parse_args()
+    out: dict[str, Any] = {"evals": args.evals, "jobs_evals": args.jobs_evals}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # Warm-up: the first trial of a process pays for imports and allocator growth.
-        (work / "warmup").mkdir()
-        run(1, False, work / "warmup")
-        full = run(args.evals, False, work)
-        print(f"without median stopping: {full}", flush=True)
-        stopped = run(args.evals, True, work)
-        print(f"with median stopping: {stopped}", flush=True)
-    speedup = full["wall_s"] / stopped["wall_s"]
-    gap = full["best_val_macro_f1"] - stopped["best_val_macro_f1"]
-    for row in (full, stopped):
-        print(
-            f"median stopping {'on ' if row['median_stopping'] else 'off'}: "
-            f"{row['trials']} trials {row['statuses']}, {row['epochs']} epochs, "
-            f"{row['wall_s']:.1f}s, best val macro-F1 {row['best_val_macro_f1']:.4f} "
-            f"(trial {row['best_trial']})"
-        )
-    print(f"speed-up {speedup:.2f}x (target >= 1.5x), best-score gap {gap:+.4f} (target <= 0.01)")
-    out = REPO / "benchmarks" / "results" / "bench_tune.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "evals": args.evals,
-                "without": full,
-                "with": stopped,
-                "speedup": round(speedup, 2),
-                "best_gap": round(gap, 4),
-            },
-            indent=2,
-        )
-        + "\n"
+        # Warm-up: the first search of a process pays for imports and the disk cache.
+        search(work, "warmup", ["search.evals=1", "train.epochs=1", "train.threads=1"], 1)
+        if args.only in (None, "threads"):
+            out["threads"] = threads(work, args.repeats)
+        if args.only in (None, "pruners"):
+            out["pruners"] = pruners(work, args.evals, args.png)
+        if args.only in (None, "jobs"):
+            out["jobs"] = jobs(work, args.jobs_evals)
+    path = (
+        REPO / "benchmarks" / "results" / f"bench_tune{'-' + args.only if args.only else ''}.json"
     )
-    print(f"wrote {out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

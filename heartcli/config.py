@@ -261,11 +261,19 @@ class SearchConfig(Section):
     seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the TPE sampler")
     metric: str = Field("val_macro_f1", description="validation metric to maximise")
     max_minutes: float = Field(0.0, ge=0.0, description="wall-clock budget; 0 = none")
-    median_stopping: bool = Field(True, description="prune trials below the running median")
-    warmup_epochs: int = Field(3, ge=0, description="epochs before a trial can be pruned")
-    min_trials: int = Field(3, ge=1, description="finished trials before pruning starts")
+    pruner: Literal["none", "median", "asha"] = Field(
+        "asha",
+        description='stop poor trials early: "asha" (successive halving), "median" '
+        '(median stopping rule) or "none"',
+    )
+    min_epochs: int = Field(1, ge=1, description="asha: epochs of the first rung")
+    reduction_factor: int = Field(
+        3, ge=2, description="asha: rungs at min_epochs x factor^k; 1/factor of trials go on"
+    )
+    warmup_epochs: int = Field(3, ge=0, description="median: epochs before a trial can be pruned")
+    min_trials: int = Field(3, ge=1, description="median: finished trials before pruning starts")
     backend: Literal["hyperopt", "ray"] = Field("hyperopt", description='"hyperopt" or "ray"')
-    concurrency: int = Field(2, ge=1, description="parallel trials (ray backend)")
+    concurrency: int = Field(2, ge=1, description="parallel trials (ray backend; --jobs sets it)")
     startup_trials: int = Field(
         10, ge=1, description="random trials before TPE starts to model the results"
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
 
 from heartcli.config import HeartConfig, load_config
-from heartcli.search import MedianStopper, Suggester, TrialRecord, trial_seed
+from heartcli.search.pruners import Asha, MedianStopper, rungs
+from heartcli.search.state import TrialRecord
+from heartcli.search.tpe import Suggester, trial_seed
 from heartcli.search_space import parse_space
 
 SPACE = """
@@ -214,40 +214,66 @@ def test_empty_space_and_bad_resume_are_usage_errors(heart, tmp_path):
     assert "drop --config and --set" in result.stderr
 
 
-def _objective(values: dict) -> float | None:
-    """A deterministic stand-in for training: fails for one corner, else a smooth score."""
-    if values["model.conv_layers"] == 4 and values["model.pooling"][0] == "none":
-        return None
-    score = -abs(math.log10(values["train.lr"]) + 3) - abs(values["model.dropout"] - 0.3)
-    return -(score + 0.01 * values["model.conv_layers"])
+REAL = """
+[data]
+dir = "{data}"
+
+[tracking]
+enabled = false
+
+[model]
+conv_layers = 1
+channels = [8]
+kernel_sizes = [3]
+pooling = ["max"]
+squeeze_excite = false
+residual = false
+pool_output = 4
+fc = [16]
+
+[resample]
+strategy = "random"
+target = 100
+
+[train]
+epochs = 1
+batch_size = 64
+threads = 1
+
+[search]
+evals = 6
+seed = 5
+startup_trials = 2
+pruner = "none"
+
+[search.space]
+"train.lr" = {{loguniform = [1e-4, 1e-2]}}
+"model.dropout" = {{uniform = [0.0, 0.4]}}
+"model.channels" = {{each = [{{choice = [4, 8]}}]}}
+"""
 
 
-def _search(config: HeartConfig, evals: int, records: list[dict] | None = None) -> list[dict]:
-    """Drive the suggester the way run_search does; ``records`` (from JSON) are resumed."""
-    space = parse_space(config.search.space)
-    suggester = Suggester(space, config.model.conv_layers, config.search.seed, 4)
-    records = list(records or [])
-    for r in records:
-        suggester.add(r["number"], r["vals"], r["loss"])
-    for number in range(len(records) + 1, evals + 1):
-        vals = suggester.suggest(number)
-        loss = _objective(suggester.values(vals))
-        suggester.add(number, vals, loss)
-        records.append({"number": number, "vals": vals, "loss": loss})
-    return records
-
-
-def test_resumed_search_suggests_the_same_points(tmp_path):
-    config = space_config(tmp_path)
-    whole = _search(config, 12)
-    assert any(r["loss"] is None for r in whole), "the failing corner should be hit"
-    # Interrupted after 5 trials: its state goes through JSON (as search.json does).
-    part = json.loads(json.dumps(_search(config, 5)))
-    resumed = _search(config, 12, part)
+def test_the_real_loop_resumed_suggests_the_same_points(heart, tmp_path, sample_dir):
+    """`heart tune` itself (not a copy of its loop): 6 trials at once, or 3 and a resume."""
+    path = tmp_path / "real.toml"
+    path.write_text(REAL.format(data=sample_dir))
+    whole = heart.json("tune", "--config", path, "--name", "whole")["records"]
+    part = heart.json("tune", "--config", path, "--name", "part", "--evals", "3")["records"]
+    assert len(part) == 3
+    resumed = heart.json("tune", "--resume", "runs/part", "--evals", "6")["records"]
     assert [r["vals"] for r in resumed] == [r["vals"] for r in whole]
-    # TPE really uses the history: another history gives other points after the start-up.
-    other = _search(space_config(tmp_path, SPACE.replace("[1e-4, 1e-2]", "[1e-4, 1e-3]")), 12)
-    assert [r["vals"] for r in other[4:]] != [r["vals"] for r in whole[4:]]
+    assert resumed[:3] == part  # the finished trials were kept as they were
+    assert [r["seen"] for r in whole] == [list(range(1, n)) for n in range(1, 7)]
+    # Every point is TPE's suggestion from the history the loop gave it, and that history
+    # matters: without it, TPE suggests other points once its start-up trials are done.
+    config = load_config(path)
+    space = parse_space(config.search.space)
+    suggester = Suggester(space, 1, config.search.seed, 2)
+    for r in whole:
+        assert suggester.suggest(r["number"]) == r["vals"]
+        suggester.add(r["number"], r["vals"], -r["metric"])
+    blind = Suggester(space, 1, config.search.seed, 2)
+    assert [blind.suggest(n) for n in (4, 5, 6)] != [r["vals"] for r in whole[3:]]
 
 
 def test_trial_seed_depends_only_on_seed_and_number():
@@ -262,14 +288,52 @@ def test_median_stopping_rule():
     stopper = MedianStopper(finished, warmup=1, min_trials=3, maximise=True)
     # Best-so-far at epoch 2: 0.6, 0.5, 0.6 -> median 0.6.
     assert stopper.median_at(2) == 0.6
-    assert not stopper.should_stop([0.1])  # warm-up
-    assert stopper.should_stop([0.1, 0.55])
-    assert not stopper.should_stop([0.1, 0.6])
+    assert not stopper.stops([0.1])  # warm-up
+    assert stopper.stops([0.1, 0.55])
+    assert not stopper.stops([0.1, 0.6])
     # A shorter finished curve counts with its last value: epoch 4 -> 0.8, 0.6, 0.9.
     assert stopper.median_at(4) == 0.8
     assert MedianStopper(finished[:2], 1, 3, True).median_at(2) is None  # too few trials
     losses = MedianStopper([[1.0, 0.5], [1.0, 0.7], [1.0, 0.9]], 1, 3, maximise=False)
-    assert losses.should_stop([1.0, 0.8]) and not losses.should_stop([1.0, 0.6])
+    assert losses.stops([1.0, 0.8]) and not losses.stops([1.0, 0.6])
+    # Never at a trial's last epoch: nothing is left to save by stopping.
+    record = TrialRecord(9, {}, {})
+    assert stopper.should_stop(record, [0.1, 0.55], epochs=3)
+    assert not stopper.should_stop(record, [0.1, 0.55], epochs=2)
+
+
+def test_asha_rule_as_ray_tune():
+    """Rungs at min_epochs x factor^k; a trial goes on at a rung only if its value there is
+    not below the (1 - 1/factor) quantile of the values recorded there so far."""
+    assert rungs(1, 3, 27) == [1, 3, 9, 27]
+    assert rungs(2, 2, 9) == [2, 4, 8]
+    asha = Asha(min_epochs=1, factor=3, max_epochs=9, maximise=True)
+    trials = [TrialRecord(n, {}, {}) for n in range(1, 6)]
+    # Rung 1: the first trial always goes on; then each is compared with those before it.
+    assert not asha.should_stop(trials[0], [0.50], 9)
+    assert asha.should_stop(trials[1], [0.40], 9)  # below 0.50
+    assert not asha.should_stop(trials[2], [0.60], 9)  # 2/3 quantile of 0.5, 0.4 is 0.4667
+    # 2/3 quantile of 0.5, 0.4, 0.6 is 0.5333: 0.52 stops, 0.55 goes on.
+    assert asha.cutoff(1) == pytest.approx(0.5333333)
+    assert asha.should_stop(trials[3], [0.52], 9)
+    assert not asha.should_stop(trials[4], [0.55], 9)
+    # Epochs between rungs never stop; a rung is judged once per trial.
+    assert not asha.should_stop(trials[0], [0.5, 0.1], 9)
+    assert not asha.should_stop(trials[0], [0.5, 0.1, 0.3], 9)  # first at rung 3
+    assert asha.should_stop(trials[4], [0.55, 0.5, 0.2], 9)  # below 0.3, the first at rung 3
+    assert trials[0].rungs == {"1": 0.5, "3": 0.3} and trials[4].rungs == {"1": 0.55, "3": 0.2}
+    # The records are the trials' own: a resumed search rebuilds the same cut-offs.
+    again = Asha(1, 3, 9, True, trials)
+    assert again.cutoff(1) == asha.cutoff(1) and again.cutoff(3) == asha.cutoff(3)
+    # A loss is lower-is-better; the last epoch is recorded but never stopped at.
+    losses = Asha(1, 2, 2, maximise=False)
+    assert not losses.should_stop(TrialRecord(1, {}, {}), [0.5], 2)
+    assert losses.should_stop(TrialRecord(2, {}, {}), [0.9], 2)
+    last = TrialRecord(3, {}, {})
+    assert not losses.should_stop(last, [0.3, 5.0], 2) and not losses.should_stop(
+        TrialRecord(4, {}, {}), [0.2, 9.0], 2
+    )
+    assert last.rungs == {"2": 5.0}
 
 
 def test_trial_record_loss():

@@ -10,10 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from heartcli.config import load_config
-from heartcli.search import Suggester
+from heartcli.search.pruners import rungs
+from heartcli.search.tpe import Suggester
 from heartcli.search_space import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,8 +117,23 @@ def test_tune_end_to_end_with_a_failed_trial(heart, tmp_path, sample_dir):
     assert best_config.model.channels == best["params"]["model.channels"]
     assert best_config.search.space == {}
     assert "# Best trial of search s: trial-" in (search / "best.toml").read_text()
+    # heart evaluate reads the linked run folder: its figures agree with its own confusion
+    # matrix over every beat of the sample's test split.
     evaluated = heart.json("evaluate", "runs/best")
-    assert evaluated  # heart evaluate reads the linked run folder
+    cm = np.array(evaluated["confusion_matrix"])
+    assert cm.sum() == len(pd.read_parquet(sample_dir / "random" / "test.parquet"))
+    assert evaluated["run"] == "runs/best" and evaluated["split"] == "random"
+    assert evaluated["n"] == cm.sum()
+    assert evaluated["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert list(evaluated["per_class"]) == ["N", "S", "V", "F", "Q"]
+    f1s = []
+    for i, name in enumerate(evaluated["per_class"]):
+        tp, fp, fn = cm[i, i], cm[:, i].sum() - cm[i, i], cm[i, :].sum() - cm[i, i]
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        assert evaluated["per_class"][name]["f1"] == pytest.approx(f1)
+        assert evaluated["per_class"][name]["support"] == cm[i, :].sum()
+        f1s.append(f1)
+    assert evaluated["macro_f1"] == pytest.approx(np.mean(f1s)) and evaluated["macro_f1"] > 0.1
 
     # One parent MLflow run, a nested child per trial that trained.
     runs = mlflow_runs(tmp_path)
@@ -193,30 +211,80 @@ def test_resume_after_kill_9_keeps_finished_trials(tmp_path, sample_dir):
     assert sorted(c.info.run_name for c in children) == ["trial-001", "trial-002", "trial-003"]
 
 
+def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_dir):
+    pytest.importorskip("ray")
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    from heartcli.search.ray import scheduler
+
+    path = tmp_path / "asha.toml"
+    path.write_text(ASHA.format(data=sample_dir))
+    s = load_config(path, ["search.min_epochs=2", "search.reduction_factor=3"]).search
+    asha = scheduler(s, 9, "max")
+    assert isinstance(asha, ASHAScheduler)
+    assert asha._reduction_factor == 3 and asha._max_t == 10
+    # Ray's rungs are heart's: min_epochs x factor^k up to the most epochs (here 2, 6).
+    ray_rungs = sorted(milestone for milestone, _ in asha._brackets[0]._rungs)
+    assert ray_rungs == rungs(2, 3, 9) == [2, 6]
+    s = load_config(path, ["search.pruner=median", "search.warmup_epochs=2"]).search
+    median = scheduler(s, 9, "max")
+    assert isinstance(median, MedianStoppingRule)
+    assert median._grace_period == 2 and median._min_samples_required == s.min_trials
+    assert type(scheduler(load_config(path, ["search.pruner=none"]).search, 9, "max")) is (
+        FIFOScheduler
+    )
+
+
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
-    config = tiny(tmp_path, sample_dir, seed=3)  # 1 conv layer, then 1: no failure
+    # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.
+    config = tmp_path / "asha.toml"
+    config.write_text(ASHA.format(data=sample_dir))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = heart.json(
-            "tune", "--config", config, "--name", "r", "--backend", "ray", "--evals", "2"
+            "tune",
+            "--config",
+            config,
+            "--name",
+            "r",
+            "--backend",
+            "ray",
+            "--evals",
+            "5",
+            "--jobs",
+            "1",
         )
     finally:
         ray.shutdown()
-    assert summary["trials"] == 2
+    assert summary["trials"] == 5 and summary["jobs"] == 1
     search = tmp_path / "runs" / "r"
     trials = state(search)["trials"]
-    assert sorted(t["number"] for t in trials) == [1, 2]
-    for t in trials:
-        assert t["status"] in ("completed", "early_stopped", "pruned")
-        assert (search / f"trial-{t['number']:03d}" / "history.csv").exists()
-        assert 0.0 < t["metric"] <= 1.0
-    assert (search / "best" / "model.safetensors").exists()
+    assert sorted(t["number"] for t in trials) == [1, 2, 3, 4, 5]
     runs = mlflow_runs(tmp_path)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags["heart.backend"] == "ray"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2
+    assert parent.data.tags["heart.pruner"] == "asha"
+    children = {
+        r.info.run_name: r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert len(children) == 5
+    for t in trials:
+        assert t["status"] in ("completed", "pruned"), t
+        folder = search / f"trial-{t['number']:03d}"
+        assert (folder / "history.csv").exists() and 0.0 < t["metric"] <= 1.0
+        # A trial Ray's scheduler stopped is pruned everywhere, never "failed".
+        manifest = json.loads((folder / "manifest.json").read_text())
+        run = children[folder.name]
+        assert manifest["status"] == run.data.tags["heart.status"] == t["status"]
+        assert run.info.status == "FINISHED"
+    # Completed trials ran every epoch; pruned ones stopped early.
+    assert all(t["epochs_run"] == 4 for t in trials if t["status"] == "completed")
+    assert all(t["epochs_run"] < 4 for t in trials if t["status"] == "pruned")
+    assert [t["status"] for t in trials].count("pruned") >= 1
+    assert (search / "best" / "model.safetensors").exists()
 
 
 def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
@@ -240,3 +308,158 @@ def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
         r.stderr.strip()
         == f"error: {search}/search.json: not a heart search state (heart-search/1)"
     )
+
+
+ASHA = """
+[data]
+dir = "{data}"
+
+[tracking]
+experiment = "tune-test"
+
+[model]
+conv_layers = 1
+channels = [8]
+kernel_sizes = [3]
+pooling = ["max"]
+squeeze_excite = false
+residual = false
+pool_output = 4
+fc = [16]
+
+[resample]
+strategy = "random"
+target = 150
+
+[train]
+epochs = 4
+batch_size = 64
+patience = 10
+threads = 1
+
+[search]
+evals = 8
+seed = 3
+pruner = "asha"
+min_epochs = 1
+reduction_factor = 2
+
+[search.space]
+"train.lr" = {{loguniform = [1e-4, 3e-2]}}
+"model.dropout" = {{uniform = [0.0, 0.3]}}
+"""
+
+
+def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
+    path = tmp_path / "asha.toml"
+    path.write_text(ASHA.format(data=sample_dir))
+    heart("tune", "--config", path, "--name", "a")
+    trials = state(tmp_path / "runs" / "a")["trials"]
+    assert len(trials) == 8
+    # Replay the rule from the values the trials reported, in the order they reported them
+    # (one job: trial order): rungs at epochs 1, 2, 4; a trial goes on at a rung only if its
+    # value there is not below the median (1 - 1/2 quantile) of the values recorded there.
+    recorded: dict[int, list[float]] = {1: [], 2: [], 4: []}
+    for t in trials:
+        curve = t["curve"]
+        expected_status, expected_rungs = "completed", {}
+        for rung in (1, 2, 4):
+            value = curve[rung - 1]
+            cutoff = np.percentile(recorded[rung], 50) if recorded[rung] else None
+            recorded[rung].append(value)
+            expected_rungs[str(rung)] = value
+            if cutoff is not None and value < cutoff and rung < 4:
+                expected_status = "pruned"
+                break
+        assert t["status"] == expected_status, t
+        assert t["rungs"] == expected_rungs
+        assert t["epochs_run"] == len(curve) == max(int(e) for e in expected_rungs)
+        if t["status"] == "pruned":
+            assert t["reason"].startswith(f"below the top 1/2 at rung {t['epochs_run']} (")
+        # TPE learns from the best value each trial reported, pruned or not.
+        assert t["metric"] == pytest.approx(max(curve))
+    statuses = [t["status"] for t in trials]
+    assert "pruned" in statuses and "completed" in statuses
+    assert {t["epochs_run"] for t in trials if t["status"] == "pruned"} >= {1}
+    # The rung history is in each trial's MLflow run too.
+    runs = {r.info.run_name: r for r in mlflow_runs(tmp_path)}
+    for t in trials:
+        run = runs[f"trial-{t['number']:03d}"]
+        assert run.data.tags["heart.rung"] == str(t["epochs_run"])
+        assert run.data.tags["heart.status"] == t["status"]
+        assert run.data.metrics["rung_val_macro_f1"] == pytest.approx(t["curve"][-1])
+
+
+def test_report_of_a_finished_search(heart, tmp_path, sample_dir):
+    path = tmp_path / "asha.toml"
+    path.write_text(ASHA.format(data=sample_dir).replace("evals = 8", "evals = 4"))
+    summary = heart.json("tune", "--config", path, "--name", "r")
+    search = tmp_path / "runs" / "r"
+    trials = state(search)["trials"]
+    data = heart.json("tune", "--resume", "runs/r", "--report")
+    assert data == summary["report"]  # the same report as at the end of the search
+    scored = sorted(trials, key=lambda t: (-t["metric"], t["number"]))
+    assert [row["number"] for row in data["top"]] == [t["number"] for t in scored]
+    for row, t in zip(data["top"], scored, strict=True):
+        assert row["rung"] == max(int(e) for e in t["rungs"])
+        assert row["params"] == t["params"] and row["seconds"] == round(t["seconds"], 2)
+        assert row["status"] == t["status"] and row["metric"] == t["metric"]
+    assert data["rungs"] == [1, 2, 4] and data["running"] == [] and data["trials"] == 4
+    assert data["curves"] == {str(t["number"]): t["curve"] for t in trials}
+    # Best so far against wall time: one point per trial, in the order they ended.
+    best = [p["best"] for p in data["best_so_far"]]
+    assert best == sorted(best) and best[-1] == scored[0]["metric"] and len(best) == 4
+    png = (search / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # The table: one row per trial, best first, with its rung and wall time.
+    text = heart("tune", "--resume", "runs/r", "--report").stdout
+    lines = [line.split() for line in text.splitlines() if line.strip()[:3].isdigit()]
+    assert [int(cells[0]) for cells in lines] == [t["number"] for t in scored]
+    assert [cells[3] for cells in lines] == [str(row["rung"]) for row in data["top"]]
+    assert "pruner asha; rungs at epochs 1, 2, 4" in text and "runs/r/report.png" in text
+    # And in the parent MLflow run.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    names = {a.path for a in client.list_artifacts(summary["tracking_run_id"])}
+    assert {"report.png", "report.json", "search.json"} <= names
+
+
+BAD_SEARCH = [
+    ("search.pruner=hyperband", "search.pruner: input should be 'none', 'median' or 'asha'"),
+    ("search.reduction_factor=1", "search.reduction_factor: input should be greater than or "),
+    (
+        "search.min_epochs=5",
+        "search.min_epochs: 5 is more than any trial's epochs (4); lower search.min_epochs or "
+        "raise train.epochs",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_SEARCH)
+def test_bad_search_settings_are_one_line(heart, tmp_path, sample_dir, override, message):
+    path = tmp_path / "asha.toml"
+    path.write_text(ASHA.format(data=sample_dir))
+    result = heart("tune", "--config", path, "--set", override, expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "--jobs: 0 is not between 1 and the"),
+        ("999", "--jobs: 999 is not between 1 and the"),
+        ("two", '--jobs: "two" is not a number; use 1 to'),
+    ],
+)
+def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
+    path = tmp_path / "asha.toml"
+    path.write_text(ASHA.format(data=sample_dir))
+    result = heart("tune", "--config", path, "--jobs", value, expect=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+    assert not (tmp_path / "runs").exists()
+    result = heart("tune", "--config", path, "--report", expect=2)
+    assert result.stderr.strip() == "error: --report: give the search with --resume runs/NAME"

@@ -13,7 +13,7 @@ from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
 from heartcli.config import load_document
 from heartcli.errors import UsageError
 from heartcli.runs import check_name
-from heartcli.search import SearchResult, TrialRecord, describe, tune
+from heartcli.search import SearchResult, TrialRecord, describe, report, tune
 
 COLUMNS = [
     ("trial", 5, "right"),
@@ -37,6 +37,7 @@ class LiveTable:
         self.metric = "val_macro_f1"
         self.keys: list[str] = []
         self.evals = 0
+        self.running: dict[int, str] = {}  # trial number -> its progress text (--jobs)
 
     def start(self, summary: dict[str, Any]) -> None:
         self.metric = summary["metric"]
@@ -51,20 +52,31 @@ class LiveTable:
         if summary["tracking_run_id"]:
             self.o.log(f"MLflow parent run {summary['tracking_run_id']}")
 
+    def _show(self) -> None:
+        text = "; ".join(self.running[n] for n in sorted(self.running))
+        if self.status is None and text:
+            self.status = self.o.err.status(text)
+            self.status.start()
+        elif self.status is not None and text:
+            self.status.update(text)
+        elif self.status is not None:
+            self.status.stop()
+            self.status = None
+
     def trial_start(self, record: TrialRecord, evals: int) -> None:
         self.evals = evals
-        self.status = self.o.err.status(f"trial {record.number}/{evals}: starting")
-        self.status.start()
+        self.running[record.number] = f"trial {record.number}/{evals}: starting"
+        self._show()
 
     def epoch(self, record: TrialRecord, epoch: int, epochs: int, value: float) -> None:
-        if self.status is not None:
-            self.status.update(
-                f"trial {record.number}/{self.evals}: epoch {epoch}/{epochs}, "
-                f"{self.metric} {value:.4f}"
-            )
+        self.running[record.number] = (
+            f"trial {record.number}/{self.evals}: epoch {epoch}/{epochs}, {self.metric} {value:.4f}"
+        )
+        self._show()
 
     def trial_end(self, record: TrialRecord, best: TrialRecord | None) -> None:
-        if self.status is not None:
+        self.running.pop(record.number, None)
+        if self.status is not None:  # rows print between spinner updates
             self.status.stop()
             self.status = None
         table = Table(box=None, show_header=self.header, pad_edge=False, header_style="bold")
@@ -91,6 +103,7 @@ class LiveTable:
             params,
         )
         self.rows.print(table, highlight=False)
+        self._show()
 
 
 def render(result: SearchResult) -> None:
@@ -100,7 +113,10 @@ def render(result: SearchResult) -> None:
     if result.stopped:
         o.console.print(f"stopped early: the {result.stopped} budget ran out", highlight=False)
     counts = ", ".join(f"{n} {s}" for s, n in result.summary()["status_counts"].items())
-    o.console.print(f"{len(result.records)} trials ({counts}) in {result.seconds:.0f}s")
+    jobs = f", {result.jobs} at a time" if result.jobs > 1 else ""
+    o.console.print(f"{len(result.records)} trials ({counts}) in {result.seconds:.0f}s{jobs}")
+    if result.report:
+        render_report(result.report, result.keys)
     if best is None:
         o.console.print("no trial finished with a score")
         return
@@ -115,6 +131,40 @@ def render(result: SearchResult) -> None:
     o.console.print(f"next: heart evaluate {result.search_dir / 'best'}", highlight=False)
     for note in result.notes:
         o.console.print(f"note: {note}", highlight=False)
+
+
+def render_report(data: dict[str, Any], keys: list[str] | None = None) -> None:
+    """The top trials: parameters, the rung each reached, wall time; then the PNG's path."""
+    o = out()
+    table = Table(title=f"top trials by {data['metric']}", title_justify="left", box=None)
+    for title, justify in (
+        ("trial", "right"),
+        ("status", "left"),
+        ("val", "right"),
+        ("rung", "right"),
+        ("epochs", "right"),
+        ("time", "right"),
+        ("parameters", "left"),
+    ):
+        table.add_column(title, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for row in data["top"]:
+        table.add_row(
+            f"{row['number']:03d}",
+            row["status"],
+            f"{row['metric']:.4f}",
+            str(row["rung"]) if row["rung"] else "-",
+            f"{row['epochs_run']}",
+            f"{row['seconds']:.1f}s",
+            describe(row["params"], keys),
+        )
+    o.console.print(table, highlight=False)
+    counts = ", ".join(f"{n} {s}" for s, n in data["status_counts"].items())
+    rungs = f"; rungs at epochs {', '.join(map(str, data['rungs']))}" if data["rungs"] else ""
+    o.console.print(
+        f"{data['trials']} of {data['evals']} trials ({counts}), pruner {data['pruner']}{rungs}",
+        highlight=False,
+    )
+    o.console.print(f"curves: {data['png']}", highlight=False)
 
 
 def tune_cmd(
@@ -167,12 +217,33 @@ def tune_cmd(
             help='Ray cluster address, e.g. "ray://head:10001" (ray backend).',
         ),
     ] = None,
+    jobs: Annotated[
+        str | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            metavar="N|auto",
+            help="Trials at once, each with cores/N threads (default 1); auto picks the faster.",
+        ),
+    ] = None,
+    show_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="With --resume: print the search's report (finished or running)."
+        ),
+    ] = False,
 ) -> None:
     """Search hyperparameters with hyperopt TPE: every trial is a run folder, the best is linked."""
     if name is not None:
         check_name(name)
     if resume is not None and (config is not None or set_):
         raise UsageError("--resume continues with the search's own config; drop --config and --set")
+    if show_report:
+        if resume is None:
+            raise UsageError("--report: give the search with --resume runs/NAME")
+        data = report(resume)
+        out().result(data, lambda: render_report(data))
+        return
     resolved = resolve_config(config, set_) if resume is None else None
     if resolved is not None and resolved.data.classes:
         raise UsageError(
@@ -193,5 +264,6 @@ def tune_cmd(
         reporter=LiveTable(),
         backend=backend,
         address=address,
+        jobs=jobs,
     )
     out().result(result.summary(), lambda: render(result))

@@ -1,0 +1,93 @@
+"""`heart tune`: hyperparameter search over ``[search.space]``, one run folder per trial.
+
+Files, by what they do:
+
+- ``state.py``: trial records, the JSON state, claiming a search folder, the best trial's
+  links (``best``, ``best.toml``, ``runs/best``);
+- ``pruners.py``: stopping poor trials early (ASHA, the median stopping rule);
+- ``trial.py``: one trial, a `heart train` run that asks after each epoch whether to go on;
+- ``workers.py``: trials in worker processes (``--jobs``);
+- ``tpe.py``: the hyperopt backend, TPE and the search loop;
+- ``ray.py``: the Ray Tune backend (the same space and ``[search]`` keys);
+- ``report.py``: the top trials and the successive-halving picture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from heartcli.config import HeartConfig
+from heartcli.errors import UsageError
+from heartcli.search.report import build_report, write_report
+from heartcli.search.state import (
+    SearchReporter,
+    SearchResult,
+    TrialRecord,
+    describe,
+    new_search,
+    read_state,
+    search_config,
+)
+from heartcli.search.workers import resolve_jobs
+
+__all__ = [
+    "SearchReporter",
+    "SearchResult",
+    "TrialRecord",
+    "describe",
+    "report",
+    "tune",
+]
+
+
+def tune(
+    config: HeartConfig | None,
+    *,
+    name: str | None = None,
+    resume: Path | None = None,
+    evals: int | None = None,
+    max_minutes: float | None = None,
+    jobs: str | int | None = None,
+    config_base: Any = None,
+    reporter: SearchReporter | None = None,
+    backend: str | None = None,
+    address: str | None = None,
+) -> SearchResult:
+    """Start a new search from ``config``, or continue the one in ``resume``."""
+    from heartcli.search.tpe import run_search
+
+    n_jobs = resolve_jobs(jobs)
+    if resume is not None:
+        search_dir = Path(resume)
+        read_state(search_dir)
+        if (backend or search_config(search_dir).search.backend) == "ray":
+            raise UsageError("--resume continues hyperopt searches; rerun a ray search afresh")
+        return run_search(
+            search_dir, evals=evals, max_minutes=max_minutes, jobs=n_jobs, reporter=reporter
+        )
+    assert config is not None
+    if evals is not None:
+        config.search.evals = evals
+    if max_minutes is not None:
+        config.search.max_minutes = max_minutes
+    if backend is not None:
+        config.search.backend = backend  # type: ignore[assignment]
+    if jobs is not None and config.search.backend == "ray":
+        config.search.concurrency = n_jobs
+    search_dir, lock = new_search(config, name, config_base)
+    if config.search.backend == "ray":
+        from heartcli.search.ray import run_ray
+
+        try:
+            return run_ray(search_dir, address=address, reporter=reporter)
+        finally:
+            lock.release()
+    return run_search(search_dir, jobs=n_jobs, reporter=reporter, lock=lock)
+
+
+def report(search_dir: Path) -> dict[str, Any]:
+    """The report of a finished or running search; report.json and report.png rewritten."""
+    data = build_report(Path(search_dir))
+    write_report(Path(search_dir), data)
+    return data

@@ -1,0 +1,422 @@
+"""`heart tune` with the hyperopt backend: TPE suggests, workers train, the pruner stops.
+
+Determinism across resume: TPE is driven one trial at a time, with the seed of trial ``n``
+derived from ``([search] seed, n)``; the history it sees is rebuilt from search.json, and
+every record keeps the numbers of the finished trials TPE knew when it suggested it
+(``seen``). A trial's point is saved before it starts, so a resumed search continues the
+trials that were running with the points they were given; with one job, a resumed search
+suggests exactly the points an uninterrupted one would. Nothing is unpickled: the state
+is JSON.
+
+TPE learns from every trial's best reported value: pruned trials count with the best
+value they reached, failed ones as failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heartcli.errors import HeartError, UsageError
+from heartcli.search.pruners import Pruner, make_pruner, why
+from heartcli.search.report import build_report, write_report
+from heartcli.search.state import (
+    CONFIG,
+    STATE,
+    SearchLock,
+    SearchReporter,
+    SearchResult,
+    TrialRecord,
+    best_of,
+    check_pruner,
+    link_best,
+    mark_ended,
+    max_trial_epochs,
+    maximize,
+    read_state,
+    records_of,
+    save_state,
+    search_config,
+)
+from heartcli.search.workers import Worker, WorkerArgs, cores
+from heartcli.search_space import Space, flatten, parse_space, to_hyperopt
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The TPE seed of trial ``number``: fixed by (search seed, number), whatever ran before."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, number]).generate_state(1)[0]
+    return int(state) % (2**31 - 1)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class Suggester:
+    """hyperopt TPE, one trial at a time, with its history rebuilt from plain records.
+
+    The history TPE sees is ordered by trial number, whatever order the trials finished in
+    (with --jobs they finish out of order), so a point depends only on which trials were
+    known, never on timing.
+    """
+
+    def __init__(self, space: Space, fixed_layers: int, seed: int, startup_trials: int):
+        from hyperopt.base import Domain
+
+        logging.getLogger("hyperopt").setLevel(logging.WARNING)
+        self.space = space
+        self.expr = to_hyperopt(space, fixed_layers)
+        self.domain = Domain(lambda _: 0.0, self.expr)
+        self.history: dict[int, tuple[dict[str, list[Any]], float | None]] = {}
+        self.seed = seed
+        self.startup_trials = startup_trials
+
+    @property
+    def known(self) -> list[int]:
+        """The trial numbers told so far."""
+        return sorted(self.history)
+
+    def add(self, number: int, vals: dict[str, list[Any]], loss: float | None) -> None:
+        """Tell TPE a finished trial; ``loss`` None is a failure (STATUS_FAIL)."""
+        self.history[number] = (vals, loss)
+
+    def _trials(self) -> Any:
+        from hyperopt import JOB_STATE_DONE, STATUS_FAIL, STATUS_OK, Trials
+
+        trials = Trials()
+        for number in sorted(self.history):
+            vals, loss = self.history[number]
+            tid = number - 1
+            misc = {
+                "tid": tid,
+                "cmd": self.domain.cmd,
+                "workdir": self.domain.workdir,
+                "idxs": {label: [tid] if v else [] for label, v in vals.items()},
+                "vals": {label: list(v) for label, v in vals.items()},
+            }
+            ok = {"status": STATUS_OK, "loss": loss}
+            result = {"status": STATUS_FAIL} if loss is None else ok
+            docs = trials.new_trial_docs([tid], [None], [result], [misc])
+            docs[0]["state"] = JOB_STATE_DONE
+            trials.insert_trial_docs(docs)
+        trials.refresh()
+        return trials
+
+    def suggest(self, number: int) -> dict[str, list[Any]]:
+        """hyperopt's vals (label -> [value] / []) of trial ``number``."""
+        from hyperopt import tpe
+
+        algo = partial(tpe.suggest, n_startup_jobs=self.startup_trials)
+        docs = algo([number - 1], self.domain, self._trials(), trial_seed(self.seed, number))
+        vals = docs[0]["misc"]["vals"]
+        return {label: [_plain(v) for v in values] for label, values in vals.items()}
+
+    def values(self, vals: dict[str, list[Any]]) -> dict[str, Any]:
+        """Config key -> value of a trial's vals."""
+        from hyperopt import space_eval
+
+        point = {label: v[0] for label, v in vals.items() if v}
+        return flatten(self.space, space_eval(self.expr, point))
+
+
+class Search:
+    """The parent's side of a running search: state, TPE, the pruner, the deadline."""
+
+    def __init__(
+        self,
+        search_dir: Path,
+        evals: int | None,
+        max_minutes: float | None,
+        reporter: SearchReporter | None,
+    ):
+        from heartcli.tracking import Tracker
+
+        self.search_dir = search_dir
+        self.state = read_state(search_dir)
+        self.config = search_config(search_dir)
+        check_pruner(self.config)
+        s = self.s = self.config.search
+        if evals is not None:
+            self.state["evals"] = evals
+        self.evals = int(self.state["evals"])
+        minutes = s.max_minutes if max_minutes is None else max_minutes
+        self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
+        self.space = parse_space(s.space)
+        self.maximise = maximize(s.metric)
+        self.reporter = reporter
+        self.records = {r.number: r for r in records_of(self.state)}
+        # Trials saved as running were cut off (kill -9, Ctrl-C): they run again first.
+        self.queue = sorted(n for n, r in self.records.items() if r.status == "running")
+        self.suggester = Suggester(
+            self.space, self.config.model.conv_layers, s.seed, s.startup_trials
+        )
+        done = [r for r in self.records.values() if r.status != "running"]
+        for r in sorted(done, key=lambda r: r.number):
+            self.suggester.add(r.number, r.vals, r.loss(self.maximise))
+        self.pruner: Pruner = make_pruner(
+            s, max_trial_epochs(self.config, self.space), self.maximise, done
+        )
+        self.out_of_time: set[int] = set()
+        self.stopped: str | None = None
+        self.parent = Tracker(self.config, search_dir, run_id=self.state.get("parent_run_id"))
+        self.state["parent_run_id"] = self.parent.run_id
+
+    def save(self) -> None:
+        save_state(self.search_dir, self.state, list(self.records.values()))
+
+    def out_of_budget(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped = "max_minutes"
+            return True
+        return False
+
+    def remaining(self) -> int:
+        """Trials still to run: the cut-off ones and the ones not yet started."""
+        return len(self.queue) + max(0, self.evals - max(self.records, default=0))
+
+    def has_more(self) -> bool:
+        return not self.stopped and self.remaining() > 0 and not self.out_of_budget()
+
+    def next_trial(self) -> TrialRecord | None:
+        """The next trial to run (saved as running before it starts), None when done."""
+        if self.out_of_budget() or self.stopped:
+            return None
+        if self.queue:
+            record = self.records[self.queue.pop(0)]
+        else:
+            number = max(self.records, default=0) + 1
+            if number > self.evals:
+                return None
+            vals = self.suggester.suggest(number)
+            record = TrialRecord(number, vals, self.suggester.values(vals))
+            record.seen = sorted(self.suggester.known)
+            self.records[number] = record
+        record.status = "running"
+        self.save()
+        if self.reporter is not None:
+            self.reporter.trial_start(record, self.evals)
+        return record
+
+    def epoch(self, number: int, epoch: int, epochs: int, curve: list[float]) -> bool:
+        """A worker's trial finished an epoch: True to stop it."""
+        record = self.records[number]
+        record.curve = curve
+        if self.reporter is not None:
+            self.reporter.epoch(record, epoch, epochs, curve[-1])
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.out_of_time.add(number)
+            return True
+        before = dict(record.rungs)
+        stop = self.pruner.should_stop(record, curve, epochs)
+        if record.rungs != before:
+            self.save()  # the rung records survive a kill of this process
+        return stop
+
+    def finished(self, result: TrialRecord) -> None:
+        """A trial ended (trained, pruned, failed): record it, tell TPE and the pruner."""
+        record = self.records[result.number]
+        for key in ("status", "metric", "best_epoch", "epochs_run", "reason", "run_dir"):
+            setattr(record, key, getattr(result, key))
+        record.tracking_run_id = result.tracking_run_id
+        record.started_at, record.ended_at = result.started_at, result.ended_at
+        record.seconds = result.seconds
+        if result.curve:
+            record.curve = result.curve
+        if record.status == "pruned" and record.number in self.out_of_time:
+            record.status, record.reason = "stopped", "the search ran out of time (max_minutes)"
+            self.stopped = "max_minutes"
+        elif record.status == "pruned":
+            record.reason = why(self.s, record)
+        self.suggester.add(record.number, record.vals, record.loss(self.maximise))
+        self.pruner.finished(record)
+        self.save()
+        self._log_rungs(record)
+        if self.reporter is not None:
+            self.reporter.trial_end(record, best_of(list(self.records.values()), self.maximise))
+
+    def died(self, number: int, reason: str) -> None:
+        """A worker died under a trial: the trial failed; the search goes on."""
+        record = self.records[number]
+        record.status, record.reason = "failed", reason
+        record.ended_at = time.time()
+        if record.started_at is not None:
+            record.seconds = record.ended_at - record.started_at
+        mark_ended(self.search_dir / f"trial-{number:03d}", "failed", reason)
+        self.finished(record)
+
+    def _log_rungs(self, record: TrialRecord) -> None:
+        """The rung history of a trial, into its own MLflow run (best effort)."""
+        if not (self.parent.uri and record.tracking_run_id):
+            return
+        with contextlib.suppress(Exception):
+            from mlflow.entities import Metric
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=self.parent.uri)
+            now = int(time.time() * 1000)
+            name = f"rung_{self.s.metric}"
+            batch = [Metric(name, float(v), now, int(e)) for e, v in record.rungs.items()]
+            if batch:
+                client.log_batch(record.tracking_run_id, metrics=batch)
+            client.set_tag(record.tracking_run_id, "heart.rung", str(record.rung))
+
+    def result(self, seconds: float, jobs: int) -> SearchResult:
+        records = sorted(
+            (r for r in self.records.values() if r.status != "running"), key=lambda r: r.number
+        )
+        return SearchResult(
+            self.search_dir,
+            self.s.metric,
+            records,
+            stopped=self.stopped,
+            seconds=seconds,
+            tracking_run_id=self.parent.run_id,
+            keys=self.space.keys,
+            jobs=jobs,
+        )
+
+
+def _worker_args(search: Search, jobs: int) -> WorkerArgs:
+    return WorkerArgs(
+        search_dir=str(search.search_dir.resolve()),
+        cwd=str(Path.cwd()),
+        tracking_uri=search.parent.uri,
+        parent_run_id=search.parent.run_id,
+        threads=max(1, cores() // jobs),
+    )
+
+
+def _handle(search: Search, worker: Worker, message: Any) -> None:
+    kind = message[0]
+    if kind == "error":  # the worker could not load the search's data: nothing can run
+        raise (UsageError if message[2] == 2 else HeartError)(message[1])
+    if kind == "ready":
+        worker.ready = True
+    elif kind == "epoch":
+        _, number, epoch, epochs, curve = message
+        worker.send(("decision", search.epoch(number, epoch, epochs, curve)))
+    elif kind == "done":
+        worker.number = None
+        search.finished(TrialRecord(**message[1]))
+
+
+def _assign(search: Search, workers: list[Worker]) -> None:
+    for w in workers:
+        if w.ready and w.number is None:
+            record = search.next_trial()
+            if record is None:
+                return
+            w.number = record.number
+            record.worker = w.process.pid
+            search.save()
+            w.send(("trial", asdict(record)))
+
+
+def drive(search: Search, jobs: int) -> None:
+    """Keep ``jobs`` workers busy until every trial has run (or the time is up)."""
+    from multiprocessing.connection import wait
+
+    args = _worker_args(search, jobs)
+    workers = [Worker(args) for _ in range(min(jobs, search.remaining()))]
+    try:
+        while True:
+            _assign(search, workers)
+            if not any(w.number is not None for w in workers) and not search.has_more():
+                return
+            ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
+            for w in list(workers):
+                if w.conn not in ready and w.process.sentinel not in ready:
+                    continue
+                messages, alive = w.messages()
+                for message in messages:
+                    _handle(search, w, message)
+                if alive:
+                    continue
+                workers.remove(w)
+                if not w.ready:
+                    raise HeartError(f"a search worker could not start: {w.exit_reason()}")
+                if w.number is not None:
+                    search.died(w.number, w.exit_reason())
+                if search.has_more():
+                    workers.append(Worker(args))
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def run_search(
+    search_dir: Path,
+    *,
+    evals: int | None = None,
+    max_minutes: float | None = None,
+    jobs: int = 1,
+    reporter: SearchReporter | None = None,
+    lock: SearchLock | None = None,
+) -> SearchResult:
+    """Run (or continue) the search in ``search_dir`` until ``evals`` trials or the time is up,
+    ``jobs`` trials at once. The folder is locked for the while (``lock``: already held)."""
+    started = time.perf_counter()
+    search_dir = Path(search_dir)
+    if lock is None:
+        read_state(search_dir)
+        lock = SearchLock(search_dir)
+        lock.acquire()
+    try:
+        search = Search(search_dir, evals, max_minutes, reporter)
+        if reporter is not None:
+            reporter.start(
+                {
+                    "search_dir": str(search_dir),
+                    "evals": search.evals,
+                    "done": sum(r.status != "running" for r in search.records.values()),
+                    "metric": search.s.metric,
+                    "keys": search.space.keys,
+                    "tracking_run_id": search.parent.run_id,
+                    "jobs": jobs,
+                }
+            )
+        status = "completed"
+        try:
+            drive(search, jobs)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except BaseException:
+            status = "failed"
+            raise
+        finally:
+            result = search.result(0.0, jobs)
+            wrap_up(search, result, status, started)
+        return result
+    finally:
+        lock.release()
+
+
+def wrap_up(search: Search, result: SearchResult, status: str, started: float) -> None:
+    """Best links, the report, and the parent MLflow run's summary; done even after a failure."""
+    with contextlib.suppress(Exception):
+        search.save()
+    with contextlib.suppress(Exception):
+        result.best, result.best_config, result.notes = link_best(
+            search.search_dir, search.config, result.records
+        )
+    result.seconds = time.perf_counter() - started
+    with contextlib.suppress(Exception):
+        result.report = build_report(search.search_dir)
+        write_report(search.search_dir, result.report)
+    parent = search.parent
+    best = result.best
+    if best is not None and best.metric is not None:
+        parent.log_metrics({f"best_{search.s.metric}": best.metric}, step=best.number)
+        parent.set_tags({"heart.best_trial": f"trial-{best.number:03d}"})
+    parent.set_tags({"heart.trials": str(len(result.records)), "heart.pruner": search.s.pruner})
+    for name in (STATE, "best.toml", "report.json", "report.png", CONFIG):
+        parent.log_artifact(search.search_dir / name)
+    parent.end(status)

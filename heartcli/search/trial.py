@@ -1,0 +1,123 @@
+"""One trial of a search: a `heart train` run in ``trial-NNN`` that asks, after every epoch,
+whether to go on. It runs in a worker process (see workers.py) or a Ray trial."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from heartcli.config import HeartConfig
+from heartcli.errors import ConfigError, UsageError
+from heartcli.search.state import (
+    DATA_KEYS,
+    TrialRecord,
+    clear_trial_dir,
+    failure,
+    history,
+    metric_value,
+    trial_config,
+)
+from heartcli.search_space import Space
+
+# (trial number, epoch, epochs, the metric per epoch so far) -> True to stop the trial.
+Ask = Callable[[int, int, int, list[float]], bool]
+
+
+@dataclass
+class TrialSetup:
+    """What every trial of a search shares."""
+
+    search_dir: Path
+    config: HeartConfig
+    config_text: str
+    parent_run_id: str | None
+    tracking_uri: str | None
+    train_data: Any
+    val_data: Any
+    threads: int  # torch threads of one trial
+
+
+def shared_folds(config: HeartConfig, space: Space) -> tuple[Any, Any]:
+    """One training/validation fold for every trial (None, None when the space changes it)."""
+    from heartcli.dataset import load_split
+    from heartcli.training import carve_validation
+
+    if any(k.startswith("data.") or k in DATA_KEYS for k in space.keys):
+        return None, None
+    beats = load_split(config.data.dir, config.data.split, "train")
+    train_idx, val_idx = carve_validation(
+        beats,
+        config.train.val_fraction,
+        config.train.seed,
+        by_record=config.data.split == "inter-patient",
+    )
+    return beats.subset(train_idx), beats.subset(val_idx)
+
+
+def _scored(record: TrialRecord, metric: str, result: Any) -> None:
+    """Fill a trained trial's figures from its TrainResult."""
+    record.best_epoch = result.best_epoch
+    record.epochs_run = result.epochs_run
+    record.tracking_run_id = result.tracking_run_id
+    record.curve = [
+        v for v in (metric_value(metric, row) for row in result.history) if v is not None
+    ]
+    best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), None)
+    record.metric = metric_value(metric, best_row) if best_row else None
+    if record.metric is None:
+        record.status, record.reason = "failed", "no epoch finished"
+
+
+def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
+    """Train one trial; failures are recorded, never raised (but Ctrl-C: KeyboardInterrupt)."""
+    from heartcli.training import TrainingDiverged, train
+
+    metric = setup.config.search.metric
+    run_dir = setup.search_dir / f"trial-{record.number:03d}"
+    record.run_dir = str(run_dir)
+    record.started_at = time.time()
+    started = time.perf_counter()
+    try:
+        cfg = trial_config(setup.config, record.params, record.number)
+    except ConfigError as exc:
+        record.status, record.reason = "failed", "; ".join(exc.problems)
+        record.ended_at = time.time()
+        return record
+    per_trial = max(1, setup.threads)
+    cfg.train.threads = min(cfg.train.threads, per_trial) if cfg.train.threads else per_trial
+    resume = clear_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
+    curve = [v for v in (metric_value(metric, row) for row in history(run_dir)) if v is not None]
+
+    def on_epoch(info: Any) -> bool:
+        value = metric_value(metric, vars(info))
+        curve.append(value if value is not None else math.nan)
+        return ask(record.number, info.epoch, info.epochs, list(curve))
+
+    try:
+        result = train(
+            cfg,
+            run_dir,
+            resume=resume,
+            on_epoch=on_epoch,
+            tracking_parent=setup.parent_run_id,
+            train_data=setup.train_data,
+            val_data=setup.val_data,
+            config_base=tomlkit.parse(setup.config_text),
+        )
+    except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
+        record.status, record.reason = "failed", failure(exc)
+        record.curve = curve
+    else:
+        if result.status == "interrupted":
+            raise KeyboardInterrupt
+        record.status = result.status
+        _scored(record, metric, result)
+    record.seconds += time.perf_counter() - started
+    record.ended_at = time.time()
+    return record

@@ -1,0 +1,187 @@
+"""Trials in worker processes: ``--jobs N`` runs N at once, each with ``cores // N`` threads.
+
+Only the parent process (the search loop in tpe.py) writes search.json and keeps the
+pruner's rung records; a worker trains one trial at a time and, after every epoch, asks the
+parent over its pipe whether to go on. So the state stays consistent whatever dies:
+
+- a worker killed (kill -9, out of memory): the parent sees its pipe close, marks its trial
+  failed (folder and MLflow run too), starts a fresh worker and goes on;
+- the parent killed: every worker notices at once (it watches the parent's process
+  sentinel) and exits, so nothing writes into the search after its owner is gone; the
+  trials that were running stay "running" in search.json and `--resume` continues them.
+
+Workers are started with multiprocessing's "spawn" method (no fork of a process that has
+torch threads), load the search's config and shared data themselves, then wait for trials.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from heartcli.errors import UsageError
+
+# Measured with benchmarks/bench_tune.py --only threads on this project's 2-core machine,
+# shared with other work (see the README): two one-thread quickstart trials side by side
+# took 20 s, while one two-thread trial spent 10 minutes on its first epoch (its threads
+# wait on each other at every operation when the cores are busy). So `--jobs auto` runs
+# one one-thread trial per core.
+AUTO_TRIALS_PER_CORE = 1
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
+def resolve_jobs(jobs: str | int | None) -> int:
+    """``--jobs``: a number from 1 to the cores, or "auto"; exit 2 otherwise."""
+    n = cores()
+    if jobs is None:
+        return 1
+    if isinstance(jobs, str) and jobs.strip().lower() == "auto":
+        return max(1, n * AUTO_TRIALS_PER_CORE)
+    try:
+        value = int(jobs)
+    except ValueError:
+        raise UsageError(f'--jobs: "{jobs}" is not a number; use 1 to {n} or "auto"') from None
+    if not 1 <= value <= n:
+        raise UsageError(f"--jobs: {value} is not between 1 and the {n} cores here (or auto)")
+    return value
+
+
+@dataclass
+class WorkerArgs:
+    """What a worker needs to set itself up (picklable)."""
+
+    search_dir: str
+    cwd: str
+    tracking_uri: str | None
+    parent_run_id: str | None
+    threads: int
+
+
+def _watch_parent() -> None:
+    """Exit at once when the parent process dies (kill -9 leaves no one to tell us)."""
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="heart-parent-watch").start()
+
+
+def worker_main(conn: Connection, args: WorkerArgs) -> None:
+    """A worker process: set up once, then train the trials the parent sends."""
+    _watch_parent()
+    try:
+        _serve(conn, args)
+    except (KeyboardInterrupt, EOFError, BrokenPipeError):
+        pass  # Ctrl-C reaches every process; the parent handles the search's state
+    finally:
+        conn.close()
+
+
+def _serve(conn: Connection, args: WorkerArgs) -> None:
+    from heartcli.errors import HeartError
+    from heartcli.search.state import CONFIG, TrialRecord, search_config
+    from heartcli.search.trial import TrialSetup, run_trial, shared_folds
+    from heartcli.search_space import parse_space
+
+    os.chdir(args.cwd)
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    search_dir = Path(args.search_dir)
+    try:
+        config = search_config(search_dir)
+        train_data, val_data = shared_folds(config, parse_space(config.search.space))
+    except HeartError as exc:
+        conn.send(("error", str(exc), exc.exit_code))
+        return
+    setup = TrialSetup(
+        search_dir,
+        config,
+        (search_dir / CONFIG).read_text(encoding="utf-8"),
+        args.parent_run_id,
+        args.tracking_uri,
+        train_data,
+        val_data,
+        args.threads,
+    )
+
+    def ask(number: int, epoch: int, epochs: int, curve: list[float]) -> bool:
+        conn.send(("epoch", number, epoch, epochs, curve))
+        reply = conn.recv()
+        return bool(reply[1])
+
+    conn.send(("ready",))
+    while True:
+        message = conn.recv()
+        if message[0] != "trial":
+            return
+        record = run_trial(setup, TrialRecord(**message[1]), ask)
+        conn.send(("done", asdict(record)))
+
+
+class Worker:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, args: WorkerArgs):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(
+            target=worker_main, args=(child, args), daemon=True, name="heart-tune-worker"
+        )
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.number: int | None = None  # the trial it runs
+
+    def send(self, message: Any) -> bool:
+        """False when the worker is gone."""
+        try:
+            self.conn.send(message)
+            return True
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+            return False
+
+    def messages(self) -> tuple[list[Any], bool]:
+        """The messages waiting, and whether the worker is still alive."""
+        out: list[Any] = []
+        try:
+            while self.conn.poll():
+                out.append(self.conn.recv())
+        except (EOFError, ConnectionResetError, OSError):
+            return out, False
+        return out, self.process.is_alive()
+
+    def exit_reason(self) -> str:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            import signal
+
+            return f"the worker process was killed ({signal.Signals(-code).name})"
+        return f"the worker process died (exit code {code})"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.send(("exit",))
+        self.process.join(timeout=timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=5)
+        self.conn.close()

@@ -1,0 +1,243 @@
+"""`heart tune --jobs 2`: worker processes killed (kill -9 of a worker, then of the search
+itself), resume, the report of a running search, and two searches claiming one name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from heartcli.config import load_config
+from heartcli.search.tpe import Suggester
+from heartcli.search_space import parse_space
+
+REPO = Path(__file__).resolve().parents[1]
+
+SLOW = """
+[data]
+dir = "{data}"
+
+[tracking]
+experiment = "jobs-test"
+
+[model]
+conv_layers = 1
+channels = [8]
+kernel_sizes = [3]
+pooling = ["max"]
+squeeze_excite = false
+residual = false
+pool_output = 4
+fc = [16]
+
+[resample]
+strategy = "random"
+target = 400
+
+[train]
+epochs = {epochs}
+batch_size = 64
+patience = 50
+
+[search]
+evals = 5
+seed = 11
+startup_trials = 2
+pruner = "none"
+
+[search.space]
+"train.lr" = {{loguniform = [1e-3, 1e-2]}}
+"model.dropout" = {{uniform = [0.0, 0.3]}}
+"""
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out["PYTHONPATH"] = str(REPO)
+    return out
+
+
+def heart_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "heartcli", *args]
+
+
+def read_state(search: Path) -> dict:
+    try:
+        return json.loads((search / "search.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"trials": []}
+
+
+def epochs_done(search: Path, number: int) -> int:
+    path = search / f"trial-{number:03d}" / "history.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def wait_for(proc: subprocess.Popen, what: str, check, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert proc.poll() is None, f"the search ended before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return True
+    return fields[0] in ("Z", "X")
+
+
+def running_trial(search: Path, min_epochs: int = 1) -> dict | None:
+    for t in read_state(search)["trials"]:
+        running = t["status"] == "running" and t["worker"]
+        if running and epochs_done(search, t["number"]) >= min_epochs:
+            return t
+    return None
+
+
+@pytest.mark.slow
+def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_dir):
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW.format(data=sample_dir, epochs=8))
+    search = tmp_path / "runs" / "j"
+    proc = subprocess.Popen(
+        heart_cmd("tune", "--config", str(config), "--name", "j", "--jobs", "2"),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # kill -9 of the worker under a running trial: that trial fails, the search goes on.
+        victim = wait_for(proc, "a trial to train", lambda: running_trial(search))
+        os.kill(victim["worker"], signal.SIGKILL)
+
+        def failed():
+            trials = read_state(search)["trials"]
+            return next((t for t in trials if t["status"] == "failed"), None)
+
+        dead = wait_for(proc, "the killed trial to be marked failed", failed)
+        assert dead["number"] == victim["number"]
+        assert dead["reason"] == "the worker process was killed (SIGKILL)"
+
+        # The report of a running search (it is not refused by the search's lock).
+        def later():
+            trials = read_state(search)["trials"]
+            done = [t for t in trials if t["status"] == "completed"]
+            return done and running_trial(search, 2)
+
+        wait_for(proc, "a trial to finish and another to run", later)
+        report = subprocess.run(
+            heart_cmd("--json", "tune", "--resume", str(search), "--report"),
+            cwd=tmp_path,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["running"]
+        # A second run of the same search at the same time is refused.
+        again = subprocess.run(
+            heart_cmd("tune", "--resume", str(search)),
+            cwd=tmp_path,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert again.returncode == 2
+        assert again.stderr.strip().endswith(
+            f"{search} is in use by another `heart tune`; "
+            "wait for it to finish or choose another --name"
+        )
+
+        # kill -9 of the search itself: its workers exit at once, nothing else writes.
+        wait_for(proc, "a trial to run", lambda: running_trial(search))
+        workers = [t["worker"] for t in read_state(search)["trials"] if t["status"] == "running"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 20
+    while not all(gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived the search"
+        time.sleep(0.1)
+    before = read_state(search)["trials"]
+    assert any(t["status"] == "running" for t in before)
+
+    done = subprocess.run(
+        heart_cmd("--json", "tune", "--resume", str(search), "--jobs", "2"),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    trials = read_state(search)["trials"]
+    assert [t["number"] for t in trials] == [1, 2, 3, 4, 5]
+    for old in before:
+        new = trials[old["number"] - 1]
+        if old["status"] != "running":
+            assert new == old  # no finished trial is lost or rerun
+        else:
+            assert new["vals"] == old["vals"]  # a cut-off trial keeps its point
+    assert [t["status"] for t in trials].count("failed") == 1
+    assert all(t["status"] == "completed" for t in trials if t["number"] != dead["number"])
+    manifest = json.loads((search / f"trial-{dead['number']:03d}" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    # Every point is TPE's suggestion from the trials it knew when it was suggested.
+    cfg = load_config(search / "search.toml")
+    space = parse_space(cfg.search.space)
+    for t in trials:
+        suggester = Suggester(space, 1, cfg.search.seed, cfg.search.startup_trials)
+        for n in t["seen"]:
+            seen = trials[n - 1]
+            suggester.add(n, seen["vals"], None if seen["metric"] is None else -seen["metric"])
+        assert suggester.suggest(t["number"]) == t["vals"]
+    # The killed trial's MLflow run is closed as failed, not left running.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("jobs-test")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert runs[f"trial-{dead['number']:03d}"].info.status == "FAILED"
+    assert all(r.info.status != "RUNNING" for r in runs.values())
+
+
+def test_two_searches_with_one_name_at_the_same_moment(tmp_path, sample_dir):
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW.format(data=sample_dir, epochs=2).replace("evals = 5", "evals = 1"))
+    cmd = heart_cmd("tune", "--config", str(config), "--name", "same")
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert loser.strip().splitlines()[-1].startswith("error: runs/same is in use by another")
+    trials = read_state(tmp_path / "runs" / "same")["trials"]
+    assert [t["status"] for t in trials] == ["completed"]
