@@ -30,6 +30,9 @@ from heartcli.errors import ConfigError
 from heartcli.io import write_text
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger file is a mistake, not a config
+# The rhythm columns of a dataset built from records (heartcli.dataset.RHYTHM_COLUMNS; the
+# formulas are in heartcli.data.rhythm), in the order a rhythm model takes them.
+RHYTHM_FEATURES = ("rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre")
 SEED_MAX = 2**32 - 1  # numpy, scikit-learn and torch all accept seeds in 0..2**32-1
 
 
@@ -138,6 +141,16 @@ class ModelConfig(Section):
     pool_output: int = Field(8, ge=1, description="length of the adaptive average pool output")
     fc: list[int] = Field([384, 256, 96], description="sizes of the fully connected layers")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout after each FC layer")
+    rhythm: bool = Field(
+        False,
+        description="feed the rhythm columns (RR features of `heart fetch`) to the classifier "
+        "head beside the conv features, standardised with the training fold's mean and std",
+    )
+    rhythm_columns: list[str] = Field(
+        list(RHYTHM_FEATURES),
+        description="the rhythm columns the head uses when rhythm = true (the model still "
+        "takes all six as its second input)",
+    )
 
     @model_validator(mode="after")
     def _per_layer_lengths(self) -> ModelConfig:
@@ -155,6 +168,14 @@ class ModelConfig(Section):
             raise ValueError("kernel_sizes: every entry must be >= 1")
         if any(f < 1 for f in self.fc):
             raise ValueError("fc: every size must be >= 1")
+        unknown = [c for c in self.rhythm_columns if c not in RHYTHM_FEATURES]
+        if unknown or not self.rhythm_columns or len(set(self.rhythm_columns)) != len(
+            self.rhythm_columns
+        ):
+            raise ValueError(
+                f"rhythm_columns: {', '.join(unknown) or 'empty or repeated'}; use distinct "
+                f"names from {', '.join(RHYTHM_FEATURES)}"
+            )
         return self
 
 
@@ -203,6 +224,12 @@ class TrainConfig(Section):
     patience: int = Field(10, ge=1, description="early stopping: epochs without val improvement")
     val_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="share of the training split held out for validation"
+    )
+    val_records: int | list[str] = Field(
+        0,
+        description="validation as whole records: N records of the training split, chosen so "
+        "that both sides hold S and V beats, or a list of record names; 0 = val_fraction "
+        "(whole records for inter-patient)",
     )
     steps_fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="share of a full pass run as one epoch (1/10 to 1)"

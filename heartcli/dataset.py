@@ -23,12 +23,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from heartcli.config import RHYTHM_FEATURES
 from heartcli.errors import DataError, UsageError
 from heartcli.io import atomic_path, read_json
 
 AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 PARTS = ("train", "test")
-RHYTHM_COLUMNS = ("rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre")
+RHYTHM_COLUMNS = RHYTHM_FEATURES
 MANIFEST = "manifest.json"
 
 

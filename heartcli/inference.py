@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartcli.errors import DataError
+from heartcli.config import RHYTHM_FEATURES
+from heartcli.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +29,35 @@ if TYPE_CHECKING:
 BATCH = 1024  # beats per forward pass everywhere (CPU and ONNX Runtime alike)
 
 Runner = Callable[..., np.ndarray]  # one batch of every input -> outputs [batch, k]
+
+
+def uses_rhythm(model: Any) -> bool:
+    """Whether a PyTorch model takes the rhythm features as its second input."""
+    return bool(getattr(model, "uses_rhythm", False))
+
+
+def model_inputs(
+    x: np.ndarray, rhythm: np.ndarray | None, needs_rhythm: bool, where: str
+) -> list[np.ndarray]:
+    """The inputs of a model: ``[beats]``, or ``[beats, rhythm]`` for a rhythm model.
+
+    A rhythm model given beats without rhythm columns is a UsageError (exit 2) naming the
+    columns and the command that builds them.
+    """
+    if not needs_rhythm:
+        return [x]
+    if rhythm is None:
+        raise UsageError(missing_rhythm(where))
+    return [x, rhythm]
+
+
+def missing_rhythm(where: str) -> str:
+    """The one line for rhythm features that are not there."""
+    return (
+        f"{where}: the model takes rhythm features, but the data has no columns "
+        f"{', '.join(RHYTHM_FEATURES)}; build the dataset from the records with `heart fetch` "
+        "(imported beat files have no beat timing), or give a WFDB record"
+    )
 
 
 def batched(run: Runner, inputs: Sequence[np.ndarray], batch: int = BATCH) -> np.ndarray:

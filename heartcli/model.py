@@ -6,6 +6,13 @@ the last"); squeeze-excite follows every layer but the first; pooling (kernel 2,
 comes last. Optional multi-head temporal self-attention runs over the final conv features,
 then an adaptive average pool, the fully connected layers and the output logits.
 
+With ``rhythm = true`` the model takes a second input, the six rhythm columns of every beat
+(``RHYTHM_FEATURES``, float32 ``[batch, 6]``): :class:`RhythmInput` standardises them with
+the training fold's mean and standard deviation (buffers of the model state, so every run,
+export and prediction carries them), clips them to +-``RHYTHM_CLIP`` standard deviations,
+keeps ``rhythm_columns`` and concatenates them to the pooled conv features before the fully
+connected layers.
+
 The forward pass has no data-dependent control flow, so the model exports to ONNX and
 ``torch.export``. The adaptive pool is a fixed averaging matrix (exactly
 ``AdaptiveAvgPool1d``) because ONNX has no adaptive pool for lengths that do not divide.
@@ -16,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from heartcli.config import ModelConfig
+from heartcli.config import RHYTHM_FEATURES, ModelConfig
 from heartcli.errors import UsageError
 
 
@@ -133,6 +140,38 @@ class AveragePool(nn.Module):
         return x @ self.weight
 
 
+RHYTHM_CLIP = 8.0  # standard deviations: one odd interval (a gap in a record) stays bounded
+
+
+class RhythmInput(nn.Module):
+    """Rhythm features [batch, 6] -> the chosen columns, standardised: [batch, len(columns)].
+
+    ``mean`` and ``std`` are persistent buffers (0 and 1 until :meth:`set_statistics`), so
+    the statistics of the training fold travel in model.safetensors and every export.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    index: torch.Tensor
+
+    def __init__(self, columns: list[str]):
+        super().__init__()
+        self.columns = list(columns)
+        self.register_buffer("mean", torch.zeros(len(RHYTHM_FEATURES)))
+        self.register_buffer("std", torch.ones(len(RHYTHM_FEATURES)))
+        index = torch.tensor([RHYTHM_FEATURES.index(c) for c in columns], dtype=torch.long)
+        self.register_buffer("index", index, persistent=False)
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """The training fold's per-column mean and std (a std of 0 counts as 1)."""
+        self.mean.copy_(mean)
+        self.std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+
+    def forward(self, rhythm: torch.Tensor) -> torch.Tensor:
+        z = ((rhythm.float() - self.mean) / self.std).clamp(-RHYTHM_CLIP, RHYTHM_CLIP)
+        return z.index_select(1, self.index)
+
+
 class HeartCNN(nn.Module):
     def __init__(self, cfg: ModelConfig, input_length: int, n_classes: int):
         super().__init__()
@@ -163,8 +202,9 @@ class HeartCNN(nn.Module):
             else nn.Identity()
         )
         self.pool = AveragePool(length, cfg.pool_output)
+        self.rhythm: RhythmInput | None = RhythmInput(cfg.rhythm_columns) if cfg.rhythm else None
         head: list[nn.Module] = [nn.Flatten()]
-        width = c_in * cfg.pool_output
+        width = c_in * cfg.pool_output + (len(cfg.rhythm_columns) if cfg.rhythm else 0)
         for size in cfg.fc:
             head += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)]
             width = size
@@ -173,11 +213,20 @@ class HeartCNN(nn.Module):
         self.input_length = input_length
         self.n_classes = n_classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Beats float32 [batch, length] -> logits [batch, n_classes]."""
+    @property
+    def uses_rhythm(self) -> bool:
+        return self.rhythm is not None
+
+    def forward(self, x: torch.Tensor, rhythm: torch.Tensor | None = None) -> torch.Tensor:
+        """Beats float32 [batch, length] (and, for a rhythm model, its rhythm features
+        [batch, 6]) -> logits [batch, n_classes]."""
         z = self.features(x.unsqueeze(1))
-        z = self.attention(z)
-        return self.head(self.pool(z))
+        z = self.pool(self.attention(z)).flatten(1)
+        if self.rhythm is not None:
+            if rhythm is None:
+                raise ValueError("this model takes a second input: the rhythm features")
+            z = torch.cat([z, self.rhythm(rhythm).to(z.dtype)], dim=1)
+        return self.head(z)
 
 
 def build_model(cfg: ModelConfig, input_length: int, n_classes: int) -> nn.Module:

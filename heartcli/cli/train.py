@@ -153,6 +153,16 @@ def train(
             '(status "budget"); the same as --set train.max_minutes=MINUTES.',
         ),
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds",
+            metavar="K",
+            help="Record-wise K-fold cross-validation on the training split (every fold "
+            "holds S and V beats), then the final model on all of it for the folds' mean "
+            "best epoch, without validation.",
+        ),
+    ] = None,
     set_: SetOption = None,
 ) -> None:
     """Train the [model] CNN on the training split; the test split is never read."""
@@ -164,6 +174,12 @@ def train(
     base: TOMLDocument | None
     set_ = [*(set_ or ()), *_budget_override(max_minutes)]
 
+    if folds is not None and (folds < 2 or resume is not None):
+        raise UsageError(
+            f"--folds {folds}: use 2 or more folds"
+            if folds < 2
+            else "--folds trains a new run; it cannot --resume one"
+        )
     if resume is not None:
         if config is not None or name is not None:
             raise UsageError(
@@ -183,6 +199,8 @@ def train(
         if note:
             out().warn(f"warning: {note}")
         run_dir = runs.claim_run_dir(run_dir)
+    if folds is not None:
+        return _cross_validate(resolved, run_dir, folds, base)
     try:
         result = training.train(
             resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
@@ -206,3 +224,66 @@ def train(
     o.result(result.summary(), render)
     if result.status == "interrupted":
         raise typer.Exit(130)
+
+
+def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
+    """`heart train --folds K`: the folds, their figures, the final run."""
+    from heartcli import runs
+    from heartcli.training.crossval import FIGURES, cross_validate
+
+    o = out()
+
+    def progress(fold: int, records: list[str]) -> RichProgress:
+        if fold:
+            o.log(f"fold {fold} of {k}: validation records {', '.join(records)}")
+        else:
+            o.log("final run: the whole training split, no validation")
+        return RichProgress()
+
+    try:
+        result = cross_validate(resolved, run_dir, k, progress=progress, config_base=base)
+    except BaseException:
+        if not (run_dir / runs.MANIFEST).exists():
+            runs.release_run_dir(run_dir)
+        raise
+    summary = result.summary()
+    names = {
+        "macro_f1": "macro-F1",
+        "sveb_se": "SVEB Se",
+        "sveb_ppv": "SVEB +P",
+        "veb_se": "VEB Se",
+        "veb_ppv": "VEB +P",
+    }
+
+    def render() -> None:
+        table = Table(title=f"{k}-fold record-wise cross-validation (validation, best epoch)")
+        table.add_column("fold")
+        table.add_column("records")
+        table.add_column("best epoch", justify="right")
+        for key in FIGURES:
+            table.add_column(names[key], justify="right")
+        for f in result.folds:
+            table.add_row(
+                str(f.fold),
+                " ".join(f.records),
+                str(f.best_epoch),
+                *[f"{f.figures[key]:.4f}" for key in FIGURES],
+            )
+        fig = summary["figures"]
+        table.add_row(
+            "mean ± sd",
+            "",
+            f"{fig['best_epoch']['mean']:.1f} ± {fig['best_epoch']['std']:.1f}",
+            *[f"{fig[key]['mean']:.4f} ± {fig[key]['std']:.4f}" for key in FIGURES],
+        )
+        o.console.print(table)
+        final = result.final
+        o.console.print(
+            f"{final.status}: final model trained on the whole training split for "
+            f"{result.epochs} epochs (the folds' mean best epoch), {final.seconds:.1f} s; "
+            f"{result.seconds:.1f} s in all; run saved in {final.run_dir}",
+            highlight=False,
+        )
+        o.console.print(f"next: heart evaluate {final.run_dir}", highlight=False)
+
+    o.result(summary, render)

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from heartcli import __version__, runs
-from heartcli.config import HeartConfig
+from heartcli.config import RHYTHM_FEATURES, HeartConfig
 from heartcli.dataset import BeatSet, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
 from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
-from heartcli.inference import torch_logits
+from heartcli.inference import torch_logits, uses_rhythm
 from heartcli.io import sha256_file, write_text
 from heartcli.model import build_model, count_parameters
 from heartcli.training.folds import Folds, prepare_folds
@@ -87,6 +87,7 @@ class TrainResult:
     tracking_run_id: str | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
     seconds_to_best: float = 0.0
+    best_confusion: list[list[int]] | None = None  # validation, at the best epoch
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -151,6 +152,16 @@ class Setup:
     y_val: torch.Tensor
     classes: list[str]
     recipe: dict[str, Any]  # what FIXED_ON_RESUME compares
+    r_train: torch.Tensor | None = None  # rhythm features, for a [model] rhythm model
+    r_val: torch.Tensor | None = None
+    rhythm: dict[str, Any] | None = None  # columns and the training fold's mean and std
+    validation: bool = True  # False: no validation fold (the final run of --folds)
+
+    def train_inputs(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        return [x] if self.r_train is None else [x, self.r_train[index]]
+
+    def val_inputs(self) -> list[torch.Tensor]:
+        return [self.x_val] if self.r_val is None else [self.x_val, self.r_val]
 
 
 @dataclass
@@ -227,6 +238,24 @@ def _tensor(array: np.ndarray, dtype: Any, device: torch.device) -> torch.Tensor
     return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(device)
 
 
+def rhythm_statistics(model: nn.Module, train: BeatSet) -> dict[str, Any] | None:
+    """Standardise a rhythm model's second input with the training fold's mean and std
+    (model buffers, saved with the weights); what the manifest records of it."""
+    if not uses_rhythm(model) or train.rhythm is None:
+        return None
+    values = train.rhythm.astype(np.float64)
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    model.rhythm.set_statistics(  # type: ignore[union-attr,operator]
+        torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    )
+    return {
+        "columns": list(RHYTHM_FEATURES),
+        "used": list(model.rhythm.columns),  # type: ignore[union-attr]
+        "mean": [round(float(v), 6) for v in mean],
+        "std": [round(float(v), 6) for v in std],
+    }
+
+
 # --------------------------------------------------------------------------- the steps
 
 
@@ -266,6 +295,7 @@ def build_setup(config: HeartConfig, folds: Folds) -> Setup:
     weights = torch.from_numpy(folds.weights).to(device) if folds.weights is not None else None
     optimizer = make_optimizer(model, cfg)
     resample = config.resample
+    rhythm = rhythm_statistics(model, folds.train)
     return Setup(
         model=model,
         optimizer=optimizer,
@@ -294,6 +324,14 @@ def build_setup(config: HeartConfig, folds: Folds) -> Setup:
                 "epoch_beats": cfg.epoch_beats,
             },
         },
+        r_train=None if rhythm is None else _tensor(folds.train.rhythm, np.float32, device),
+        r_val=(
+            None
+            if rhythm is None or folds.val.rhythm is None
+            else _tensor(folds.val.rhythm, np.float32, device)
+        ),
+        rhythm=rhythm,
+        validation=len(folds.val) > 0,
     )
 
 
@@ -359,8 +397,10 @@ def start_manifest(
             "resampled_counts": folds.after,
             "val_counts": folds.val.counts(),
             "val_records": folds.val_records,
+            "validation": setup.validation,  # False: trained on the whole split (--folds)
             "input_range": runs.input_range(folds.train.x),  # predict's out-of-range check
         },
+        "rhythm": setup.rhythm,
         "model": {"parameters": setup.parameters},
         "device": str(setup.device),
         "precision": setup.precision,
@@ -394,7 +434,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         x = setup.augment(setup.x_train[index], gen)
         with autocast(setup.device, setup.precision):
-            logits = model(x)
+            logits = model(*setup.train_inputs(x, index))
         loss = setup.loss_fn(logits.float(), setup.y_train[index])
         loss.backward()
         optimizer.step()
@@ -417,7 +457,7 @@ def validate(setup: Setup) -> tuple[float, np.ndarray]:
     """Validation loss and confusion matrix, in fp32 whatever the training arithmetic."""
     setup.model.eval()
     with torch.inference_mode():
-        logits = torch_logits(setup.model, [setup.x_val])
+        logits = torch_logits(setup.model, setup.val_inputs())
         loss = float(setup.loss_fn(logits, setup.y_val).item())
     y_pred = logits.argmax(dim=1).cpu().numpy()
     return loss, confusion_matrix(setup.y_val.cpu().numpy(), y_pred, len(setup.classes))
@@ -433,6 +473,13 @@ def keep_best(setup: Setup, state: LoopState, epoch: int, cm: np.ndarray, run_di
         return True
     state.since_best += 1
     return False
+
+
+def keep_last(setup: Setup, state: LoopState, epoch: int, run_dir: Path) -> bool:
+    """Without a validation fold, the weights of the last epoch are the run's."""
+    state.best_epoch, state.since_best = epoch, 0
+    runs.save_weights(setup.model, run_dir / runs.WEIGHTS)
+    return True
 
 
 def save_checkpoint(setup: Setup, state: LoopState, run_dir: Path, elapsed: float) -> None:
@@ -495,7 +542,9 @@ def finish(
             "best_epoch": state.best_epoch,
             "epochs_run": len(history),
             "metrics": {
-                k: v for k, v in best_row.items() if k.startswith("val_") or k == "train_loss"
+                k: v
+                for k, v in best_row.items()
+                if (k.startswith("val_") or k == "train_loss") and math.isfinite(v)
             },
             "finished": _now(),
             "timings": {
@@ -533,12 +582,15 @@ def train(
     train_data: BeatSet | None = None,
     val_data: BeatSet | None = None,
     config_base: Any = None,
+    validation: bool = True,
 ) -> TrainResult:
     """Train ``config`` into ``run_dir``; ``resume`` continues from its checkpoint.pt.
 
     ``on_epoch`` returning True stops the run (status "pruned"). ``train_data`` /
     ``val_data`` replace the split named by ``[data]`` (a tuner loads it once).
     ``config_base`` is the user's TOML document, whose comments config.toml keeps.
+    ``validation=False`` trains on the whole training split for ``[train] epochs`` and keeps
+    the last epoch's weights (no validation, no early stopping).
     """
     from heartcli.tracking import Tracker
 
@@ -550,7 +602,7 @@ def train(
     progress = progress or NoProgress()
 
     checkpoint, old_manifest = open_run(run_dir, resume)
-    folds = prepare_folds(config, train_data, val_data)
+    folds = prepare_folds(config, train_data, val_data, validation=validation)
     if resume and (
         old_manifest["classes"] != folds.train.classes
         or old_manifest["input_length"] != folds.train.length
@@ -618,6 +670,7 @@ def train(
         tracking_run_id=tracker.run_id,
         manifest=manifest,
         seconds_to_best=state.seconds_to_best(),
+        best_confusion=state.best_cm,
     )
 
 
@@ -640,11 +693,16 @@ def _epochs(
         train_loss, seen, train_seconds = train_epoch(setup, cfg.seed, epoch, progress)
 
         # Validate, then let the schedule react and keep the best weights.
-        val_loss, cm = validate(setup)
-        val_f1 = macro_f1_from_confusion(cm)
-        setup.schedule.after_epoch(val_f1)
         state.epoch = epoch
-        improved = keep_best(setup, state, epoch, cm, run_dir)
+        if setup.validation:
+            val_loss, cm = validate(setup)
+            val_f1 = macro_f1_from_confusion(cm)
+            setup.schedule.after_epoch(val_f1)
+            improved = keep_best(setup, state, epoch, cm, run_dir)
+        else:
+            val_loss, val_f1 = math.nan, math.nan
+            cm = np.zeros((len(setup.classes),) * 2, dtype=np.int64)
+            improved = keep_last(setup, state, epoch, run_dir)
         support = cm.sum(axis=1)
         classes = setup.classes
         info = EpochInfo(

@@ -1,0 +1,175 @@
+"""`heart train --folds K`: record-wise K-fold cross-validation on the training split.
+
+The records of the training split (DS1 for ``inter-patient``) go into K folds
+(:func:`heartcli.training.folds.record_folds`: no record on both sides, every fold holds S
+and V beats). Each fold trains a run on the other folds' records and validates on its own
+(``RUN/folds/fold-<i>``, early stopping and best epoch as any run); the validation figures
+of each fold's best epoch are its macro-F1 and the AAMI SVEB and VEB Se and +P. The mean
+best epoch (rounded, at least 1) is the number of epochs of the final run, which trains on
+the whole training split with no validation fold (no early stopping; the last epoch's
+weights) into ``RUN`` itself, whose manifest keeps the per-fold figures under ``crossval``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heartcli import aami, runs
+from heartcli.config import HeartConfig
+from heartcli.dataset import BeatSet, load_split
+from heartcli.errors import UsageError
+from heartcli.evaluate import macro_f1_from_confusion
+from heartcli.training.folds import check_rhythm, record_folds
+from heartcli.training.loop import TrainProgress, TrainResult, train
+
+FOLDS_DIR = "folds"
+FIGURES = ("macro_f1", "sveb_se", "sveb_ppv", "veb_se", "veb_ppv")
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    records: list[str]  # the validation records
+    best_epoch: int
+    figures: dict[str, float]
+    run_dir: str
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "fold": self.fold,
+            "val_records": self.records,
+            "best_epoch": self.best_epoch,
+            **{k: round(v, 4) for k, v in self.figures.items()},
+            "run_dir": self.run_dir,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+@dataclass
+class CrossValResult:
+    folds: list[FoldResult]
+    epochs: int  # of the final run: the folds' mean best epoch
+    final: TrainResult
+    seconds: float  # folds and final run together
+
+    def figures(self) -> dict[str, dict[str, float]]:
+        """Mean and standard deviation (over folds) of every figure and the best epoch."""
+        out: dict[str, dict[str, float]] = {}
+        for key in (*FIGURES, "best_epoch"):
+            values = np.array(
+                [f.best_epoch if key == "best_epoch" else f.figures[key] for f in self.folds]
+            )
+            out[key] = {"mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4)}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "folds": [f.summary() for f in self.folds],
+            "figures": self.figures(),
+            "final_epochs": self.epochs,
+            "seconds": round(self.seconds, 1),
+            "final": self.final.summary(),
+        }
+
+
+def fold_figures(cm: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Macro-F1 and, where the classes are AAMI's, SVEB and VEB Se and +P (EC57 scoring)."""
+    figures = {"macro_f1": macro_f1_from_confusion(cm)}
+    scored = aami.scored_matrix(cm, classes) if aami.applies(classes) else None
+    for row, name in aami.ROWS.items():
+        part = aami.class_figures(scored, classes, name) if scored is not None else {}
+        figures[f"{row.lower()}_se"] = float(part.get("se", 0.0))
+        figures[f"{row.lower()}_ppv"] = float(part.get("ppv", 0.0))
+    return figures
+
+
+def check_crossval(config: HeartConfig) -> None:
+    if config.train.scheduler == "plateau":
+        raise UsageError(
+            'train.scheduler "plateau" follows validation, and the final run of --folds has '
+            'none; use "cosine", "onecycle" or "none"'
+        )
+
+
+def cross_validate(
+    config: HeartConfig,
+    run_dir: Path,
+    k: int,
+    *,
+    progress: Callable[[int, list[str]], TrainProgress] | None = None,
+    config_base: Any = None,
+    beats: BeatSet | None = None,
+) -> CrossValResult:
+    """K record-wise folds, then the final run on the whole training split into ``run_dir``.
+
+    ``progress(fold, val_records)`` gives the display of each run (fold 0: the final run).
+    """
+    started = time.perf_counter()
+    check_crossval(config)
+    if beats is None:
+        beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
+    check_rhythm(config, beats)
+    groups = record_folds(beats, k, config.train.seed)
+    results = [
+        run_fold(config, run_dir, beats, i, val, progress, config_base)
+        for i, val in enumerate(groups, start=1)
+    ]
+    epochs = max(1, round(float(np.mean([f.best_epoch for f in results]))))
+    final_config = config.model_copy(deep=True)
+    final_config.train.epochs = epochs
+    final = train(
+        final_config,
+        run_dir,
+        progress=progress(0, []) if progress else None,
+        config_base=config_base,
+        train_data=beats,
+        validation=False,
+    )
+    result = CrossValResult(results, epochs, final, time.perf_counter() - started)
+    manifest = runs.read_run_manifest(run_dir)
+    manifest["crossval"] = {k: v for k, v in result.summary().items() if k != "final"}
+    runs.write_manifest(run_dir, manifest)
+    final.manifest = manifest
+    return result
+
+
+def run_fold(
+    config: HeartConfig,
+    run_dir: Path,
+    beats: BeatSet,
+    fold: int,
+    val: np.ndarray,
+    progress: Callable[[int, list[str]], TrainProgress] | None,
+    config_base: Any,
+) -> FoldResult:
+    """Train on every record outside fold ``fold``, validate on its records."""
+    t0 = time.perf_counter()
+    mask = np.ones(len(beats), dtype=bool)
+    mask[val] = False
+    val_beats = beats.subset(val)
+    records = sorted({str(r) for r in val_beats.record})
+    fold_dir = run_dir / FOLDS_DIR / f"fold-{fold}"
+    result = train(
+        config,
+        fold_dir,
+        progress=progress(fold, records) if progress else None,
+        config_base=config_base,
+        train_data=beats.subset(np.flatnonzero(mask)),
+        val_data=val_beats,
+    )
+    cm = np.asarray(result.best_confusion, dtype=np.int64)
+    return FoldResult(
+        fold,
+        records,
+        result.best_epoch,
+        fold_figures(cm, list(beats.classes)),
+        str(fold_dir),
+        time.perf_counter() - t0,
+    )
