@@ -162,11 +162,12 @@ def evaluate_run(
     names the split (stored as ``split``; null for a file outside a dataset).
     """
     from heartcli import plots
-    from heartcli.inference import torch_proba
+    from heartcli.inference import model_inputs, torch_proba, uses_rhythm
     from heartcli.runs import CONFUSION, EVAL
 
     check_data(run, data, description)
-    proba = torch_proba(run.model, [data.x])
+    inputs = model_inputs(data.x, data.rhythm, uses_rhythm(run.model), description)
+    proba = torch_proba(run.model, inputs)
     status = run.manifest.get("status")
     result = {"run": str(run.path), "run_status": status, "data": description, "split": split}
     result.update(metrics(data.y, proba.argmax(axis=1), run.classes, proba, data.record))

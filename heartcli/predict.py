@@ -10,6 +10,11 @@ dataset parquet, read by :mod:`heartcli.data.importer`; its labels are the refer
 a WFDB record path without extension, cut by :mod:`heartcli.segment` with the recipe of
 `heart fetch`. When a reference exists (the file's labels, the record's .atr) the result
 carries per-class agreement: sensitivity and PPV of the predictions against it.
+
+A rhythm model (``[model] rhythm``) also takes the RR features of every beat: computed
+from the record's beat annotations, or from the detected R-peaks (:mod:`heartcli.segment`,
+with the code of `heart fetch`), or read from the rhythm columns of a beat file; a file
+without them is refused (exit 2) with the columns it lacks.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from heartcli.errors import DataError, UsageError
-from heartcli.inference import Runner, batched, onnx_runner, onnx_session
+from heartcli.config import RHYTHM_FEATURES
+from heartcli.inference import Runner, batched, model_inputs, onnx_runner, onnx_session
 from heartcli.io import atomic_path, read_json, sha256_file, write_json
 
 CARD_NAME = "model_card.json"
@@ -60,10 +66,13 @@ class Model:
     # card says "min-max normalised to [0, 1]".
     input_range: tuple[float, float] = (0.0, 1.0)
 
-    def proba(self, x: np.ndarray) -> np.ndarray:
-        if len(x) == 0:
+    rhythm: bool = False  # takes the rhythm features as a second input
+
+    def proba(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """Probabilities for the model's inputs (beats, and rhythm for a rhythm model)."""
+        if len(inputs[0]) == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return batched(self.proba_fn, [x]).astype(np.float32, copy=False)
+        return batched(self.proba_fn, inputs).astype(np.float32, copy=False)
 
 
 def load_model(path: str | Path) -> Model:
@@ -98,7 +107,7 @@ def training_lead(manifest: dict[str, Any], fallback: str) -> str:
 
 
 def _load_run_model(path: Path) -> Model:
-    from heartcli.inference import torch_runner
+    from heartcli.inference import torch_runner, uses_rhythm
     from heartcli.runs import load_run
 
     run = load_run(path)
@@ -115,6 +124,7 @@ def _load_run_model(path: Path) -> Model:
         proba,
         dict(run.config.data.classes),
         (float(lo), float(hi)),
+        uses_rhythm(run.model),
     )
 
 
@@ -146,7 +156,13 @@ def load_onnx(path: Path) -> Model:
     classes = [str(c) for c in card["classes"]]
     length = int((card.get("input") or {}).get("length", -1))
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    in_shape = list(inputs[0].shape) if len(inputs) == 1 else []
+    rhythm = bool(card.get("rhythm_input"))
+    if len(inputs) != (2 if rhythm else 1):
+        raise DataError(
+            f"{card_path} does not match {path.name}: the card says {2 if rhythm else 1} "
+            f"input(s), the model takes {len(inputs)}; export again"
+        )
+    in_shape = list(inputs[0].shape)
     out_shape = list(outputs[0].shape) if outputs else []
     model_length = in_shape[1] if len(in_shape) == 2 else None
     model_classes = out_shape[1] if len(out_shape) == 2 else None
@@ -159,7 +175,7 @@ def load_onnx(path: Path) -> Model:
     lead = str((card.get("input") or {}).get("lead", "channel0"))
     proba = onnx_runner(session)
     class_map = {str(k): str(v) for k, v in (card.get("class_map") or {}).items()}
-    return Model(path, "onnx", classes, length, lead, proba, class_map)
+    return Model(path, "onnx", classes, length, lead, proba, class_map, rhythm=rhythm)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -178,6 +194,11 @@ class Beats:
     lead: str | None = None
     notes: list[str] = field(default_factory=list)
     detection: dict[str, Any] | None = None
+    rhythm: np.ndarray | None = None  # float32 [n, 6], when the input has beat timing
+
+    def inputs(self, model: Model) -> list[np.ndarray]:
+        """What ``model`` takes: the beats, and their rhythm features for a rhythm model."""
+        return model_inputs(self.x, self.rhythm, model.rhythm, self.source)
 
 
 def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str = "auto") -> Beats:
@@ -199,6 +220,7 @@ def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str
             seg.lead,
             seg.notes,
             seg.detection,
+            seg.rhythm,
         )
     elif path.suffix.lower() in BEAT_SUFFIXES:
         if not path.is_file():
@@ -241,6 +263,8 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
     n = len(x)
     record = np.full(n, "", dtype=object)
     sample = np.full(n, -1, dtype=np.int64)
+    names: list[str] = []
+    rhythm: np.ndarray | None = None
     if path.suffix.lower() != ".csv":
         names = pq.read_schema(path).names
         extra = [c for c in ("record", "sample") if c in names]
@@ -250,6 +274,8 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
                 record = table.column("record").to_numpy(zero_copy_only=False).astype(object)
             if "sample" in extra:
                 sample = table.column("sample").to_numpy().astype(np.int64)
+    if model.rhythm:
+        rhythm = _file_rhythm(path, names)
     notes: list[str] = []
     reference: np.ndarray | None = None
     if labels is None:
@@ -261,7 +287,28 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
         reference = labels.astype(np.int64)
     else:
         notes.append("labels outside the model's classes: no agreement table")
-    return Beats(str(path), x.astype(np.float32), record, sample, reference, "file", None, notes)
+    return Beats(
+        str(path), x.astype(np.float32), record, sample, reference, "file", None, notes, None, rhythm
+    )
+
+
+def _file_rhythm(path: Path, names: list[str]) -> np.ndarray:
+    """The rhythm columns of a beat file, for a rhythm model: all six, finite; else exit 2."""
+    import pyarrow.parquet as pq
+
+    missing = [c for c in RHYTHM_FEATURES if c not in names]
+    if missing:
+        raise UsageError(
+            f"{path}: the model takes rhythm features, but the file has no columns "
+            f"{', '.join(missing)}; use the dataset files `heart fetch` builds from the records "
+            "(they have them), or give a WFDB record"
+        )
+    table = pq.read_table(path, columns=list(RHYTHM_FEATURES))
+    rhythm = np.stack([table.column(c).to_numpy() for c in RHYTHM_FEATURES], axis=1)
+    if not np.all(np.isfinite(rhythm)):
+        row = int(np.argwhere(~np.isfinite(rhythm))[0][0])
+        raise DataError(f"{path}: row {row} has a NaN or infinite rhythm value; rebuild it")
+    return rhythm.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- predicting
@@ -376,7 +423,7 @@ def predict(
     beats = read_input(input_path, model, lead=lead, peaks=peaks)
     check_range(model, beats.x, input_path)
     t2 = time.perf_counter()
-    proba = model.proba(beats.x)
+    proba = model.proba(beats.inputs(model))
     t3 = time.perf_counter()
     result = Prediction(
         model, beats, proba, {"load_model": t1 - t0, "read_input": t2 - t1, "predict": t3 - t2}

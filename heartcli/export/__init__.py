@@ -51,6 +51,7 @@ from heartcli.export.parity import (
     onnx_runner,
     parity_beats,
     run_batches,
+    test_inputs,
 )
 from heartcli.io import sha256_file, write_json, write_text
 
@@ -96,15 +97,20 @@ def parse_formats(values: list[str] | None, default: list[str]) -> list[str]:
 
 
 def _quantized_report(
-    tmp: Path, x: np.ndarray, reference: np.ndarray, test: BeatSet, run: LoadedRun, source: str
+    tmp: Path,
+    inputs: list[np.ndarray],
+    reference: np.ndarray,
+    test: BeatSet,
+    run: LoadedRun,
+    source: str,
 ) -> dict[str, Any]:
     from heartcli.evaluate import confusion_matrix as cm
     from heartcli.evaluate import macro_f1_from_confusion
 
     int8 = onnx_runner(tmp / FILENAMES["onnx-int8"])
     flt = onnx_runner(tmp / FILENAMES["onnx"])
-    agreement = compare(reference, run_batches(int8, x))
-    xt = np.ascontiguousarray(test.x, dtype=np.float32)
+    agreement = compare(reference, run_batches(int8, inputs))
+    xt = test_inputs(run, test, source)
     pred_f = run_batches(flt, xt).argmax(axis=1)
     pred_q = run_batches(int8, xt).argmax(axis=1)
     k = len(run.classes)
@@ -163,12 +169,13 @@ def export_run(
     if quantize and "onnx" not in formats:
         raise UsageError("--quantize makes an int8 copy of the ONNX model; add --format onnx")
 
-    x, source, test, test_source = parity_beats(
+    inputs, source, test, test_source = parity_beats(
         run, config.parity_beats, Path(data) if data else None
     )
+    x = inputs[0]
     module = probability_module(run.model)
-    reference = run_batches(exported_runner(module), x)
-    example = torch.from_numpy(x[:2].copy())
+    reference = run_batches(exported_runner(module), inputs)
+    example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)
     notes: list[str] = []
     if len(x) < config.parity_beats:
         notes.append(
@@ -212,12 +219,12 @@ def export_run(
         files: list[dict[str, Any]] = []
         for fmt in formats:
             say(f"checking {FILENAMES[fmt]} on {len(x):,} real beats")
-            parity = check_parity(fmt, tmp / FILENAMES[fmt], x, reference, config.atol)
+            parity = check_parity(fmt, tmp / FILENAMES[fmt], inputs, reference, config.atol)
             files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "parity": parity})
         quantized = None
         if quantize:
             say("scoring the int8 model")
-            quantized = _quantized_report(tmp, x, reference, test, run, test_source)
+            quantized = _quantized_report(tmp, inputs, reference, test, run, test_source)
             files.append(
                 {
                     "file": FILENAMES["onnx-int8"],

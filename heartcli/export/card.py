@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from heartcli import __version__
 from heartcli.aami import ROWS as AAMI_ROWS
 from heartcli.errors import DataError
-from heartcli.export.formats import INPUT_NAME, OUTPUT_NAME
+from heartcli.export.formats import INPUT_NAME, OUTPUT_NAME, RHYTHM_INPUT
 from heartcli.io import read_json
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ def build_card(
             "normalisation": "min-max over the beat's whole segment to [0, 1], zero-padded",
             "lead": training_lead(run.manifest, run.config.data.lead),
         },
+        "rhythm_input": rhythm_input(run),
         "output": {
             "name": OUTPUT_NAME,
             "shape": ["batch", k],
@@ -183,6 +184,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- input `{inp['name']}`: float32 `[batch, {inp['length']}]`, one beat per row: "
         f"{inp['length']} samples at {inp['sampling_rate_hz']:g} Hz, {inp['normalisation']}; "
         f"lead {inp['lead']}",
+        *_rhythm_lines(card.get("rhythm_input")),
         f"- output `{out['name']}`: float32 `[batch, {len(card['classes'])}]`, {out['meaning']}",
         "",
         "## Preprocessing (the recipe of `heart fetch`; `heart predict` applies it to records)",
@@ -265,3 +267,39 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def rhythm_input(run: LoadedRun) -> dict[str, Any] | None:
+    """The second input of a rhythm model: its columns, formulas and normalisation."""
+    from heartcli.config import RHYTHM_FEATURES
+    from heartcli.data.rhythm import DEFINITIONS
+
+    stats = run.manifest.get("rhythm")
+    if not run.config.model.rhythm:
+        return None
+    stats = stats or {}
+    return {
+        "name": RHYTHM_INPUT,
+        "shape": ["batch", len(RHYTHM_FEATURES)],
+        "dtype": "float32",
+        "columns": list(RHYTHM_FEATURES),
+        "definitions": dict(DEFINITIONS),
+        "used": list(run.config.model.rhythm_columns),
+        "normalisation": "raw values (seconds and ratios) in; the model standardises them with "
+        "the training fold's mean and std (below) and clips to +-8 standard deviations",
+        "mean": stats.get("mean"),
+        "std": stats.get("std"),
+        "source": "the beat annotations of the record (`heart fetch`; `heart predict` on a "
+        "record with a .atr), or the detected R-peaks (`heart predict` without one)",
+    }
+
+
+def _rhythm_lines(rhythm: dict[str, Any] | None) -> list[str]:
+    if not rhythm:
+        return []
+    return [
+        f"- input `{rhythm['name']}`: float32 `[batch, {len(rhythm['columns'])}]`, the rhythm "
+        f"features of each beat, columns {', '.join(rhythm['columns'])} "
+        f"(the model uses {', '.join(rhythm['used'])}); {rhythm['normalisation']}",
+        *[f"  - `{name}`: {text}" for name, text in rhythm["definitions"].items()],
+    ]

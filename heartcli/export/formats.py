@@ -1,7 +1,9 @@
 """The exporters of `heart export`: ONNX, torch.export (.pt2), TorchScript, int8 ONNX.
 
 Each writes the run's CNN followed by a softmax (``probability_module``): beats float32
-``[batch, length]`` (any batch size) -> probabilities ``[batch, n_classes]``. ONNX goes
+``[batch, length]`` (any batch size) -> probabilities ``[batch, n_classes]``; a rhythm
+model (``[model] rhythm``) takes a second input, ``rhythm`` float32 ``[batch, 6]`` (the
+columns of ``RHYTHM_FEATURES``, standardised inside the model). ONNX goes
 through the torch.export-based exporter (``dynamo=True``, onnxscript) at ``[export]
 opset``; if that exporter fails, the TorchScript-based one is used and the card says so.
 Its 1-D convolutions are then rewritten as 2-D ones (``conv1d_as_conv2d``), which ONNX
@@ -33,12 +35,29 @@ FILENAMES = {
     "onnx-int8": "model.int8.onnx",
 }
 INPUT_NAME = "beats"
+RHYTHM_INPUT = "rhythm"
 OUTPUT_NAME = "probabilities"
+
+
+def input_names(model: nn.Module) -> list[str]:
+    """The exported inputs, in order: beats, and rhythm for a rhythm model."""
+    from heartcli.inference import uses_rhythm
+
+    return [INPUT_NAME, RHYTHM_INPUT] if uses_rhythm(model) else [INPUT_NAME]
+
+
+def _dynamic(names: list[str]) -> dict[str, Any]:
+    import torch
+
+    batch = torch.export.Dim("batch", min=1)
+    return {name: {0: batch} for name in names}
 
 
 def probability_module(model: nn.Module) -> nn.Module:
     import torch
     from torch import nn
+
+    from heartcli.inference import uses_rhythm
 
     class Probabilities(nn.Module):
         """The run's CNN followed by a softmax: beats -> class probabilities."""
@@ -50,7 +69,14 @@ def probability_module(model: nn.Module) -> nn.Module:
         def forward(self, beats: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.net(beats), dim=1)
 
-    return Probabilities(model).eval()
+    class RhythmProbabilities(Probabilities):
+        """A rhythm model followed by a softmax: beats and rhythm -> class probabilities."""
+
+        def forward(self, beats: torch.Tensor, rhythm: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return torch.softmax(self.net(beats, rhythm), dim=1)
+
+    kind = RhythmProbabilities if uses_rhythm(model) else Probabilities
+    return kind(model).eval()
 
 
 @contextlib.contextmanager
@@ -74,25 +100,30 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(module: nn.Module, example: Any, path: Path, opset: int) -> dict[str, Any]:
-    """ONNX with a dynamic batch axis; the dynamo exporter, else the TorchScript-based one."""
+def export_onnx(
+    module: nn.Module, example: tuple[Any, ...], path: Path, opset: int
+) -> dict[str, Any]:
+    """ONNX with a dynamic batch axis; the dynamo exporter, else the TorchScript-based one.
+
+    ``example`` holds one tensor per input (beats, and rhythm for a rhythm model).
+    """
     import onnx
     import torch
 
+    names = [INPUT_NAME, RHYTHM_INPUT][: len(example)]
     common: dict[str, Any] = {
-        "input_names": [INPUT_NAME],
+        "input_names": names,
         "output_names": [OUTPUT_NAME],
         "opset_version": opset,
     }
     exporter = "torch.onnx.export(dynamo=True)"
     try:
         with quiet():
-            batch = torch.export.Dim("batch", min=1)
             torch.onnx.export(
                 module,
-                (example,),
+                example,
                 str(path),
-                dynamic_shapes={"beats": {0: batch}},
+                dynamic_shapes=_dynamic(names),
                 dynamo=True,
                 external_data=False,
                 verbose=False,
@@ -107,9 +138,9 @@ def export_onnx(module: nn.Module, example: Any, path: Path, opset: int) -> dict
             with quiet():
                 torch.onnx.export(
                     module,
-                    (example,),
+                    example,
                     str(path),
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT_NAME]},
                     dynamo=False,
                     **common,
                 )
@@ -176,22 +207,23 @@ def conv1d_as_conv2d(proto: Any) -> int:
     return count
 
 
-def export_pt2(module: nn.Module, example: Any, path: Path) -> dict[str, Any]:
+def export_pt2(module: nn.Module, example: tuple[Any, ...], path: Path) -> dict[str, Any]:
     import torch
 
+    names = [INPUT_NAME, RHYTHM_INPUT][: len(example)]
     with quiet():
-        program = torch.export.export(
-            module, (example,), dynamic_shapes={"beats": {0: torch.export.Dim("batch", min=1)}}
-        )
+        program = torch.export.export(module, example, dynamic_shapes=_dynamic(names))
         torch.export.save(program, str(path))
     return {"exporter": "torch.export.export + torch.export.save", "load": "torch.export.load"}
 
 
-def export_torchscript(module: nn.Module, example: Any, path: Path) -> dict[str, Any]:
+def export_torchscript(
+    module: nn.Module, example: tuple[Any, ...], path: Path
+) -> dict[str, Any]:
     import torch
 
     with quiet():
-        traced = torch.jit.trace(module, (example,), check_trace=False)
+        traced = torch.jit.trace(module, example, check_trace=False)
         traced.save(str(path))
     return {
         "exporter": "torch.jit.trace",

@@ -6,7 +6,7 @@ from the training part when it holds fewer than ``[export] parity_beats``; the b
 sample when the dataset is not there): the largest absolute difference of the
 probabilities against the PyTorch model must be at most ``[export] atol`` and the
 predicted class must be the same for every beat, one beat alone included (the batch axis
-is dynamic).
+is dynamic). A rhythm model gets the beats' rhythm columns as its second input.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ import numpy as np
 from heartcli.dataset import BeatSet, apply_classes, load_split, read_beats
 from heartcli.errors import DataError, HeartError
 from heartcli.export.formats import quiet
-from heartcli.inference import Runner, batched, onnx_session, torch_runner
+from heartcli.inference import (
+    Runner,
+    batched,
+    model_inputs,
+    onnx_session,
+    torch_runner,
+    uses_rhythm,
+)
 from heartcli.inference import onnx_runner as inference_onnx_runner
 
 if TYPE_CHECKING:
@@ -37,14 +44,20 @@ def _dataset_dir(run: LoadedRun) -> Path:
     return Path(str(data.get("dir") or run.config.data.dir))
 
 
+def test_inputs(run: LoadedRun, test: BeatSet, source: str) -> list[np.ndarray]:
+    """The model's inputs for the test beats (beats, and rhythm for a rhythm model)."""
+    return model_inputs(test.x, test.rhythm, uses_rhythm(run.model), source)
+
+
 def parity_beats(
     run: LoadedRun, count: int, data: Path | None = None
-) -> tuple[np.ndarray, str, BeatSet, str]:
+) -> tuple[list[np.ndarray], str, BeatSet, str]:
     """At least ``count`` real beats (when there are that many) and the test beats.
 
     From ``data`` (a dataset folder or a parquet file) or else the run's dataset, falling
     back to the bundled sample of real beats; the test part first, then the training part.
-    Returns (beats for the parity check, where they came from, the test beats, their source).
+    Returns (the model's inputs for the parity check: beats, and rhythm for a rhythm
+    model; where they came from; the test beats; their source).
     """
     split = str((run.manifest.get("data") or {}).get("split") or run.config.data.split)
     mapping = dict(run.config.data.classes)  # the test beats score the model's own classes
@@ -70,17 +83,23 @@ def parity_beats(
         parts = [(test, test_source)]
         if len(test) < count:
             parts.append((load_split(folder, split, "train"), f"{folder} (split {split}, train)"))
-    chosen: list[np.ndarray] = []
+    chosen: list[list[np.ndarray]] = []
     described: list[str] = []
     need = count
     for beats, where in parts:
         if need <= 0:
             break
-        take = beats.x[:need]
-        chosen.append(take)
-        described.append(f"{len(take):,} from {where}")
-        need -= len(take)
-    x = np.concatenate(chosen) if chosen else np.zeros((0, run.input_length), np.float32)
+        take = model_inputs(beats.x[:need], beats.rhythm, uses_rhythm(run.model), where)
+        chosen.append([a[:need] for a in take])
+        described.append(f"{len(take[0]):,} from {where}")
+        need -= len(take[0])
+    if not chosen:
+        chosen = [[np.zeros((0, run.input_length), np.float32)]]
+    inputs = [
+        np.ascontiguousarray(np.concatenate(arrays), dtype=np.float32)
+        for arrays in zip(*chosen, strict=True)
+    ]
+    x = inputs[0]
     if x.shape[1] != run.input_length:
         raise DataError(
             f"parity beats have {x.shape[1]} samples but the model takes {run.input_length}; "
@@ -88,7 +107,7 @@ def parity_beats(
         )
     if len(x) == 0:
         raise DataError("no real beats for the parity check; pass --data DIR")
-    return np.ascontiguousarray(x, dtype=np.float32), "; ".join(described), test, test_source
+    return inputs, "; ".join(described), test, test_source
 
 
 def onnx_runner(path: Path) -> Runner:
@@ -116,9 +135,9 @@ def reload_runner(fmt: str, path: Path) -> Runner:
         return exported_runner(torch.jit.load(str(path), map_location="cpu"))
 
 
-def run_batches(run: Runner, x: np.ndarray) -> np.ndarray:
-    """``run`` over the beats ``x`` in the shared batch size."""
-    return batched(run, [x])
+def run_batches(run: Runner, inputs: list[np.ndarray]) -> np.ndarray:
+    """``run`` over the model's ``inputs`` in the shared batch size."""
+    return batched(run, inputs)
 
 
 def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
@@ -133,13 +152,14 @@ def compare(reference: np.ndarray, got: np.ndarray) -> dict[str, Any]:
 
 
 def check_parity(
-    fmt: str, path: Path, x: np.ndarray, reference: np.ndarray, atol: float
+    fmt: str, path: Path, inputs: list[np.ndarray], reference: np.ndarray, atol: float
 ) -> dict[str, Any]:
     """The reloaded export against the PyTorch probabilities; raises ParityError."""
+    x = inputs[0]
     try:
         run = reload_runner(fmt, path)
-        got = run_batches(run, x)
-        single = run(x[:1])  # the batch axis is dynamic: one beat works too
+        got = run_batches(run, inputs)
+        single = run(*[a[:1] for a in inputs])  # the batch axis is dynamic: one beat works too
     except ParityError:
         raise
     except Exception as exc:  # a damaged file fails to load or run in many ways
