@@ -169,8 +169,10 @@ class ModelConfig(Section):
         if any(f < 1 for f in self.fc):
             raise ValueError("fc: every size must be >= 1")
         unknown = [c for c in self.rhythm_columns if c not in RHYTHM_FEATURES]
-        if unknown or not self.rhythm_columns or len(set(self.rhythm_columns)) != len(
-            self.rhythm_columns
+        if (
+            unknown
+            or not self.rhythm_columns
+            or len(set(self.rhythm_columns)) != len(self.rhythm_columns)
         ):
             raise ValueError(
                 f"rhythm_columns: {', '.join(unknown) or 'empty or repeated'}; use distinct "

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from heartcli.errors import DataError, UsageError
 from heartcli.config import RHYTHM_FEATURES
+from heartcli.errors import DataError, UsageError
 from heartcli.inference import Runner, batched, model_inputs, onnx_runner, onnx_session
 from heartcli.io import atomic_path, read_json, sha256_file, write_json
 
@@ -287,9 +287,8 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
         reference = labels.astype(np.int64)
     else:
         notes.append("labels outside the model's classes: no agreement table")
-    return Beats(
-        str(path), x.astype(np.float32), record, sample, reference, "file", None, notes, None, rhythm
-    )
+    x = x.astype(np.float32)
+    return Beats(str(path), x, record, sample, reference, "file", None, notes, rhythm=rhythm)
 
 
 def _file_rhythm(path: Path, names: list[str]) -> np.ndarray:

@@ -217,9 +217,7 @@ def export_pt2(module: nn.Module, example: tuple[Any, ...], path: Path) -> dict[
     return {"exporter": "torch.export.export + torch.export.save", "load": "torch.export.load"}
 
 
-def export_torchscript(
-    module: nn.Module, example: tuple[Any, ...], path: Path
-) -> dict[str, Any]:
+def export_torchscript(module: nn.Module, example: tuple[Any, ...], path: Path) -> dict[str, Any]:
     import torch
 
     with quiet():

@@ -66,7 +66,10 @@ class CrossValResult:
             values = np.array(
                 [f.best_epoch if key == "best_epoch" else f.figures[key] for f in self.folds]
             )
-            out[key] = {"mean": round(float(values.mean()), 4), "std": round(float(values.std()), 4)}
+            out[key] = {
+                "mean": round(float(values.mean()), 4),
+                "std": round(float(values.std()), 4),
+            }
         return out
 
     def summary(self) -> dict[str, Any]:

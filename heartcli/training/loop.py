@@ -241,16 +241,17 @@ def _tensor(array: np.ndarray, dtype: Any, device: torch.device) -> torch.Tensor
 def rhythm_statistics(model: nn.Module, train: BeatSet) -> dict[str, Any] | None:
     """Standardise a rhythm model's second input with the training fold's mean and std
     (model buffers, saved with the weights); what the manifest records of it."""
-    if not uses_rhythm(model) or train.rhythm is None:
+    head = getattr(model, "rhythm", None)
+    if not uses_rhythm(model) or head is None or train.rhythm is None:
         return None
     values = train.rhythm.astype(np.float64)
     mean, std = values.mean(axis=0), values.std(axis=0)
-    model.rhythm.set_statistics(  # type: ignore[union-attr,operator]
+    head.set_statistics(
         torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
     )
     return {
         "columns": list(RHYTHM_FEATURES),
-        "used": list(model.rhythm.columns),  # type: ignore[union-attr]
+        "used": list(head.columns),
         "mean": [round(float(v), 6) for v in mean],
         "std": [round(float(v), 6) for v in std],
     }
@@ -324,7 +325,11 @@ def build_setup(config: HeartConfig, folds: Folds) -> Setup:
                 "epoch_beats": cfg.epoch_beats,
             },
         },
-        r_train=None if rhythm is None else _tensor(folds.train.rhythm, np.float32, device),
+        r_train=(
+            None
+            if rhythm is None or folds.train.rhythm is None
+            else _tensor(folds.train.rhythm, np.float32, device)
+        ),
         r_val=(
             None
             if rhythm is None or folds.val.rhythm is None
