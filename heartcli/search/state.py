@@ -40,7 +40,7 @@ DONE = ("completed", "early_stopped", "pruned", "stopped")  # finished with a me
 REFERENCE = ("completed", "early_stopped")
 # Keys that change the data or the validation fold: with one in the space, every trial
 # loads and carves its own data instead of sharing one fold.
-DATA_KEYS = ("train.val_fraction", "train.seed")
+DATA_KEYS = ("train.val_fraction", "train.val_records", "train.seed")
 NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 

@@ -46,17 +46,12 @@ class TrialSetup:
 def shared_folds(config: HeartConfig, space: Space) -> tuple[Any, Any]:
     """One training/validation fold for every trial (None, None when the space changes it)."""
     from heartcli.dataset import load_split
-    from heartcli.training import carve_validation
+    from heartcli.training.folds import split_validation
 
     if any(k.startswith("data.") or k in DATA_KEYS for k in space.keys):
         return None, None
-    beats = load_split(config.data.dir, config.data.split, "train")
-    train_idx, val_idx = carve_validation(
-        beats,
-        config.train.val_fraction,
-        config.train.seed,
-        by_record=config.data.split == "inter-patient",
-    )
+    beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
+    train_idx, val_idx = split_validation(config, beats)  # [train] val_records too
     return beats.subset(train_idx), beats.subset(val_idx)
 
 
