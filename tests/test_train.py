@@ -174,7 +174,10 @@ def test_the_test_split_is_never_read_during_training(heart, sample_dir, tmp_pat
     assert sum(manifest["data"]["train_counts"].values()) == len(everything) - val_beats
     # Only `heart evaluate` reads the test part, and it says so.
     result = heart("evaluate", "runs/ip", expect=1)
-    assert result.stderr.startswith(f"error: {data}/inter-patient/test.parquet: not a readable")
+    # (the damaged file is not the one the dataset's manifest lists: refused before reading)
+    assert result.stderr.startswith(
+        f"error: {data}/inter-patient/test.parquet: is not the file manifest.json lists"
+    )
 
 
 def test_interrupt_keeps_the_best_checkpoint_and_pruning_stops(tmp_path, sample_dir):
@@ -256,7 +259,10 @@ def test_bad_training_data_is_one_line(heart, sample_dir, tmp_path):
 
     data = tmp_path / "nan"
     (data / "random").mkdir(parents=True)
-    shutil.copy(sample_dir / "manifest.json", data / "manifest.json")
+    # the sample's manifest without its file checksums: these beats are made up here
+    manifest = json.loads((sample_dir / "manifest.json").read_text())
+    del manifest["files"]
+    (data / "manifest.json").write_text(json.dumps(manifest))
     beats = load_split(sample_dir, "random", "train")
     beats.x[7, 3] = np.nan
     write_beats(data / "random" / "train.parquet", beats)
