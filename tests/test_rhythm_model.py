@@ -199,3 +199,11 @@ def test_bad_folds_and_val_records(heart, tmp_path, args, expected):
     assert line.startswith("error: ") and expected in line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_interpatient_example_is_a_valid_recipe(heart):
+    shown = heart.json("config", "show", "--config", EXAMPLES / "interpatient.toml")
+    assert shown["data"]["split"] == "inter-patient"
+    assert shown["data"]["classes"] == {"Q": "drop"}
+    assert shown["model"]["rhythm"] is True
+    assert shown["train"]["scheduler"] != "plateau"  # --folds needs a schedule of its own

@@ -287,3 +287,5 @@ def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
         o.console.print(f"next: heart evaluate {final.run_dir}", highlight=False)
 
     o.result(summary, render)
+    if result.final.status == "interrupted":
+        raise typer.Exit(130)

@@ -167,6 +167,8 @@ def run_fold(
         train_data=beats.subset(np.flatnonzero(mask)),
         val_data=val_beats,
     )
+    if result.status == "interrupted":
+        raise KeyboardInterrupt  # Ctrl-C in a fold stops the whole cross-validation
     cm = np.asarray(result.best_confusion, dtype=np.int64)
     return FoldResult(
         fold,
