@@ -79,7 +79,7 @@ def epochs_done(search: Path, number: int) -> int:
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
 
 
-def wait_for(proc: subprocess.Popen, what: str, check, timeout: float = 240):
+def wait_for(proc: subprocess.Popen, what: str, check, timeout: float = 900):
     deadline = time.monotonic() + timeout
     while True:
         found = check()
