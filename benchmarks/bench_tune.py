@@ -86,7 +86,7 @@ def threads(work: Path, repeats: int) -> dict[str, Any]:
 
 def pruners(work: Path, evals: int, png: Path | None) -> dict[str, Any]:
     rows = {}
-    for pruner in ("none", "asha", "median"):
+    for pruner in ("asha", "none", "median"):
         # One thread: what is compared is the epochs each pruner saves.
         overrides = [f"search.evals={evals}", f"search.pruner={pruner}", "train.threads=1"]
         rows[pruner] = search(work, pruner, overrides, 1)

@@ -153,7 +153,10 @@ def test_altered_export_fails_parity_and_leaves_nothing(heart, tiny, tmp_path, m
 
 def test_export_bad_usage(heart, tiny, tmp_path):
     r = heart("export", tiny.run, "--format", "tflite", expect=2)
-    assert "error: --format tflite: use onnx, pt2, torchscript or all" in r.stderr
+    assert (
+        "error: Invalid value for '--format' / '-f': 'tflite' is not one of 'onnx', 'pt2', "
+        "'torchscript', 'all'; see `"
+    ) in r.stderr
     r = heart(
         "export", tiny.run, "--format", "pt2", "--quantize", "--out", tmp_path / "o", expect=2
     )

@@ -281,8 +281,8 @@ def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
         assert manifest["status"] == run.data.tags["heart.status"] == t["status"]
         assert run.info.status == "FINISHED"
     # Completed trials ran every epoch; pruned ones stopped early.
-    assert all(t["epochs_run"] == 4 for t in trials if t["status"] == "completed")
-    assert all(t["epochs_run"] < 4 for t in trials if t["status"] == "pruned")
+    assert all(t["epochs_run"] == 4 for t in trials if t["status"] == "completed"), trials
+    assert all(t["epochs_run"] < 4 for t in trials if t["status"] == "pruned"), trials
     assert [t["status"] for t in trials].count("pruned") >= 1
     assert (search / "best" / "model.safetensors").exists()
 
@@ -380,7 +380,8 @@ def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
         assert t["metric"] == pytest.approx(max(curve))
     statuses = [t["status"] for t in trials]
     assert "pruned" in statuses and "completed" in statuses
-    assert {t["epochs_run"] for t in trials if t["status"] == "pruned"} >= {1}
+    # Pruned trials stop at a rung below the last (which rung depends on the values).
+    assert {t["epochs_run"] for t in trials if t["status"] == "pruned"} <= {1, 2}
     # The rung history is in each trial's MLflow run too.
     runs = {r.info.run_name: r for r in mlflow_runs(tmp_path)}
     for t in trials:

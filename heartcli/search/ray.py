@@ -112,6 +112,8 @@ def _trainable(
 
     def on_epoch(info: Any) -> bool:
         nonlocal stopped
+        if info.epoch >= cfg.train.epochs:
+            return False  # the last epoch: the final report below carries it, never a stop
         value = metric_value(s.metric, vars(info))
         try:
             tune.report({s.metric: value, "epoch": info.epoch, "trial": number, "final": False})
