@@ -77,7 +77,7 @@ def test_predict_record_100_with_annotations_is_the_fetch_recipe(heart, tiny, tm
     # The same beats as a beats file give the same predictions.
     from heartcli.predict import load_model
 
-    proba = load_model(tiny.export / "model.onnx").proba(x)
+    proba = load_model(tiny.export / "model.onnx").proba([x])
     assert [b["predicted"] for b in written["beats"]] == ["NSVFQ"[i] for i in proba.argmax(1)]
 
 
