@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -382,19 +383,27 @@ SECTIONS: dict[str, type[Section]] = {
 # --------------------------------------------------------------------------- loading
 
 
+_HEADER = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+_ASSIGN = re.compile(r'^\s*("?[A-Za-z0-9_.\-"]+"?)\s*=')
+
+
+def _toml_lines(text: str) -> Iterator[tuple[int, tuple[str, ...], bool]]:
+    """``(line, dotted path, is a table header)`` for every table header and key of a TOML
+    text; a key's path starts with its table's."""
+    table: tuple[str, ...] = ()
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if m := _HEADER.match(line):
+            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
+            yield lineno, table, True
+        elif m := _ASSIGN.match(line):
+            yield lineno, table + tuple(p.strip().strip('"') for p in m.group(1).split(".")), False
+
+
 def _line_index(text: str) -> dict[tuple[str, ...], int]:
     """Map ``(section, key)`` and ``(section,)`` to their 1-based line in a TOML text."""
     index: dict[tuple[str, ...], int] = {}
-    table: tuple[str, ...] = ()
-    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
-    assign = re.compile(r'^\s*("?[A-Za-z0-9_.\-"]+"?)\s*=')
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if m := header.match(line):
-            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
-            index.setdefault(table, lineno)
-        elif m := assign.match(line):
-            key = tuple(part.strip().strip('"') for part in m.group(1).split("."))
-            index.setdefault(table + key, lineno)
+    for lineno, path, _ in _toml_lines(text):
+        index.setdefault(path, lineno)
     return index
 
 
@@ -574,20 +583,10 @@ def read_config_text(path: str | Path) -> str:
 def _duplicate_key_line(text: str, key: str) -> int | None:
     """The line of the second definition of ``key`` within one table of a TOML text."""
     seen: set[tuple[str, ...]] = set()
-    table: tuple[str, ...] = ()
-    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
-    assign = re.compile(r'^\s*("?[A-Za-z0-9_.\-"]+"?)\s*=')
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if m := header.match(line):
-            table = tuple(part.strip().strip('"') for part in m.group(1).split("."))
-            if table in seen and table[-1] == key:
-                return lineno
-            seen.add(table)
-        elif m := assign.match(line):
-            full = table + tuple(part.strip().strip('"') for part in m.group(1).split("."))
-            if full in seen and full[-1] == key:
-                return lineno
-            seen.add(full)
+    for lineno, path, _ in _toml_lines(text):
+        if path in seen and path[-1] == key:
+            return lineno
+        seen.add(path)
     return None
 
 
