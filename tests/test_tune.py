@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import EXAMPLES
 
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
@@ -464,3 +465,21 @@ def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
     assert not (tmp_path / "runs").exists()
     result = heart("tune", "--config", path, "--report", expect=2)
     assert result.stderr.strip() == "error: --report: give the search with --resume runs/NAME"
+
+
+def test_tune_drops_classes_as_train_does(heart, tmp_path, sample_dir):
+    # [data] classes applies to every trial's folds, as in `heart train` (AAMI: Q dropped).
+    heart(
+        "-q", "tune", "--config", EXAMPLES / "quickstart.toml", "--name", "noq", "--evals", "2",
+        "--set", f"data.dir={sample_dir}", "--set", "data.split=inter-patient",
+        "--set", 'data.classes={Q = "drop"}', "--set", "train.epochs=1",
+        "--set", "tracking.enabled=false",
+    )  # fmt: skip
+    search = tmp_path / "runs" / "noq"
+    trials = state(search)["trials"]
+    assert len(trials) == 2 and all(t["status"] == "completed" for t in trials)
+    for t in trials:
+        manifest = json.loads((search / f"trial-{t['number']:03d}" / "manifest.json").read_text())
+        assert manifest["classes"] == ["N", "S", "V", "F"]
+        assert manifest["data"]["train_counts"].keys() == {"N", "S", "V", "F"}
+    assert heart.json("evaluate", search / "best")["classes"] == ["N", "S", "V", "F"]

@@ -245,11 +245,6 @@ def tune_cmd(
         out().result(data, lambda: render_report(data))
         return
     resolved = resolve_config(config, set_) if resume is None else None
-    if resolved is not None and resolved.data.classes:
-        raise UsageError(
-            "data.classes: heart tune does not drop or merge classes yet; tune without it, "
-            "then train the chosen config with `heart train`"
-        )
     chosen = backend or (resolved.search.backend if resolved is not None else "hyperopt")
     if address is not None and chosen != "ray":
         raise UsageError("--address: only with --backend ray")
