@@ -419,6 +419,39 @@ def start_manifest(
     }
 
 
+def start_run(
+    config: HeartConfig,
+    run_dir: Path,
+    setup: Setup,
+    folds: Folds,
+    state: LoopState,
+    old_manifest: dict[str, Any],
+    tracking_parent: str | None,
+    config_base: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Write config.toml, open the MLflow run and write the running manifest.
+
+    Returns (tracker, manifest). A resumed run keeps its MLflow run and parent.
+    """
+    from heartcli.tracking import Tracker
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_sha = runs.save_run_config(config, run_dir, config_base)
+    old_tracking = old_manifest.get("tracking") or {}
+    tracker = Tracker(
+        config, run_dir, parent=tracking_parent, run_id=old_tracking.get("run_id") or None
+    )
+    tracking = {
+        "uri": tracker.uri,
+        "run_id": tracker.run_id,
+        "parent_run_id": tracking_parent or old_tracking.get("parent_run_id"),
+    }
+    manifest = start_manifest(config, run_dir, setup, folds, state, old_manifest, tracking)
+    manifest["config_sha256"] = config_sha  # a resume refuses a config.toml that differs
+    runs.write_manifest(run_dir, manifest)
+    return tracker, manifest
+
+
 def train_epoch(
     setup: Setup, seed: int, epoch: int, progress: TrainProgress
 ) -> tuple[float, int, float]:
@@ -597,8 +630,6 @@ def train(
     ``validation=False`` trains on the whole training split for ``[train] epochs`` and keeps
     the last epoch's weights (no validation, no early stopping).
     """
-    from heartcli.tracking import Tracker
-
     # Before the first parallel torch op, so that torch's worker threads inherit it.
     flush_subnormals()
     started = time.perf_counter()
@@ -616,20 +647,9 @@ def train(
     setup = build_setup(config, folds)
     state = restore_state(setup, checkpoint, run_dir)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_sha = runs.save_run_config(config, run_dir, config_base)
-    old_tracking = old_manifest.get("tracking") or {}
-    tracker = Tracker(
-        config, run_dir, parent=tracking_parent, run_id=old_tracking.get("run_id") or None
+    tracker, manifest = start_run(
+        config, run_dir, setup, folds, state, old_manifest, tracking_parent, config_base
     )
-    tracking = {
-        "uri": tracker.uri,
-        "run_id": tracker.run_id,
-        "parent_run_id": tracking_parent or old_tracking.get("parent_run_id"),
-    }
-    manifest = start_manifest(config, run_dir, setup, folds, state, old_manifest, tracking)
-    manifest["config_sha256"] = config_sha  # a resume refuses a config.toml that differs
-    runs.write_manifest(run_dir, manifest)
     progress.start(
         {
             "run_dir": str(run_dir),
