@@ -119,14 +119,12 @@ def epoch_class_counts(fold: BeatSet, cfg: ResampleConfig, epoch_beats: int = 0)
 def resample(beats: BeatSet, cfg: ResampleConfig) -> BeatSet:
     """The training fold for ``cfg``: SMOTE/ADASYN/SMOTE-Tomek synthesise beats into it.
 
-    ``none``, ``class_weight`` and ``random`` return it as is (``random`` is drawn per epoch
-    by the sampler), after checking that ``random`` can reach its targets.
+    ``none``, ``class_weight`` and ``random`` return it as is: ``random`` is drawn per epoch
+    by the sampler, whose class counts (:func:`epoch_class_counts`) check its targets.
     """
-    if cfg.strategy in ("none", "class_weight"):
+    if cfg.strategy in ("none", "class_weight", "random"):
         return beats
     wanted = target_counts(beats, cfg)
-    if cfg.strategy == "random":
-        return beats
     beats = _random_under(beats, wanted, cfg.seed)
     return _synthesise(beats, wanted, cfg)
 
