@@ -34,6 +34,15 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger file is a mistake, 
 # The rhythm columns of a dataset built from records (heartcli.dataset.RHYTHM_COLUMNS; the
 # formulas are in heartcli.data.rhythm), in the order a rhythm model takes them.
 RHYTHM_FEATURES = ("rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre")
+# What a rhythm model's head can use (`[model] rhythm_columns`): the six columns, and three
+# intervals relative to the patient's own mean RR, computed inside the model (name ->
+# numerator, denominator) so that every export takes the same six columns.
+RHYTHM_DERIVED = {
+    "rr_pre_record": ("rr_pre", "rr_record"),
+    "rr_post_record": ("rr_post", "rr_record"),
+    "rr_local_record": ("rr_local", "rr_record"),
+}
+RHYTHM_USABLE = RHYTHM_FEATURES + tuple(RHYTHM_DERIVED)
 SEED_MAX = 2**32 - 1  # numpy, scikit-learn and torch all accept seeds in 0..2**32-1
 
 
@@ -145,12 +154,23 @@ class ModelConfig(Section):
     rhythm: bool = Field(
         False,
         description="feed the rhythm columns (RR features of `heart fetch`) to the classifier "
-        "head beside the conv features, standardised with the training fold's mean and std",
+        "head beside the conv features, standardised with statistics of the training fold",
     )
     rhythm_columns: list[str] = Field(
         list(RHYTHM_FEATURES),
-        description="the rhythm columns the head uses when rhythm = true (the model still "
-        "takes all six as its second input)",
+        description="the rhythm features the head uses when rhythm = true: any of the six "
+        "columns and rr_pre_record, rr_post_record, rr_local_record (interval / rr_record); "
+        "the model still takes the six columns as its second input",
+    )
+    rhythm_scale: Literal["log", "linear"] = Field(
+        "log",
+        description='"log": the log of each feature, centred on the training fold\'s median '
+        'and divided by its interquartile range / 1.349; "linear": the value, mean and std',
+    )
+    rhythm_wide: bool = Field(
+        False,
+        description="also add a linear map of the standardised rhythm features to the "
+        "output logits, beside the path through the fully connected layers",
     )
 
     @model_validator(mode="after")
@@ -169,7 +189,7 @@ class ModelConfig(Section):
             raise ValueError("kernel_sizes: every entry must be >= 1")
         if any(f < 1 for f in self.fc):
             raise ValueError("fc: every size must be >= 1")
-        unknown = [c for c in self.rhythm_columns if c not in RHYTHM_FEATURES]
+        unknown = [c for c in self.rhythm_columns if c not in RHYTHM_USABLE]
         if (
             unknown
             or not self.rhythm_columns
@@ -177,7 +197,7 @@ class ModelConfig(Section):
         ):
             raise ValueError(
                 f"rhythm_columns: {', '.join(unknown) or 'empty or repeated'}; use distinct "
-                f"names from {', '.join(RHYTHM_FEATURES)}"
+                f"names from {', '.join(RHYTHM_USABLE)}"
             )
         return self
 
@@ -308,6 +328,13 @@ class SearchConfig(Section):
         10, ge=1, description="random trials before TPE starts to model the results"
     )
     max_epochs: int = Field(0, ge=0, description="cap on train.epochs of every trial; 0 = none")
+    folds: int = Field(
+        0,
+        ge=0,
+        description="select on record-wise K-fold cross-validation of the training split, as "
+        "`heart train --folds K`: a trial's value is the folds' mean val_macro_f1 (needs "
+        'pruner = "none"); 0 = one validation fold',
+    )
     space: dict[str, Any] = Field(
         default_factory=dict,
         description='config key -> distribution, e.g. "train.lr" = {loguniform = [1e-5, 1e-2]}; '

@@ -7,11 +7,12 @@ comes last. Optional multi-head temporal self-attention runs over the final conv
 then an adaptive average pool, the fully connected layers and the output logits.
 
 With ``rhythm = true`` the model takes a second input, the six rhythm columns of every beat
-(``RHYTHM_FEATURES``, float32 ``[batch, 6]``): :class:`RhythmInput` standardises them with
-the training fold's mean and standard deviation (buffers of the model state, so every run,
-export and prediction carries them), clips them to +-``RHYTHM_CLIP`` standard deviations,
-keeps ``rhythm_columns`` and concatenates them to the pooled conv features before the fully
-connected layers.
+(``RHYTHM_FEATURES``, float32 ``[batch, 6]``): :class:`RhythmInput` computes the
+``rhythm_columns`` from them (intervals relative to the record's mean RR among them), takes
+their log (``rhythm_scale = "log"``), standardises them with statistics of the training fold
+(buffers of the model state, so every run, export and prediction carries them), clips them to
++-``RHYTHM_CLIP`` and concatenates them to the pooled conv features before the fully
+connected layers; ``rhythm_wide`` adds a linear map of them straight to the logits.
 
 The forward pass has no data-dependent control flow, so the model exports to ONNX and
 ``torch.export``. The adaptive pool is a fixed averaging matrix (exactly
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from heartcli.config import RHYTHM_FEATURES, ModelConfig
+from heartcli.config import RHYTHM_DERIVED, RHYTHM_FEATURES, ModelConfig
 from heartcli.errors import UsageError
 
 
@@ -141,35 +142,68 @@ class AveragePool(nn.Module):
 
 
 RHYTHM_CLIP = 8.0  # standard deviations: one odd interval (a gap in a record) stays bounded
+RHYTHM_FLOOR = (
+    1e-3  # log scale: an interval or ratio below this (two beats on one sample) counts as it
+)
+IQR_TO_STD = 1.349  # interquartile range of a normal distribution, in standard deviations
 
 
 class RhythmInput(nn.Module):
-    """Rhythm features [batch, 6] -> the chosen columns, standardised: [batch, len(columns)].
+    """Rhythm features [batch, 6] -> the chosen features, standardised: [batch, len(columns)].
 
-    ``mean`` and ``std`` are persistent buffers (0 and 1 until :meth:`set_statistics`), so
-    the statistics of the training fold travel in model.safetensors and every export.
+    A chosen feature is one of the six columns or an interval relative to the record's mean
+    RR (``RHYTHM_DERIVED``); on the log scale its log is taken (ratios of 0.7 and 1/0.7 lie
+    symmetric around a regular beat, and one long pause no longer sets the scale). ``center``
+    and ``scale`` are persistent buffers set by :meth:`fit` from the training fold (median
+    and IQR / 1.349 on the log scale, mean and std on the linear one), so they travel in
+    model.safetensors and every export.
     """
 
-    mean: torch.Tensor
-    std: torch.Tensor
-    index: torch.Tensor
+    center: torch.Tensor
+    scale: torch.Tensor
+    num: torch.Tensor
+    den: torch.Tensor
 
-    def __init__(self, columns: list[str]):
+    def __init__(self, columns: list[str], log: bool = True):
         super().__init__()
         self.columns = list(columns)
-        self.register_buffer("mean", torch.zeros(len(RHYTHM_FEATURES)))
-        self.register_buffer("std", torch.ones(len(RHYTHM_FEATURES)))
-        index = torch.tensor([RHYTHM_FEATURES.index(c) for c in columns], dtype=torch.long)
-        self.register_buffer("index", index, persistent=False)
+        self.log = log
+        pairs = [RHYTHM_DERIVED.get(c, (c, None)) for c in self.columns]
+        ones = len(RHYTHM_FEATURES)  # index of a column of ones appended to the input
+        num = [RHYTHM_FEATURES.index(n) for n, _ in pairs]
+        den = [ones if d is None else RHYTHM_FEATURES.index(d) for _, d in pairs]
+        self.register_buffer("num", torch.tensor(num, dtype=torch.long), persistent=False)
+        self.register_buffer("den", torch.tensor(den, dtype=torch.long), persistent=False)
+        self.register_buffer("center", torch.zeros(len(self.columns)))
+        self.register_buffer("scale", torch.ones(len(self.columns)))
 
-    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """The training fold's per-column mean and std (a std of 0 counts as 1)."""
-        self.mean.copy_(mean)
-        self.std.copy_(torch.where(std > 0, std, torch.ones_like(std)))
+    def features(self, rhythm: torch.Tensor) -> torch.Tensor:
+        """The chosen features before standardising (log taken on the log scale)."""
+        raw = rhythm.float()
+        padded = torch.cat([raw, torch.ones_like(raw[:, :1])], dim=1)
+        num, den = padded.index_select(1, self.num), padded.index_select(1, self.den)
+        value = torch.where(den > 0, num / den.clamp_min(RHYTHM_FLOOR), torch.ones_like(num))
+        return torch.log(value.clamp_min(RHYTHM_FLOOR)) if self.log else value
+
+    @torch.no_grad()
+    def fit(self, rhythm: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Set ``center`` and ``scale`` from the training fold's rhythm columns [n, 6];
+        returns them. A scale of 0 (a constant feature) counts as 1."""
+        values = self.features(rhythm).double()
+        if self.log:
+            q25, center, q75 = torch.quantile(values, torch.tensor([0.25, 0.5, 0.75]).double(), 0)
+            scale = (q75 - q25) / IQR_TO_STD
+            scale = torch.where(scale > 0, scale, values.std(0, unbiased=False))
+        else:
+            center, scale = values.mean(0), values.std(0, unbiased=False)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.center.copy_(center.float())
+        self.scale.copy_(scale.float())
+        return self.center.tolist(), self.scale.tolist()
 
     def forward(self, rhythm: torch.Tensor) -> torch.Tensor:
-        z = ((rhythm.float() - self.mean) / self.std).clamp(-RHYTHM_CLIP, RHYTHM_CLIP)
-        return z.index_select(1, self.index)
+        z = (self.features(rhythm) - self.center) / self.scale
+        return z.clamp(-RHYTHM_CLIP, RHYTHM_CLIP)
 
 
 class HeartCNN(nn.Module):
@@ -202,7 +236,14 @@ class HeartCNN(nn.Module):
             else nn.Identity()
         )
         self.pool = AveragePool(length, cfg.pool_output)
-        self.rhythm: RhythmInput | None = RhythmInput(cfg.rhythm_columns) if cfg.rhythm else None
+        self.rhythm: RhythmInput | None = (
+            RhythmInput(cfg.rhythm_columns, log=cfg.rhythm_scale == "log") if cfg.rhythm else None
+        )
+        self.wide: nn.Module | None = (
+            nn.Linear(len(cfg.rhythm_columns), n_classes)
+            if cfg.rhythm and cfg.rhythm_wide
+            else None
+        )
         head: list[nn.Module] = [nn.Flatten()]
         width = c_in * cfg.pool_output + (len(cfg.rhythm_columns) if cfg.rhythm else 0)
         for size in cfg.fc:
@@ -225,7 +266,9 @@ class HeartCNN(nn.Module):
         if self.rhythm is not None:
             if rhythm is None:
                 raise ValueError("this model takes a second input: the rhythm features")
-            z = torch.cat([z, self.rhythm(rhythm).to(z.dtype)], dim=1)
+            r = self.rhythm(rhythm).to(z.dtype)
+            logits = self.head(torch.cat([z, r], dim=1))
+            return logits if self.wide is None else logits + self.wide(r)
         return self.head(z)
 
 

@@ -225,9 +225,6 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
     }
     for name, per in result["per_class"].items():
         figures[f"{part}_f1_{name}"] = per["f1"]
-    why = unreachable(uri)
-    if why is not None:
-        return f"not logged to MLflow at {uri} ({why})"
     aami = result.get("aami")
     if aami:
         figures[f"{part}_jk_index"] = aami["jk_index"]
@@ -235,6 +232,32 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
         for row, per in aami["rows"].items():
             for key in ("se", "ppv", "fpr", "f1"):
                 figures[f"{part}_{row}_{key}"] = per[key]
+    tags = {f"heart.{part}_data": str(result.get("data", ""))}
+    return log_to_run(uri, run_id, figures, tags, artifacts)
+
+
+def log_crossval(manifest: dict[str, Any], figures: dict[str, dict[str, float]]) -> str:
+    """Add the K-fold validation figures (``cv_<figure>_mean`` / ``_std``) to the MLflow run
+    of a cross-validated run's final model. Returns a one-line note, as log_evaluation."""
+    tracking = manifest.get("tracking") or {}
+    uri, run_id = tracking.get("uri"), tracking.get("run_id")
+    if not uri or not run_id:
+        return "not logged to MLflow (the run was trained with tracking off)"
+    metrics = {f"cv_{k}_{stat}": v for k, per in figures.items() for stat, v in per.items()}
+    return log_to_run(uri, run_id, metrics, {}, [])
+
+
+def log_to_run(
+    uri: str,
+    run_id: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path],
+) -> str:
+    """Log metrics, tags and files to an existing (finished) MLflow run; never raises."""
+    why = unreachable(uri)
+    if why is not None:
+        return f"not logged to MLflow at {uri} ({why})"
     try:
         _quiet()
         with warnings.catch_warnings():
@@ -245,9 +268,10 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
             client = MlflowClient(tracking_uri=uri)
             now = int(time.time() * 1000)
             client.log_batch(
-                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()]
+                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
             )
-            client.set_tag(run_id, f"heart.{part}_data", str(result.get("data", "")))
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
             for path in artifacts:
                 if path.exists():
                     client.log_artifact(run_id, str(path))

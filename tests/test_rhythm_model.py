@@ -34,9 +34,14 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
+USED = ["rr_pre_local", "rr_post_pre", "rr_pre_record", "rr_local_record"]
+
+
 @pytest.fixture(scope="module")
 def rhythm_run(tmp_path_factory):
-    """One tiny rhythm model, validated on 4 whole DS1 records, exported in every format."""
+    """One tiny rhythm model, validated on 4 whole DS1 records, exported in every format: two
+    ratios, two intervals relative to the record's mean RR (computed inside the model) and
+    the wide path from them to the logits."""
     from conftest import Heart
 
     root = tmp_path_factory.mktemp("rhythm")
@@ -45,7 +50,8 @@ def rhythm_run(tmp_path_factory):
         mp.chdir(root)
         heart(
             "-q", "train", *TINY, "--name", "rr", "--set", "model.rhythm=true",
-            "--set", "train.val_records=4",
+            "--set", "train.val_records=4", "--set", f"model.rhythm_columns={USED}",
+            "--set", "model.rhythm_wide=true",
         )  # fmt: skip
         heart("-q", "export", root / "runs" / "rr", "--format", "all", "--out", root / "export")
     return root / "runs" / "rr", root / "export"
@@ -63,11 +69,17 @@ def test_rhythm_model_statistics_of_the_training_fold(rhythm_run):
     fold = train.rhythm[~np.isin(train.record.astype(str), val_records)]
     stats = manifest["rhythm"]
     assert stats["columns"] == list(RHYTHM_COLUMNS)
-    np.testing.assert_allclose(stats["mean"], fold.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(stats["std"], fold.std(axis=0), rtol=1e-5)
+    assert stats["used"] == USED and stats["scale_kind"] == "log"
+    # The log scale, by hand: median and IQR / 1.349 of the log of each feature.
+    pre, _, local, record, pre_local, post_pre = fold.astype(np.float64).T
+    used = np.stack([pre_local, post_pre, pre / record, local / record], axis=1)
+    logs = np.log(np.clip(used, 1e-3, None))
+    q25, median, q75 = np.quantile(logs, [0.25, 0.5, 0.75], axis=0)
+    np.testing.assert_allclose(stats["center"], median, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["scale"], (q75 - q25) / 1.349, rtol=1e-5, atol=1e-6)
     # The statistics travel in the weights (model buffers), for evaluate, export, predict.
     model = load_run(run_dir).model
-    np.testing.assert_allclose(model.rhythm.mean.numpy(), fold.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(model.rhythm.center.numpy(), median, rtol=1e-5, atol=1e-6)
 
 
 def test_rhythm_model_evaluates_exports_and_predicts(heart, rhythm_run, mitdb_dir, tmp_path):

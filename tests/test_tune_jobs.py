@@ -241,3 +241,44 @@ def test_two_searches_with_one_name_at_the_same_moment(tmp_path, sample_dir):
     assert loser.strip().splitlines()[-1].startswith("error: runs/same is in use by another")
     trials = read_state(tmp_path / "runs" / "same")["trials"]
     assert [t["status"] for t in trials] == ["completed"]
+
+
+def test_max_minutes_with_two_jobs_stops_both_trials_at_an_epoch(tmp_path, sample_dir):
+    # Trials of 500 epochs cannot finish; the budget (30 s) cuts both running trials at the
+    # end of an epoch, with their figures kept, and starts no new one.
+    config = tmp_path / "slow.toml"
+    text = SLOW.format(data=sample_dir, epochs=500).replace("patience = 50", "patience = 1000")
+    config.write_text(text)
+    started = time.monotonic()
+    proc = subprocess.run(
+        heart_cmd(
+            "--json",
+            "tune",
+            "--config",
+            str(config),
+            "--name",
+            "budget",
+            "--jobs",
+            "2",
+            "--max-minutes",
+            "0.5",
+            "--set",
+            "tracking.enabled=false",
+        ),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 300
+    result = json.loads(proc.stdout)
+    assert result["stopped"] == "max_minutes"
+    trials = read_state(tmp_path / "runs" / "budget")["trials"]
+    assert [t["number"] for t in trials] == [1, 2]
+    for t in trials:
+        assert t["status"] == "stopped" and t["metric"] is not None
+        assert 1 <= t["epochs_run"] < 500
+    workers = {t["worker"] for t in trials}
+    assert len(workers) == 2  # the two trials ran side by side, one per worker

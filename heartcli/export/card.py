@@ -271,7 +271,7 @@ def card_markdown(card: dict[str, Any]) -> str:
 
 def rhythm_input(run: LoadedRun) -> dict[str, Any] | None:
     """The second input of a rhythm model: its columns, formulas and normalisation."""
-    from heartcli.config import RHYTHM_FEATURES
+    from heartcli.config import RHYTHM_DERIVED, RHYTHM_FEATURES
     from heartcli.data.rhythm import DEFINITIONS
 
     stats = run.manifest.get("rhythm")
@@ -285,13 +285,25 @@ def rhythm_input(run: LoadedRun) -> dict[str, Any] | None:
         "columns": list(RHYTHM_FEATURES),
         "definitions": dict(DEFINITIONS),
         "used": list(run.config.model.rhythm_columns),
-        "normalisation": "raw values (seconds and ratios) in; the model standardises them with "
-        "the training fold's mean and std (below) and clips to +-8 standard deviations",
-        "mean": stats.get("mean"),
-        "std": stats.get("std"),
+        "derived": {name: f"{num} / {den}" for name, (num, den) in RHYTHM_DERIVED.items()},
+        "normalisation": normalisation(run.config.model.rhythm_scale),
+        "center": stats.get("center"),
+        "scale": stats.get("scale"),
         "source": "the beat annotations of the record (`heart fetch`; `heart predict` on a "
         "record with a .atr), or the detected R-peaks (`heart predict` without one)",
     }
+
+
+def normalisation(kind: str) -> str:
+    """How a rhythm model turns the raw columns into what its head sees, in words."""
+    step = (
+        "takes the log of each used feature, subtracts the training fold's median and divides "
+        "by its interquartile range / 1.349 (`center`, `scale` below)"
+        if kind == "log"
+        else "subtracts the training fold's mean of each used feature and divides by its "
+        "standard deviation (`center`, `scale` below)"
+    )
+    return f"raw values (seconds and ratios) in; the model {step}, then clips to +-8"
 
 
 def _rhythm_lines(rhythm: dict[str, Any] | None) -> list[str]:

@@ -134,8 +134,28 @@ def max_trial_epochs(config: HeartConfig, space: Space) -> int:
     return max(1, epochs)
 
 
+def check_folds(config: HeartConfig) -> None:
+    """``[search] folds``: 2 or more, with no pruner and the macro-F1 the folds report."""
+    s = config.search
+    if s.folds == 0:
+        return
+    if s.folds == 1:
+        raise UsageError("search.folds: 1 fold is no cross-validation; use 0 (off) or 2 or more")
+    if s.pruner != "none":
+        raise UsageError(
+            f'search.folds = {s.folds} needs search.pruner = "none": a trial\'s folds train one '
+            f'after another, so there is no single curve for "{s.pruner}" to cut'
+        )
+    if s.metric != "val_macro_f1":
+        raise UsageError(
+            f"search.folds = {s.folds} selects on the folds' mean macro-F1; set search.metric "
+            f'= "val_macro_f1" (got "{s.metric}")'
+        )
+
+
 def check_pruner(config: HeartConfig) -> None:
     """A pruner whose first rung no trial can reach is a mistake, not a silent no-op."""
+    check_folds(config)
     s = config.search
     if s.pruner != "asha":
         return
@@ -397,6 +417,13 @@ def clear_trial_dir(run_dir: Path, uri: str | None, parent_run_id: str | None) -
     _drop_tracking(uri, parent_run_id, run_dir)
     shutil.rmtree(run_dir)
     return False
+
+
+def restart_trial_dir(run_dir: Path, uri: str | None, parent_run_id: str | None) -> None:
+    """Clear a trial folder (and its MLflow run) that starts again from nothing."""
+    if run_dir.exists():
+        _drop_tracking(uri, parent_run_id, run_dir)
+        shutil.rmtree(run_dir)
 
 
 def _drop_tracking(uri: str | None, parent_run_id: str | None, run_dir: Path) -> None:

@@ -21,6 +21,7 @@ from heartcli.search.state import (
     failure,
     history,
     metric_value,
+    restart_trial_dir,
     trial_config,
 )
 from heartcli.search_space import Space
@@ -44,13 +45,16 @@ class TrialSetup:
 
 
 def shared_folds(config: HeartConfig, space: Space) -> tuple[Any, Any]:
-    """One training/validation fold for every trial (None, None when the space changes it)."""
+    """One training/validation fold for every trial (None, None when the space changes it);
+    with ``[search] folds`` the whole training split (and None): each trial cuts its folds."""
     from heartcli.dataset import load_split
     from heartcli.training.folds import split_validation
 
     if any(k.startswith("data.") or k in DATA_KEYS for k in space.keys):
         return None, None
     beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
+    if config.search.folds:
+        return beats, None
     train_idx, val_idx = split_validation(config, beats)  # [train] val_records too
     return beats.subset(train_idx), beats.subset(val_idx)
 
@@ -94,6 +98,8 @@ def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
         curve.append(value if value is not None else math.nan)
         return ask(record.number, info.epoch, info.epochs, list(curve))
 
+    if cfg.search.folds:
+        return _cross_validated(setup, cfg, record, run_dir, started)
     try:
         result = train(
             cfg,
@@ -113,6 +119,41 @@ def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
             raise KeyboardInterrupt
         record.status = result.status
         _scored(record, metric, result)
+    record.seconds += time.perf_counter() - started
+    record.ended_at = time.time()
+    return record
+
+
+def _cross_validated(
+    setup: TrialSetup, cfg: HeartConfig, record: TrialRecord, run_dir: Path, started: float
+) -> TrialRecord:
+    """A ``[search] folds`` trial: ``heart train --folds K`` in the trial folder (always
+    afresh), scored by the folds' mean macro-F1; one MLflow run (the final model's)."""
+    from heartcli.training import TrainingDiverged
+    from heartcli.training.crossval import cross_validate
+
+    restart_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
+    try:
+        result = cross_validate(
+            cfg,
+            run_dir,
+            cfg.search.folds,
+            config_base=tomlkit.parse(setup.config_text),
+            beats=setup.train_data,
+            tracking_parent=setup.parent_run_id,
+            track_folds=False,
+        )
+    except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
+        record.status, record.reason = "failed", failure(exc)
+    else:
+        if result.final.status == "interrupted":
+            raise KeyboardInterrupt
+        record.status = "completed"
+        record.metric = result.figures()["macro_f1"]["mean"]
+        record.curve = [record.metric]
+        record.best_epoch = result.epochs
+        record.epochs_run = result.final.epochs_run
+        record.tracking_run_id = result.final.tracking_run_id
     record.seconds += time.perf_counter() - started
     record.ended_at = time.time()
     return record

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from heartcli import aami, runs
+from heartcli import aami, runs, tracking
 from heartcli.config import HeartConfig
 from heartcli.dataset import BeatSet, load_split
 from heartcli.errors import UsageError
@@ -109,10 +109,15 @@ def cross_validate(
     progress: Callable[[int, list[str]], TrainProgress] | None = None,
     config_base: Any = None,
     beats: BeatSet | None = None,
+    tracking_parent: str | None = None,
+    track_folds: bool = True,
 ) -> CrossValResult:
     """K record-wise folds, then the final run on the whole training split into ``run_dir``.
 
     ``progress(fold, val_records)`` gives the display of each run (fold 0: the final run).
+    The final run is an MLflow run (nested under ``tracking_parent`` when given) that also
+    gets the folds' figures as ``cv_*`` metrics; the fold runs are MLflow runs of their own
+    unless ``track_folds`` is off (a search trial: one MLflow run per trial).
     """
     started = time.perf_counter()
     check_crossval(config)
@@ -120,8 +125,10 @@ def cross_validate(
         beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
     check_rhythm(config, beats)
     groups = record_folds(beats, k, config.train.seed)
+    fold_config = config.model_copy(deep=True)
+    fold_config.tracking.enabled = config.tracking.enabled and track_folds
     results = [
-        run_fold(config, run_dir, beats, i, val, progress, config_base)
+        run_fold(fold_config, run_dir, beats, i, val, progress, config_base)
         for i, val in enumerate(groups, start=1)
     ]
     epochs = max(1, round(float(np.mean([f.best_epoch for f in results]))))
@@ -134,11 +141,13 @@ def cross_validate(
         config_base=config_base,
         train_data=beats,
         validation=False,
+        tracking_parent=tracking_parent,
     )
     result = CrossValResult(results, epochs, final, time.perf_counter() - started)
     manifest = runs.read_run_manifest(run_dir)
     manifest["crossval"] = {k: v for k, v in result.summary().items() if k != "final"}
     runs.write_manifest(run_dir, manifest)
+    tracking.log_crossval(manifest, result.figures())
     final.manifest = manifest
     return result
 

@@ -239,21 +239,18 @@ def _tensor(array: np.ndarray, dtype: Any, device: torch.device) -> torch.Tensor
 
 
 def rhythm_statistics(model: nn.Module, train: BeatSet) -> dict[str, Any] | None:
-    """Standardise a rhythm model's second input with the training fold's mean and std
-    (model buffers, saved with the weights); what the manifest records of it."""
+    """Fit a rhythm model's standardisation to the training fold (model buffers, saved with
+    the weights); what the manifest records of it."""
     head = getattr(model, "rhythm", None)
     if not uses_rhythm(model) or head is None or train.rhythm is None:
         return None
-    values = train.rhythm.astype(np.float64)
-    mean, std = values.mean(axis=0), values.std(axis=0)
-    head.set_statistics(
-        torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-    )
+    center, scale = head.fit(torch.from_numpy(np.ascontiguousarray(train.rhythm)))
     return {
         "columns": list(RHYTHM_FEATURES),
         "used": list(head.columns),
-        "mean": [round(float(v), 6) for v in mean],
-        "std": [round(float(v), 6) for v in std],
+        "scale_kind": "log" if head.log else "linear",
+        "center": [round(float(v), 6) for v in center],
+        "scale": [round(float(v), 6) for v in scale],
     }
 
 
