@@ -33,10 +33,21 @@ from heartcli.io import write_text
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger file is a mistake, not a config
 # The rhythm columns of a dataset built from records (heartcli.dataset.RHYTHM_COLUMNS; the
 # formulas are in heartcli.data.rhythm), in the order a rhythm model takes them.
-RHYTHM_FEATURES = ("rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre")
-# What a rhythm model's head can use (`[model] rhythm_columns`): the six columns, and three
+# The six RR columns, then the three template columns (heartcli.data.template).
+RHYTHM_FEATURES = (
+    "rr_pre",
+    "rr_post",
+    "rr_local",
+    "rr_record",
+    "rr_pre_local",
+    "rr_post_pre",
+    "tpl_decorr",
+    "tpl_rms",
+    "tpl_peak",
+)
+# What a rhythm model's head can use (`[model] rhythm_columns`): the nine columns, and three
 # intervals relative to the patient's own mean RR, computed inside the model (name ->
-# numerator, denominator) so that every export takes the same six columns.
+# numerator, denominator) so that every export takes the same nine columns.
 RHYTHM_DERIVED = {
     "rr_pre_record": ("rr_pre", "rr_record"),
     "rr_post_record": ("rr_post", "rr_record"),
@@ -158,9 +169,9 @@ class ModelConfig(Section):
     )
     rhythm_columns: list[str] = Field(
         list(RHYTHM_FEATURES),
-        description="the rhythm features the head uses when rhythm = true: any of the six "
+        description="the rhythm features the head uses when rhythm = true: any of the nine "
         "columns and rr_pre_record, rr_post_record, rr_local_record (interval / rr_record); "
-        "the model still takes the six columns as its second input",
+        "the model still takes all nine columns as its second input",
     )
     rhythm_scale: Literal["log", "linear"] = Field(
         "log",

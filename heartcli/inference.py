@@ -4,7 +4,7 @@
 loop's validation all run models through these helpers, with one batch size.
 
 A model takes a sequence of **inputs**, each an array whose first axis is the beat: today
-one, the beats ``[n, length]``. A second input (the rhythm features ``[n, 6]``) adds an
+one, the beats ``[n, length]``. A second input (the rhythm features ``[n, 9]``) adds an
 array to the sequence; every helper slices all inputs in step and hands them to the model
 positionally (PyTorch) or by the session's input names, in order (ONNX). torch is
 imported only by the PyTorch helpers, so ONNX inference runs without it.

@@ -6,8 +6,8 @@ the last"); squeeze-excite follows every layer but the first; pooling (kernel 2,
 comes last. Optional multi-head temporal self-attention runs over the final conv features,
 then an adaptive average pool, the fully connected layers and the output logits.
 
-With ``rhythm = true`` the model takes a second input, the six rhythm columns of every beat
-(``RHYTHM_FEATURES``, float32 ``[batch, 6]``): :class:`RhythmInput` computes the
+With ``rhythm = true`` the model takes a second input, the nine rhythm columns of every beat
+(``RHYTHM_FEATURES``, float32 ``[batch, 9]``): :class:`RhythmInput` computes the
 ``rhythm_columns`` from them (intervals relative to the record's mean RR among them), takes
 their log (``rhythm_scale = "log"``), standardises them with statistics of the training fold
 (buffers of the model state, so every run, export and prediction carries them), clips them to
@@ -149,9 +149,9 @@ IQR_TO_STD = 1.349  # interquartile range of a normal distribution, in standard 
 
 
 class RhythmInput(nn.Module):
-    """Rhythm features [batch, 6] -> the chosen features, standardised: [batch, len(columns)].
+    """Rhythm features [batch, 9] -> the chosen features, standardised: [batch, len(columns)].
 
-    A chosen feature is one of the six columns or an interval relative to the record's mean
+    A chosen feature is one of the nine columns or an interval relative to the record's mean
     RR (``RHYTHM_DERIVED``); on the log scale its log is taken (ratios of 0.7 and 1/0.7 lie
     symmetric around a regular beat, and one long pause no longer sets the scale). ``center``
     and ``scale`` are persistent buffers set by :meth:`fit` from the training fold (median
@@ -187,7 +187,7 @@ class RhythmInput(nn.Module):
 
     @torch.no_grad()
     def fit(self, rhythm: torch.Tensor) -> tuple[list[float], list[float]]:
-        """Set ``center`` and ``scale`` from the training fold's rhythm columns [n, 6];
+        """Set ``center`` and ``scale`` from the training fold's rhythm columns [n, 9];
         returns them. A scale of 0 (a constant feature) counts as 1."""
         values = self.features(rhythm).double()
         if self.log:
@@ -260,7 +260,7 @@ class HeartCNN(nn.Module):
 
     def forward(self, x: torch.Tensor, rhythm: torch.Tensor | None = None) -> torch.Tensor:
         """Beats float32 [batch, length] (and, for a rhythm model, its rhythm features
-        [batch, 6]) -> logits [batch, n_classes]."""
+        [batch, 9]) -> logits [batch, n_classes]."""
         z = self.features(x.unsqueeze(1))
         z = self.pool(self.attention(z)).flatten(1)
         if self.rhythm is not None:

@@ -194,7 +194,7 @@ class Beats:
     lead: str | None = None
     notes: list[str] = field(default_factory=list)
     detection: dict[str, Any] | None = None
-    rhythm: np.ndarray | None = None  # float32 [n, 6], when the input has beat timing
+    rhythm: np.ndarray | None = None  # float32 [n, 9], when the input has beat timing
 
     def inputs(self, model: Model) -> list[np.ndarray]:
         """What ``model`` takes: the beats, and their rhythm features for a rhythm model."""
@@ -292,7 +292,7 @@ def _read_beat_file(path: Path, model: Model) -> Beats:
 
 
 def _file_rhythm(path: Path, names: list[str]) -> np.ndarray:
-    """The rhythm columns of a beat file, for a rhythm model: all six, finite; else exit 2."""
+    """The rhythm columns of a beat file, for a rhythm model: all nine, finite; else exit 2."""
     import pyarrow.parquet as pq
 
     missing = [c for c in RHYTHM_FEATURES if c not in names]

@@ -12,7 +12,8 @@ Kaggle-exact recipe), on one lead in raw ADC units at 360 Hz:
   (360 / 3) it was trained on;
 * **rhythm**: the RR features of every beat (:mod:`heartcli.data.rhythm`, the code of
   `heart fetch`), from the .atr's beat annotations, or from the detected R-peaks without
-  one; a rhythm model takes them as its second input;
+  one, and its template features (against the median of the record's beats); a rhythm
+  model takes them as its second input;
 * **lead**: see :func:`choose_channel`. The Kaggle recipe takes channel 0 of every record,
   which is MLII in 46 of the 48 MIT-BIH records (102 and 104 have V5 there), so MLII is
   what the model has seen: ``auto`` picks the lead named MLII when the record has one and
@@ -81,7 +82,7 @@ class SegmentedRecord:
     fs_in: float
     notes: list[str]
     detection: dict[str, Any] | None = None  # detected vs reference peaks, when both exist
-    rhythm: np.ndarray | None = None  # float32 [n, 6]: the RR features of every beat
+    rhythm: np.ndarray | None = None  # float32 [n, 9]: the rhythm columns of every beat
 
 
 def record_name(path: str | Path) -> str:
@@ -265,7 +266,7 @@ def segment_record(
     if ref is not None:
         samples, symbols = ref
         x, y, r_peaks = segment_beats(rec.signal, samples, symbols)
-        rhythm = _rhythm(samples, symbols, r_peaks, notes)
+        rhythm = _rhythm(samples, symbols, r_peaks, x, notes)
         return SegmentedRecord(
             path.name,
             x,
@@ -285,7 +286,7 @@ def segment_record(
     # The detected peaks are the boundaries and the beats; every one is a beat ("N" here is
     # only a placeholder symbol, the labels it gives are dropped).
     x, _, r_peaks = segment_beats(rec.signal, detected, ["N"] * len(detected))
-    rhythm = _rhythm(detected, ["N"] * len(detected), r_peaks, notes)
+    rhythm = _rhythm(detected, ["N"] * len(detected), r_peaks, x, notes)
     detection: dict[str, Any] | None = None
     reference: np.ndarray | None = None
     full_ref = read_reference(path, rec.fs_in)
@@ -306,10 +307,11 @@ def segment_record(
 
 
 def _rhythm(
-    samples: np.ndarray, symbols: list[str], r_peaks: np.ndarray, notes: list[str]
+    samples: np.ndarray, symbols: list[str], r_peaks: np.ndarray, x: np.ndarray, notes: list[str]
 ) -> np.ndarray:
-    """The RR features of the beats at ``r_peaks`` (360 Hz), as `heart fetch` computes them."""
-    rhythm, short = rows_rhythm(samples, symbols, r_peaks, FS_HZ)
+    """The rhythm columns of the beats ``x`` at ``r_peaks`` (360 Hz), as `heart fetch`
+    computes them."""
+    rhythm, short = rows_rhythm(samples, symbols, r_peaks, FS_HZ, x)
     if short:
         notes.append(
             f"fewer than {MIN_BEATS} beats: no RR intervals, the rhythm features are the "

@@ -1,4 +1,5 @@
-"""Rhythm columns of `heart fetch`: RR features checked against intervals computed by hand.
+"""Rhythm columns of `heart fetch`: RR features checked against intervals computed by hand,
+template features against a record's median beat computed by hand.
 
 The hand computation reads the real .atr with wfdb and walks the annotations with plain
 Python: keep the AAMI beat symbols, take differences of neighbouring sample positions.
@@ -20,6 +21,8 @@ from heartcli.dataset import RHYTHM_COLUMNS, load_split, read_manifest
 
 BEAT_SYMBOLS = set("NLRejAaJSVEF/fQ")
 COLUMNS = ["rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre"]
+TEMPLATE = ["tpl_decorr", "tpl_rms", "tpl_peak"]
+ALL = COLUMNS + TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -123,26 +126,26 @@ def test_every_row_has_finite_features_and_the_manifest_lists_them(built):
     assert result["status"] == "built"
     manifest = read_manifest(out)
     rhythm = manifest["rhythm"]
-    assert rhythm["columns"] == COLUMNS == list(RHYTHM_COLUMNS)
-    assert set(rhythm["definitions"]) == set(COLUMNS)
+    assert rhythm["columns"] == ALL == list(RHYTHM_COLUMNS)
+    assert set(rhythm["definitions"]) == set(ALL)
     assert rhythm["records_too_short"] == []
     for split in ("random", "inter-patient"):
         for part in ("train", "test"):
             table = pq.read_table(out / split / f"{part}.parquet")
             names = table.column_names
             assert names[:187] == [str(i) for i in range(187)]
-            assert names[-6:] == COLUMNS
-            for name in COLUMNS:
+            assert names[-9:] == ALL
+            for name in ALL:
                 values = table.column(name).to_numpy()
                 assert values.dtype == np.float32
                 assert np.isfinite(values).all()
-                assert (values > 0).all(), name
+                assert (values > 0).all() if name in COLUMNS else (values >= 0).all(), name
 
 
 def test_bundled_sample_carries_the_columns(sample_dir):
     beats = load_split(sample_dir, "inter-patient", "test")
-    assert beats.rhythm is not None and beats.rhythm.shape == (len(beats), 6)
-    assert read_manifest(sample_dir)["rhythm"]["columns"] == COLUMNS
+    assert beats.rhythm is not None and beats.rhythm.shape == (len(beats), 9)
+    assert read_manifest(sample_dir)["rhythm"]["columns"] == ALL
 
 
 def test_a_record_with_fewer_than_three_beats(mitdb_dir, tmp_path):
@@ -156,7 +159,27 @@ def test_a_record_with_fewer_than_three_beats(mitdb_dir, tmp_path):
     beats, skipped, short = collect_beats(tmp_path, ["100"])
     assert skipped == [] and short == ["100"]
     assert len(beats) == 1
-    np.testing.assert_array_equal(beats.rhythm, [[0, 0, 0, 0, 1, 1]])
+    # One beat is its own template: no difference from it.
+    np.testing.assert_array_equal(beats.rhythm, [[0, 0, 0, 0, 1, 1, 0, 0, 0]])
     note = rhythm_manifest(short)
     assert note["records_too_short"] == ["100"]
     assert "100" in note["note"] and "fewer than 3 beats" in note["note"]
+
+
+def test_template_features_against_the_records_median_beat_by_hand(all_beats):
+    # Record 208 (N and many V beats): every row of the record, both parts of the random
+    # split; the template is the per-sample median of their first 48 samples.
+    rows = [(b.x[b.record == "208"], b.rhythm[b.record == "208"], b.y[b.record == "208"])
+            for b in all_beats]  # fmt: skip
+    x = np.concatenate([r[0] for r in rows]).astype(np.float64)[:, :48]
+    got = np.concatenate([r[1] for r in rows])[:, 6:]
+    y = np.concatenate([r[2] for r in rows])
+    template = np.percentile(x, 50, axis=0)
+    for i in (0, 100, int(np.flatnonzero(y == 2)[0])):  # two beats, and the first V beat
+        r = np.corrcoef(x[i], template)[0, 1]
+        diff = x[i] - template
+        expected = [1 - r, np.sqrt(np.mean(diff**2)), np.max(np.abs(diff))]
+        np.testing.assert_allclose(got[i], expected, rtol=1e-5, atol=1e-6)
+    # What they are for: this patient's V beats are far from his usual beat, his N beats not.
+    n, v = y == 0, y == 2
+    assert np.median(got[v, 0]) > 3 * np.median(got[n, 0])

@@ -34,14 +34,14 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
-USED = ["rr_pre_local", "rr_post_pre", "rr_pre_record", "rr_local_record"]
+USED = ["rr_pre_local", "rr_post_pre", "rr_pre_record", "rr_local_record", "tpl_decorr"]
 
 
 @pytest.fixture(scope="module")
 def rhythm_run(tmp_path_factory):
     """One tiny rhythm model, validated on 4 whole DS1 records, exported in every format: two
-    ratios, two intervals relative to the record's mean RR (computed inside the model) and
-    the wide path from them to the logits."""
+    ratios, two intervals relative to the record's mean RR (computed inside the model), a
+    template feature, and the wide path from them to the logits."""
     from conftest import Heart
 
     root = tmp_path_factory.mktemp("rhythm")
@@ -71,8 +71,8 @@ def test_rhythm_model_statistics_of_the_training_fold(rhythm_run):
     assert stats["columns"] == list(RHYTHM_COLUMNS)
     assert stats["used"] == USED and stats["scale_kind"] == "log"
     # The log scale, by hand: median and IQR / 1.349 of the log of each feature.
-    pre, _, local, record, pre_local, post_pre = fold.astype(np.float64).T
-    used = np.stack([pre_local, post_pre, pre / record, local / record], axis=1)
+    pre, _, local, record, pre_local, post_pre, decorr, _, _ = fold.astype(np.float64).T
+    used = np.stack([pre_local, post_pre, pre / record, local / record, decorr], axis=1)
     logs = np.log(np.clip(used, 1e-3, None))
     q25, median, q75 = np.quantile(logs, [0.25, 0.5, 0.75], axis=0)
     np.testing.assert_allclose(stats["center"], median, rtol=1e-5, atol=1e-6)
@@ -92,9 +92,9 @@ def test_rhythm_model_evaluates_exports_and_predicts(heart, rhythm_run, mitdb_di
     assert card["rhythm_input"]["columns"] == list(RHYTHM_COLUMNS)
     assert {f["file"] for f in card["files"]} == {"model.onnx", "model.pt2", "model.torchscript.pt"}
     assert all(f["parity"]["argmax_disagreements"] == 0 for f in card["files"])
-    assert "input `rhythm`: float32 `[batch, 6]`" in (export / "MODEL_CARD.md").read_text()
+    assert "input `rhythm`: float32 `[batch, 9]`" in (export / "MODEL_CARD.md").read_text()
     session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [(i.name, i.shape[1]) for i in session.get_inputs()] == [("beats", 187), ("rhythm", 6)]
+    assert [(i.name, i.shape[1]) for i in session.get_inputs()] == [("beats", 187), ("rhythm", 9)]
 
     # Record 100 with its .atr: the features come from the annotations, with the code of
     # `heart fetch`, so the sample's rows of record 100 get the same probabilities from

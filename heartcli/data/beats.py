@@ -154,11 +154,11 @@ def record_rows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
     """The dataset rows of one record with their rhythm features.
 
-    Returns ``(x, y, r_peak, rhythm float32 [n, 6], short)``; ``short`` is True for a record
+    Returns ``(x, y, r_peak, rhythm float32 [n, 9], short)``; ``short`` is True for a record
     with fewer than 3 beat annotations (see :mod:`heartcli.data.rhythm`).
     """
     signal = read_lead(record_path, lead)
     samples, symbols = read_annotations(record_path)
     x, y, peaks = segment_beats(signal, samples, symbols)
-    rhythm, short = rows_rhythm(samples, symbols, peaks, FS_HZ)
+    rhythm, short = rows_rhythm(samples, symbols, peaks, FS_HZ, x)
     return x, y, peaks, rhythm, short

@@ -17,6 +17,7 @@ from heartcli import __version__
 from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
+from heartcli.data.rhythm import DEFINITIONS
 from heartcli.data.sample import make_sample
 from heartcli.dataset import PARTS, RHYTHM_COLUMNS, changed_files, read_manifest
 from heartcli.errors import DataError, HeartError
@@ -142,8 +143,9 @@ def current_manifest(
         return None
     if any(params.get(key) != value for key, value in wanted.items()):
         return None
-    if (manifest.get("rhythm") or {}).get("columns") != list(RHYTHM_COLUMNS):
-        return None  # built before the rhythm columns existed
+    rhythm = manifest.get("rhythm") or {}
+    if rhythm.get("columns") != list(RHYTHM_COLUMNS) or rhythm.get("definitions") != DEFINITIONS:
+        return None  # built before these rhythm columns (or these formulas) existed
     records = list(manifest.get("records") or [])
     if sorted(records + list(manifest.get("records_skipped") or [])) != sorted(RECORDS):
         return None

@@ -18,6 +18,9 @@ flutter waves ``!``, comments ``"``, non-conducted P waves ``x``, artefacts ``|`
 * ``rr_pre_local = rr_pre / rr_local`` and ``rr_post_pre = rr_post / rr_pre`` (1 where
   the denominator is 0: two annotations on one sample).
 
+The three template columns that follow (``tpl_decorr``, ``tpl_rms``, ``tpl_peak``) compare
+each beat's shape with the record's median beat; see :mod:`heartcli.data.template`.
+
 A record with fewer than 3 beats has no rhythm to speak of: every interval is 0 and both
 ratios are 1 (defined, never NaN), and the dataset manifest names the record.
 """
@@ -27,10 +30,13 @@ from __future__ import annotations
 import numpy as np
 
 from heartcli.data.mitdb import AAMI_MAP
+from heartcli.data.template import DEFINITIONS as TEMPLATE_DEFINITIONS
+from heartcli.data.template import template_features
 from heartcli.dataset import RHYTHM_COLUMNS
 
 LOCAL_BEATS = 10
 MIN_BEATS = 3
+RR_COLUMNS = 6  # the first six rhythm columns; the template columns follow
 DEFINITIONS = {
     "rr_pre": "seconds from the previous beat's R-peak to this one; first beat: rr_post",
     "rr_post": "seconds from this R-peak to the next beat's; last beat: rr_pre",
@@ -39,6 +45,7 @@ DEFINITIONS = {
     "rr_record": "mean RR interval of the whole record: (t_last - t_first) / (beats - 1)",
     "rr_pre_local": "rr_pre / rr_local (1 where rr_local is 0)",
     "rr_post_pre": "rr_post / rr_pre (1 where rr_pre is 0)",
+    **TEMPLATE_DEFINITIONS,
 }
 
 
@@ -53,9 +60,10 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def rr_features(beat_samples: np.ndarray, fs: float) -> np.ndarray:
-    """float32 [n, 6] in ``RHYTHM_COLUMNS`` order for beats at ``beat_samples`` (sorted)."""
+    """float32 [n, 6] (the RR columns, ``RHYTHM_COLUMNS[:6]``) for beats at
+    ``beat_samples`` (sorted)."""
     n = len(beat_samples)
-    out = np.zeros((n, len(RHYTHM_COLUMNS)), dtype=np.float64)
+    out = np.zeros((n, RR_COLUMNS), dtype=np.float64)
     if n < MIN_BEATS:
         out[:, 4:] = 1.0
         return out.astype(np.float32)
@@ -77,18 +85,26 @@ def rr_features(beat_samples: np.ndarray, fs: float) -> np.ndarray:
 
 
 def rows_rhythm(
-    samples: np.ndarray, symbols: list[str] | np.ndarray, row_samples: np.ndarray, fs: float
+    samples: np.ndarray,
+    symbols: list[str] | np.ndarray,
+    row_samples: np.ndarray,
+    fs: float,
+    rows: np.ndarray,
 ) -> tuple[np.ndarray, bool]:
-    """The features of the dataset rows at ``row_samples`` (beats of this record).
+    """The rhythm columns of a record's dataset rows ``rows`` (its beats, cut at
+    ``row_samples``): the RR features, then the template features of
+    :mod:`heartcli.data.template` against the median of ``rows``.
 
-    Returns ``(float32 [len(row_samples), 6], short)``; ``short`` is True when the record
+    Returns ``(float32 [len(row_samples), 9], short)``; ``short`` is True when the record
     has fewer than 3 beats.
     """
     beats = beat_times(samples, symbols)
-    features = rr_features(beats, fs)
     if len(beats) == 0:
-        empty = np.zeros((len(row_samples), len(RHYTHM_COLUMNS)), dtype=np.float32)
-        empty[:, 4:] = 1.0
-        return empty, True
-    at = np.clip(np.searchsorted(beats, row_samples), 0, len(beats) - 1)
-    return features[at], len(beats) < MIN_BEATS
+        rr = np.zeros((len(row_samples), RR_COLUMNS), dtype=np.float32)
+        rr[:, 4:] = 1.0
+    else:
+        at = np.clip(np.searchsorted(beats, row_samples), 0, len(beats) - 1)
+        rr = rr_features(beats, fs)[at]
+    features = np.concatenate([rr, template_features(rows)], axis=1)
+    assert features.shape[1] == len(RHYTHM_COLUMNS)
+    return features, len(beats) < MIN_BEATS

@@ -2,7 +2,7 @@
 
 Each writes the run's CNN followed by a softmax (``probability_module``): beats float32
 ``[batch, length]`` (any batch size) -> probabilities ``[batch, n_classes]``; a rhythm
-model (``[model] rhythm``) takes a second input, ``rhythm`` float32 ``[batch, 6]`` (the
+model (``[model] rhythm``) takes a second input, ``rhythm`` float32 ``[batch, 9]`` (the
 columns of ``RHYTHM_FEATURES``, standardised inside the model). ONNX goes
 through the torch.export-based exporter (``dynamo=True``, onnxscript) at ``[export]
 opset``; if that exporter fails, the TorchScript-based one is used and the card says so.

@@ -154,7 +154,7 @@ class Setup:
     recipe: dict[str, Any]  # what FIXED_ON_RESUME compares
     r_train: torch.Tensor | None = None  # rhythm features, for a [model] rhythm model
     r_val: torch.Tensor | None = None
-    rhythm: dict[str, Any] | None = None  # columns and the training fold's mean and std
+    rhythm: dict[str, Any] | None = None  # columns, features, the training fold's center and scale
     validation: bool = True  # False: no validation fold (the final run of --folds)
 
     def train_inputs(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
