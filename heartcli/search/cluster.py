@@ -132,7 +132,7 @@ def connect(address: str | None) -> bool:
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
         with _stderr_aside():
-            ray.init(**options)  # type: ignore[arg-type]
+            ray.init(address="local", **options)  # type: ignore[arg-type]
         return True
     where = parse_address(address)
     if where is not None:

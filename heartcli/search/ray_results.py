@@ -76,6 +76,7 @@ class Book:
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         record = self._record(trial)
+        record.node = str(result.get("node") or record.node)
         self._take(record)
         if self.reporter is not None and record.curve:
             epochs = int(result.get("epochs") or record.epochs_run)
@@ -212,7 +213,8 @@ class Book:
         with contextlib.suppress(Exception):  # a lost node's files are what came before
             self._take(record)
         run_dir = Path(record.run_dir)
-        record.status, record.reason = status, reason
+        retried = record.reason if record.retries else ""
+        record.status, record.reason = status, reason or retried
         if status != "failed" and record.metric is None:
             record.status, record.reason = "failed", reason or "no epoch finished"
         _close_manifest(run_dir, record.status, record.reason)

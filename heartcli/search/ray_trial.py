@@ -169,6 +169,7 @@ def _train(
     run_dir = scratch / f"trial-{number:03d}"
     run_dir.mkdir()
     resume = _restore(run_dir, ray.get(inbox.files.remote(key)))
+    node = ray.get_runtime_context().get_node_id()
     seen: dict[str, tuple[int, int]] = {}
     _changed(run_dir, seen)  # what the inbox already holds is not sent again
     stopped = False
@@ -186,6 +187,7 @@ def _train(
                     "epoch": info.epoch,
                     "epochs": info.epochs,
                     "trial": number,
+                    "node": node,
                     "final": False,
                 }
             )
@@ -218,6 +220,7 @@ def _train(
             metric: metric_value(metric, best_row),
             "epoch": result.epochs_run,
             "trial": number,
+            "node": node,
             "final": True,
             "heart_status": result.status,
             "best_epoch": result.best_epoch,

@@ -68,6 +68,7 @@ class TrialRecord:
     worker: int | None = None  # process id of the worker that ran it (--jobs)
     key: str = ""  # Ray Tune's trial id (ray backend): the same on every retry
     retries: int = 0  # times Ray restarted it after a failure (a lost node)
+    node: str = ""  # Ray node id that ran (the last try of) it
 
     @property
     def finished(self) -> bool:
