@@ -383,3 +383,111 @@ def test_a_search_across_two_nodes_comes_back_to_the_driver(cluster):
     assert [line.split(":")[1].strip() for line in links if line.strip()] == ["lo"]
     listening = [line.split()[3] for line in cluster.ns.run("ss", "-ltnH").stdout.splitlines()]
     assert {"127.0.0.1:5000"} <= set(listening) and any(a.endswith(":6379") for a in listening)
+
+
+def wait_until(what: str, check: Any, proc: subprocess.Popen, timeout: float = 400) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = check()
+        if found:
+            return found
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"heart tune ended before {what}:\n{out[-1500:]}\n{err[-3000:]}")
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def trial_on(cluster: Cluster, mnt: str) -> int | None:
+    """The number of a trial running in that mount namespace (its scratch folder's name)."""
+    for pid in cluster.ns.pids(mnt):
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(f"/proc/{pid}/cwd"):
+                if entry.startswith("heart-trial-"):
+                    return int(entry.split("-")[2])
+    return None
+
+
+def epochs_done(folder: Path) -> int:
+    with contextlib.suppress(OSError):
+        return len(rows(folder / "history.csv"))
+    return 0
+
+
+def test_a_lost_node_costs_the_trial_its_last_epoch_not_the_trial(cluster):
+    search = cluster.driver / "runs" / "lost"
+    proc = cluster.heart_popen(
+        "--json", "tune", "--config", "quick.toml", "--name", "lost", "--backend", "ray",
+        "--address", GCS, "--evals", "2", "--set", "train.epochs=3",
+    )  # fmt: skip
+    number = wait_until(
+        "a trial on the second node", lambda: trial_on(cluster, cluster.worker_mnt), proc
+    )
+    folder = search / f"trial-{number:03d}"
+    wait_until("its first epoch on the driver", lambda: epochs_done(folder) >= 1, proc)
+    before = rows(folder / "history.csv")
+    for pid in cluster.ns.pids(cluster.worker_mnt):  # kill -9 the second node's raylet
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
+                os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:] + cluster.tail()
+    summary = json.loads(out)
+    assert summary["status_counts"] == {"completed": 2}, summary  # 0 failed
+    records = {t["number"]: t for t in summary["records"]}
+    assert sorted(records) == [1, 2]  # the report names the trials that ran, no other
+    lost = records[number]
+    assert lost["retries"] >= 1 and lost["epochs_run"] == 3, lost
+    # The retry went on from the checkpoint: the epochs before the loss were not redone.
+    after = rows(folder / "history.csv")
+    assert [r["epoch"] for r in after] == ["1", "2", "3"]
+    assert after[: len(before)] == before
+    client = cluster.mlflow()
+    children = children_of(client, summary["tracking_run_id"])
+    assert sorted(children) == ["trial-001", "trial-002"]
+    run = children[folder.name]
+    assert run.info.status == "FINISHED" and run.data.tags["heart.retries"] == str(lost["retries"])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
+    assert steps == [1, 2, 3]
+    assert not [
+        r for r in client.search_runs([run.info.experiment_id]) if r.info.status == "RUNNING"
+    ]
+    cluster.start_worker()  # the next test has two nodes again
+    cluster.wait(nodes=2)
+
+
+def test_resume_continues_a_ray_search_whose_driver_was_killed(cluster):
+    search = cluster.driver / "runs" / "again"
+    proc = cluster.heart_popen(
+        "tune", "--config", "quick.toml", "--name", "again", "--backend", "ray",
+        "--address", GCS, "--evals", "3", "--set", "train.epochs=5",
+    )  # fmt: skip
+
+    def saved() -> bool:
+        state = list((search / "ray").glob("experiment_state*.json"))
+        done = epochs_done(search / "trial-001") + epochs_done(search / "trial-002")
+        return bool(state) and done >= 1 and "trial_id" in state[0].read_text()
+
+    wait_until("a saved state with a trial's epoch", saved, proc)
+    before = {n: rows(search / n / "history.csv") for n in ("trial-001", "trial-002")
+              if epochs_done(search / n)}  # fmt: skip
+    proc.kill()  # kill -9 of the driver
+    proc.communicate()
+    r = cluster.heart("tune", "--resume", "runs/again", "--address", GCS, "--evals", "5")
+    assert r.returncode == 2 and "drop them" in one_line_error(r)
+    r = cluster.heart("--json", "tune", "--resume", "runs/again", "--address", GCS)
+    assert r.returncode == 0, r.stderr[-3000:] + cluster.tail()
+    summary = json.loads(r.stdout)
+    assert summary["status_counts"] == {"completed": 3}, summary
+    assert sorted(t["number"] for t in summary["records"]) == [1, 2, 3]
+    for name, rows_before in before.items():
+        assert rows(search / name / "history.csv")[: len(rows_before)] == rows_before
+    client = cluster.mlflow()
+    runs = client.search_runs(
+        [client.get_experiment_by_name("cluster").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['tracking_run_id']}'",
+    )
+    assert sorted(run.info.run_name for run in runs) == ["trial-001", "trial-002", "trial-003"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    assert client.get_run(summary["tracking_run_id"]).info.status == "FINISHED"

@@ -29,6 +29,7 @@ import itertools
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from heartcli.search.state import (
     new_search,
     read_state,
     records_of,
+    save_state,
     search_config,
     trial_config,
 )
@@ -55,6 +57,23 @@ from heartcli.search_space import Space, parse_space, to_hyperopt
 
 EXPERIMENT = "ray"  # Ray Tune's experiment folder inside runs/NAME
 DATA_LOADS = ("data.dir", "data.split", "data.classes")  # keys that pick what a trial loads
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Joined to the cluster (or a local Ray) for the duration, and left after.
+
+    Ray prints to stdout from its own threads (a lost node's "(raylet) ..." error among
+    them) until the driver leaves the cluster: all of it goes to stderr, as stdout is
+    heart's result (one JSON document with --json).
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        started = connect(address)
+        try:
+            yield
+        finally:
+            if started:
+                disconnect()
 
 
 def start_ray(
@@ -67,16 +86,12 @@ def start_ray(
 ) -> SearchResult:
     """A new Ray search: join the cluster first, then claim ``runs/NAME`` and run it."""
     name = check_search(config, name)
-    started = connect(address)
-    try:
+    with ray_session(address):
         search_dir, lock = new_search(config, name, config_base)
         try:
             return run_ray(search_dir, reporter=reporter)
         finally:
             lock.release()
-    finally:
-        if started:
-            disconnect()
 
 
 def resume_ray(
@@ -90,17 +105,13 @@ def resume_ray(
             f"{search_dir}: Ray never saved this search's state (it stopped before its first "
             "trial); start it again under a new --name"
         )
-    started = connect(address)
-    try:
+    with ray_session(address):
         lock = SearchLock(Path(search_dir))
         lock.acquire()
         try:
             return run_ray(Path(search_dir), reporter=reporter, resume=True)
         finally:
             lock.release()
-    finally:
-        if started:
-            disconnect()
 
 
 def run_ray(
@@ -119,8 +130,9 @@ def run_ray(
     parent = Tracker(config, search_dir, run_id=state.get("parent_run_id") if resume else None)
     state["parent_run_id"] = parent.run_id
     state["ray_started"] = time.time()
-    datasets = trial_datasets(config, space)
     records = records_of(state)
+    save_state(search_dir, state, records)  # the parent run's id: a resume reopens it
+    datasets = trial_datasets(config, space)
     book = Book(
         search_dir,
         config,
@@ -157,6 +169,7 @@ def run_ray(
             raise HeartError(f"ray: the search stopped ({first})") from None
         if grid.errors and not book.records:
             raise HeartError(f"ray: the search failed before any trial ran ({grid.errors[0]})")
+        book.settle()
         status = "completed"
     finally:
         activate(None)
@@ -229,12 +242,24 @@ def _inbox(records: list[TrialRecord]) -> Any:
                 for p in folder.rglob("*")
                 if p.is_file() and not p.name.startswith(".")
             }
+    finals = {
+        r.key: {
+            "trial": r.number,
+            "final": True,
+            "epoch": r.epochs_run,
+            "heart_status": r.status,
+            "best_epoch": r.best_epoch,
+            "node": r.node,
+        }
+        for r in records
+        if r.key and r.status != "running"
+    }
     actor = ray.remote(Inbox).options(
         num_cpus=0,
         resources={"node:__internal_head__": 0.001},  # it outlives any worker node
         max_concurrency=8,
     )
-    return actor.remote(numbers, files)
+    return actor.remote(numbers, files, finals)
 
 
 def _kill(inbox: Any) -> None:
@@ -299,6 +324,8 @@ def _tuner(
     from heartcli.search.ray_trial import trainable
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # heart keeps the results
+    # Ray's experiment state (what --resume restores) at most 5 s old, not "auto" (>= 10 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     s = config.search
     resources: dict[str, float] = {"cpu": 1, "gpu": 1 if config.train.device == "cuda" else 0}
     text = (search_dir / "search.toml").read_text(encoding="utf-8")

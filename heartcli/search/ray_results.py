@@ -76,6 +76,8 @@ class Book:
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         record = self._record(trial)
+        if record.status != "running":
+            return  # finished before a resume: Ray's saved state had it still running
         record.node = str(result.get("node") or record.node)
         self._take(record)
         if self.reporter is not None and record.curve:
@@ -100,7 +102,8 @@ class Book:
 
     def error(self, trial: Any) -> None:
         record = self._record(trial)
-        self._finish(record, "failed", self._why(trial))
+        if record.status == "running":
+            self._finish(record, "failed", self._why(trial))
 
     def recover(self, trial: Any) -> None:
         """Ray retries the trial (from its last epoch, through the inbox)."""
@@ -120,6 +123,7 @@ class Book:
             params = flatten(self.space, dict(trial.config or {}))
             run_dir = self.search_dir / f"trial-{number:03d}"
             self.records[key] = TrialRecord(number, {}, params, run_dir=str(run_dir), key=key)
+            self.save()  # the number is on disk before the trial's folder is (--resume)
         record = self.records[key]
         if key not in self.began:
             self.began[key] = time.time()
@@ -148,14 +152,16 @@ class Book:
             except ConfigError:  # an impossible combination: its run still records it
                 cfg = self.config.model_copy(deep=True)
             cfg.tracking.tensorboard = False  # the trial's own event files come with its folder
+            run_dir = Path(record.run_dir)
             tracker = Tracker(
                 cfg,
-                Path(record.run_dir),
+                run_dir,
                 parent=self.parent_run_id,
-                run_id=record.tracking_run_id,
+                run_id=record.tracking_run_id or _child_run(cfg, self.parent_run_id, run_dir.name),
             )
             record.tracking_run_id = tracker.run_id
             self.trackers[record.key] = tracker
+            self.save()  # a resumed search reopens this run, never makes a second one
         return self.trackers[record.key]
 
     def _take(self, record: TrialRecord) -> None:
@@ -260,8 +266,37 @@ class Book:
                 record.seconds += time.time() - self.began.pop(record.key)
         self.save()
 
+    def settle(self) -> None:
+        """After Ray's last trial: a trial Ray no longer knows of (its state was saved
+        before the trial started, and the driver stopped) fails, with the reason."""
+        for record in self.records.values():
+            if record.status == "running":
+                self._finish(record, "failed", "lost with the driver before Ray saved it")
+
     def save(self) -> None:
         save_state(self.search_dir, self.state, list(self.records.values()))
+
+
+def _child_run(config: HeartConfig, parent_run_id: str | None, name: str) -> str | None:
+    """The run a trial already has under the search's (the driver stopped before it saved
+    the run's id), or None."""
+    if not (config.tracking.enabled and parent_run_id):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from heartcli.tracking import tracking_uri
+
+    with contextlib.suppress(Exception):
+        client = MlflowClient(tracking_uri=tracking_uri(config))
+        parent = client.get_run(parent_run_id)
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+            f"and tags.mlflow.runName = '{name}'",
+        )
+        if found:
+            return str(found[0].info.run_id)
+    return None
 
 
 def _close_manifest(run_dir: Path, status: str, reason: str) -> None:

@@ -31,9 +31,16 @@ Files = dict[str, bytes]
 class Inbox:
     """Trial numbers and each trial's latest files, keyed by Ray's trial id (an actor)."""
 
-    def __init__(self, numbers: dict[str, int], files: dict[str, Files]):
+    def __init__(
+        self,
+        numbers: dict[str, int],
+        files: dict[str, Files],
+        finals: dict[str, dict[str, Any]] | None = None,
+    ):
         self._numbers = dict(numbers)
         self._files = {key: dict(f) for key, f in files.items()}
+        # Trials a resumed search had finished while Ray's saved state still runs them.
+        self._finals = dict(finals or {})
         self._fresh: dict[str, set[str]] = {}
         self._reasons: dict[str, str] = {}
 
@@ -42,6 +49,10 @@ class Inbox:
         if key not in self._numbers:
             self._numbers[key] = max(self._numbers.values(), default=0) + 1
         return self._numbers[key]
+
+    def final(self, key: str) -> dict[str, Any] | None:
+        """The final report of a trial that already finished, if it did."""
+        return self._finals.get(key)
 
     def put(self, key: str, files: Files) -> None:
         self._files.setdefault(key, {}).update(files)
@@ -135,6 +146,10 @@ def trainable(
     from ray import tune
 
     key = tune.get_context().get_trial_id()
+    final = ray.get(inbox.final.remote(key))
+    if final is not None:
+        tune.report(final)  # finished before the driver stopped: nothing to train
+        return
     number = ray.get(inbox.number.remote(key))
     scratch = Path(tempfile.mkdtemp(prefix=f"heart-trial-{number:03d}-", dir=os.getcwd()))
     try:
