@@ -378,6 +378,11 @@ def test_a_search_across_two_nodes_comes_back_to_the_driver(cluster):
     assert r.returncode == 0, r.stderr[-2000:]
     best = children[f"trial-{summary['best']['number']:03d}"]
     assert "test_macro_f1" in client.get_run(best.info.run_id).data.metrics
+    # Nothing was logged on the second node (no store of its own next to its trials).
+    node = next(iter(cluster.ns.pids(cluster.worker_mnt)))
+    seen = Path(f"/proc/{node}/root") / str(cluster.root / "worker").lstrip("/")
+    assert seen.is_dir()
+    assert not [p for p in seen.rglob("*") if p.name in ("mlflow.db", "mlruns")]
     # Every server listens on the loopback only: it is the one interface there is.
     links = cluster.ns.run("ip", "-o", "link").stdout.split("\n")
     assert [line.split(":")[1].strip() for line in links if line.strip()] == ["lo"]
@@ -413,6 +418,15 @@ def epochs_done(folder: Path) -> int:
     with contextlib.suppress(OSError):
         return len(rows(folder / "history.csv"))
     return 0
+
+
+def test_train_json_stays_clean_with_an_http_tracking_server(cluster):
+    r = cluster.heart(
+        "--json", "train", "--config", "quick.toml", "--name", "one", "--set", "train.epochs=1"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    run_id = json.loads(r.stdout)["tracking_run_id"]  # MLflow's "View run" line is not there
+    assert cluster.mlflow().get_run(run_id).info.status == "FINISHED"
 
 
 def test_a_lost_node_costs_the_trial_its_last_epoch_not_the_trial(cluster):
