@@ -310,7 +310,8 @@ def test_connection_problems_are_one_line_and_claim_nothing(cluster):
     no_token = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
     wrong = {**cluster.env, "RAY_AUTH_TOKEN": "0" * 64}
     cases = [
-        (("--address", "127.0.0.1:1"), None, 1, "ray: nothing answers at 127.0.0.1:1"),
+        # --jobs counts the cluster's trials, not this machine's cores.
+        (("--address", "127.0.0.1:1", "--jobs", "64"), None, 1, "nothing answers at 127.0.0.1:1"),
         (("--address", "ray://127.0.0.1:10001"), None, 2, "Ray Client (ray://)"),
         (("--address", "head"), None, 2, "not HOST:PORT"),
         (("--address", GCS), no_token, 2, "refused this process's token"),

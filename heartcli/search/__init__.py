@@ -59,7 +59,10 @@ def tune(
     """Start a new search from ``config``, or continue the one in ``resume``."""
     from heartcli.search.tpe import run_search
 
-    n_jobs = resolve_jobs(jobs)
+    on_ray = backend == "ray" or (
+        backend is None and config is not None and config.search.backend == "ray"
+    )
+    n_jobs = resolve_jobs(jobs, cluster=on_ray)
     if resume is not None:
         search_dir = Path(resume)
         read_state(search_dir)
