@@ -472,7 +472,7 @@ def test_a_lost_node_costs_the_trial_its_last_epoch_not_the_trial(cluster):
     cluster.wait(nodes=2)
 
 
-def test_resume_continues_a_ray_search_whose_driver_was_killed(cluster):
+def test_resume_continues_an_interrupted_ray_search(cluster):
     search = cluster.driver / "runs" / "again"
     proc = cluster.heart_popen(
         "tune", "--config", "quick.toml", "--name", "again", "--backend", "ray",
@@ -487,8 +487,16 @@ def test_resume_continues_a_ray_search_whose_driver_was_killed(cluster):
     wait_until("a saved state with a trial's epoch", saved, proc)
     before = {n: rows(search / n / "history.csv") for n in ("trial-001", "trial-002")
               if epochs_done(search / n)}  # fmt: skip
-    proc.kill()  # kill -9 of the driver
-    proc.communicate()
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    client = cluster.mlflow()
+    experiment = client.get_experiment_by_name("cluster").experiment_id
+    assert not [r for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
+    assert any(
+        json.loads((search / n / "manifest.json").read_text())["status"] == "interrupted"
+        for n in before
+    )
     r = cluster.heart("tune", "--resume", "runs/again", "--address", GCS, "--evals", "5")
     assert r.returncode == 2 and "drop them" in one_line_error(r)
     r = cluster.heart("--json", "tune", "--resume", "runs/again", "--address", GCS)
@@ -498,9 +506,8 @@ def test_resume_continues_a_ray_search_whose_driver_was_killed(cluster):
     assert sorted(t["number"] for t in summary["records"]) == [1, 2, 3]
     for name, rows_before in before.items():
         assert rows(search / name / "history.csv")[: len(rows_before)] == rows_before
-    client = cluster.mlflow()
     runs = client.search_runs(
-        [client.get_experiment_by_name("cluster").experiment_id],
+        [experiment],
         filter_string=f"tags.mlflow.parentRunId = '{summary['tracking_run_id']}'",
     )
     assert sorted(run.info.run_name for run in runs) == ["trial-001", "trial-002", "trial-003"]

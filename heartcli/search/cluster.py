@@ -131,8 +131,12 @@ def connect(address: str | None) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
-        with _stderr_aside():
-            ray.init(address="local", **options)  # type: ignore[arg-type]
+        try:
+            with _stderr_aside():
+                ray.init(address="local", **options)  # type: ignore[arg-type]
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise HeartError(f"ray: cannot start a local Ray ({first})") from None
         return True
     where = parse_address(address)
     if where is not None:

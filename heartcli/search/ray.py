@@ -87,9 +87,10 @@ def start_ray(
     """A new Ray search: join the cluster first, then claim ``runs/NAME`` and run it."""
     name = check_search(config, name)
     with ray_session(address):
+        datasets = trial_datasets(config, parse_space(config.search.space))
         search_dir, lock = new_search(config, name, config_base)
         try:
-            return run_ray(search_dir, reporter=reporter)
+            return run_ray(search_dir, reporter=reporter, datasets=datasets)
         finally:
             lock.release()
 
@@ -115,24 +116,63 @@ def resume_ray(
 
 
 def run_ray(
-    search_dir: Path, *, reporter: SearchReporter | None = None, resume: bool = False
+    search_dir: Path,
+    *,
+    reporter: SearchReporter | None = None,
+    resume: bool = False,
+    datasets: dict[str, tuple[Any, Any]] | None = None,
 ) -> SearchResult:
-    """Run (or continue) the search in ``search_dir`` through Ray Tune on the joined cluster."""
-    from heartcli.search.ray_results import Book, activate
-    from heartcli.tracking import Tracker
+    """Run (or continue) the search in ``search_dir`` through Ray Tune on the joined cluster.
+
+    ``datasets`` are what trials train on (see :func:`trial_datasets`; loaded when None).
+    """
+    from heartcli.search.ray_results import activate
 
     begun = time.perf_counter()
     search_dir = Path(search_dir).resolve()
-    state = read_state(search_dir)
     config = search_config(search_dir)
-    s = config.search
-    space = parse_space(s.space)
+    space = parse_space(config.search.space)
+    if datasets is None:
+        datasets = trial_datasets(config, space)
+    book, parent = _open_book(search_dir, config, reporter, resume)
+    status = "interrupted"
+    activate(book)
+    try:
+        _fit(_tuner(search_dir, config, datasets, book.inbox, resume), book)
+        status = "completed"
+    finally:
+        activate(None)
+        if status != "completed":
+            book.interrupt()
+        result = SearchResult(
+            search_dir,
+            config.search.metric,
+            sorted(book.records.values(), key=lambda r: r.number),
+            tracking_run_id=parent.run_id,
+            keys=space.keys,
+            jobs=config.search.concurrency,
+        )
+        book.save()
+        _wrap_up(search_dir, config, result, parent, status)
+        _kill(book.inbox)
+        result.seconds = time.perf_counter() - begun
+    return result
+
+
+def _open_book(
+    search_dir: Path, config: HeartConfig, reporter: SearchReporter | None, resume: bool
+) -> tuple[Any, Any]:
+    """(the driver's record of the search, its parent MLflow run), the inbox started."""
+    from heartcli.search.ray_results import Book
+    from heartcli.tracking import Tracker
+
+    state = read_state(search_dir)
     parent = Tracker(config, search_dir, run_id=state.get("parent_run_id") if resume else None)
     state["parent_run_id"] = parent.run_id
     state["ray_started"] = time.time()
     records = records_of(state)
     save_state(search_dir, state, records)  # the parent run's id: a resume reopens it
-    datasets = trial_datasets(config, space)
+    space = parse_space(config.search.space)
     book = Book(
         search_dir,
         config,
@@ -149,45 +189,28 @@ def run_ray(
                 "search_dir": str(search_dir),
                 "evals": int(state["evals"]),
                 "done": sum(r.finished for r in records),
-                "metric": s.metric,
+                "metric": config.search.metric,
                 "keys": space.keys,
                 "tracking_run_id": parent.run_id,
-                "jobs": s.concurrency,
+                "jobs": config.search.concurrency,
             }
         )
-    status = "interrupted"
-    activate(book)
+    return book, parent
+
+
+def _fit(tuner: Any, book: Any) -> None:
+    """Ray Tune's run; its failures as one line; trials Ray lost settled after it."""
     try:
-        tuner = _tuner(search_dir, config, datasets, book.inbox, resume)
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's own progress: not stdout
-                grid = tuner.fit()
-        except (HeartError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise HeartError(f"ray: the search stopped ({first})") from None
-        if grid.errors and not book.records:
-            raise HeartError(f"ray: the search failed before any trial ran ({grid.errors[0]})")
-        book.settle()
-        status = "completed"
-    finally:
-        activate(None)
-        if status != "completed":
-            book.interrupt()
-        result = SearchResult(
-            search_dir,
-            s.metric,
-            sorted(book.records.values(), key=lambda r: r.number),
-            tracking_run_id=parent.run_id,
-            keys=space.keys,
-            jobs=s.concurrency,
-        )
-        book.save()
-        _wrap_up(search_dir, config, result, parent, status)
-        _kill(book.inbox)
-        result.seconds = time.perf_counter() - begun
-    return result
+        with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's own progress: not stdout
+            grid = tuner.fit()
+    except (HeartError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise HeartError(f"ray: the search stopped ({first})") from None
+    if grid.errors and not book.records:
+        raise HeartError(f"ray: the search failed before any trial ran ({grid.errors[0]})")
+    book.settle()
 
 
 # --------------------------------------------------------------------------- the pieces
@@ -324,6 +347,9 @@ def _tuner(
     from heartcli.search.ray_trial import trainable
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # heart keeps the results
+    # Ctrl-C is a KeyboardInterrupt here, as everywhere in heart (exit 130, trials closed as
+    # interrupted); Ray Tune's own handler would end fit() as if the search had finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # Ray's experiment state (what --resume restores) at most 5 s old, not "auto" (>= 10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     s = config.search
