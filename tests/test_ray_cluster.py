@@ -379,6 +379,13 @@ def test_a_search_across_two_nodes_comes_back_to_the_driver(cluster):
     assert r.returncode == 0, r.stderr[-2000:]
     best = children[f"trial-{summary['best']['number']:03d}"]
     assert "test_macro_f1" in client.get_run(best.info.run_id).data.metrics
+    # The best trial exports from its MLflow run's artifacts alone.
+    stored = Path(best.info.artifact_uri.replace("mlflow-artifacts:", "")).relative_to("/")
+    alone = cluster.driver / "from-mlflow"
+    shutil.copytree(cluster.root / "server" / "artifacts" / stored, alone)
+    r = cluster.heart("--json", "export", "from-mlflow", "--format", "onnx", "--out", "exported")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (cluster.driver / "exported" / "model.onnx").exists()
     # Nothing was logged on the second node (no store of its own next to its trials).
     node = next(iter(cluster.ns.pids(cluster.worker_mnt)))
     seen = Path(f"/proc/{node}/root") / str(cluster.root / "worker").lstrip("/")
