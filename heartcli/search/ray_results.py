@@ -139,10 +139,11 @@ class Book:
             return reason.split(": ", 1)[1] if reason.startswith("trial-") else reason
         error: Any = None
         with contextlib.suppress(Exception):
-            error = trial.get_error()
-        lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-        died = next((line for line in lines if "died" in line or "Error" in line), "")
-        return (died or (lines[0] if lines else "the trial's process or node was lost"))[:300]
+            error = trial.get_pickled_error() or trial.get_error()
+        text = str(getattr(error, "cause", None) or error or "")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        died = next((line for line in reversed(lines) if "died" in line or "Error" in line), "")
+        return (died or (lines[-1] if lines else "the trial's process or node was lost"))[:300]
 
     def _tracker(self, record: TrialRecord) -> Tracker:
         """The trial's MLflow run (nested under the search's), made by the driver."""
