@@ -78,6 +78,8 @@ concurrency = 2
 "train.batch_size" = {{choice = [32, 64, 128]}}
 "model.dropout" = {{uniform = [0.1, 0.4]}}
 "model.kernel_sizes" = {{per_layer = {{choice = [3, 5, 7]}}}}
+# a seed: every trial carves its own validation fold from the whole split Ray hands it
+"train.seed" = {{choice = [1, 2]}}
 """
 
 WAIT_FOR_CLUSTER = """
