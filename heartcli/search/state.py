@@ -144,6 +144,11 @@ def check_folds(config: HeartConfig) -> None:
         return
     if s.folds == 1:
         raise UsageError("search.folds: 1 fold is no cross-validation; use 0 (off) or 2 or more")
+    if s.backend == "ray":
+        raise UsageError(
+            "search.folds runs on the hyperopt backend (a Ray trial trains one fold); use "
+            "--backend hyperopt, or search.folds = 0 on Ray"
+        )
     if s.pruner != "none":
         raise UsageError(
             f'search.folds = {s.folds} needs search.pruner = "none": a trial\'s folds train one '
