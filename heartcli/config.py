@@ -335,6 +335,12 @@ class SearchConfig(Section):
     min_trials: int = Field(3, ge=1, description="median: finished trials before pruning starts")
     backend: Literal["hyperopt", "ray"] = Field("hyperopt", description='"hyperopt" or "ray"')
     concurrency: int = Field(2, ge=1, description="parallel trials (ray backend; --jobs sets it)")
+    max_failures: int = Field(
+        2,
+        ge=0,
+        description="ray backend: times a failed trial is retried from its last epoch "
+        "(a lost node); 0 = never",
+    )
     startup_trials: int = Field(
         10, ge=1, description="random trials before TPE starts to model the results"
     )

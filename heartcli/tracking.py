@@ -93,6 +93,9 @@ def _quiet() -> None:
     """Import MLflow with its INFO chatter (database migrations, run links) silenced."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # An HTTP tracking server makes MLflow print "View run ... at: http://..." on stdout,
+    # which is heart's (one JSON document with --json).
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)

@@ -80,6 +80,11 @@ def test_tune_folds_bad_input(heart, sample_dir):
             "error: search.folds = 3 selects on the folds' mean macro-F1; set search.metric = "
             '"val_macro_f1" (got "val_loss")',
         ),
+        (
+            ("--set", "search.folds=2", "--set", 'search.pruner="none"', "--backend", "ray"),
+            "error: search.folds runs on the hyperopt backend (a Ray trial trains one fold); "
+            "use --backend hyperopt, or search.folds = 0 on Ray",
+        ),
     ]:
         result = heart(*base, *extra, expect=2)
         assert result.stderr.strip() == line

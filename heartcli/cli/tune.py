@@ -214,7 +214,9 @@ def tune_cmd(
         typer.Option(
             "--address",
             metavar="ADDR",
-            help='Ray cluster address, e.g. "ray://head:10001" (ray backend).',
+            help="Ray cluster to join, HOST:PORT as `ray start --head` printed, run from a "
+            "node of it (ray backend; without it, a local Ray). Token clusters need "
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN. See README: Tune on a cluster.",
         ),
     ] = None,
     jobs: Annotated[
@@ -233,7 +235,11 @@ def tune_cmd(
         ),
     ] = False,
 ) -> None:
-    """Search hyperparameters with hyperopt TPE: every trial is a run folder, the best is linked."""
+    """Search hyperparameters with hyperopt TPE: every trial is a run folder, the best is linked.
+
+    With --backend ray the trials run on a Ray cluster (--address); they need nothing from
+    this machine's disk, and their folders and MLflow runs come back here.
+    """
     if name is not None:
         check_name(name)
     if resume is not None and (config is not None or set_):
@@ -246,7 +252,7 @@ def tune_cmd(
         return
     resolved = resolve_config(config, set_) if resume is None else None
     chosen = backend or (resolved.search.backend if resolved is not None else "hyperopt")
-    if address is not None and chosen != "ray":
+    if address is not None and chosen != "ray" and resume is None:
         raise UsageError("--address: only with --backend ray")
     base = load_document(config) if config is not None else None
     result = tune(

@@ -8,7 +8,9 @@ Files, by what they do:
 - ``trial.py``: one trial, a `heart train` run that asks after each epoch whether to go on;
 - ``workers.py``: trials in worker processes (``--jobs``);
 - ``tpe.py``: the hyperopt backend, TPE and the search loop;
-- ``ray.py``: the Ray Tune backend (the same space and ``[search]`` keys);
+- ``ray.py``: the Ray Tune backend (the same space and ``[search]`` keys), with
+  ``cluster.py`` (joining a cluster), ``ray_trial.py`` (what runs on a node) and
+  ``ray_results.py`` (the driver's record: trial folders, MLflow, search.json);
 - ``report.py``: the top trials and the successive-halving picture.
 """
 
@@ -57,12 +59,23 @@ def tune(
     """Start a new search from ``config``, or continue the one in ``resume``."""
     from heartcli.search.tpe import run_search
 
-    n_jobs = resolve_jobs(jobs)
+    on_ray = backend == "ray" or (
+        backend is None and config is not None and config.search.backend == "ray"
+    )
+    n_jobs = resolve_jobs(jobs, cluster=on_ray)
     if resume is not None:
         search_dir = Path(resume)
         read_state(search_dir)
         if (backend or search_config(search_dir).search.backend) == "ray":
-            raise UsageError("--resume continues hyperopt searches; rerun a ray search afresh")
+            from heartcli.search.ray import resume_ray
+
+            if evals is not None or max_minutes is not None:
+                raise UsageError(
+                    "--evals/--max-minutes: a Ray search continues with its own budget; drop them"
+                )
+            return resume_ray(search_dir, address=address, reporter=reporter)
+        if address is not None:
+            raise UsageError("--address: only with --backend ray")
         return run_search(
             search_dir, evals=evals, max_minutes=max_minutes, jobs=n_jobs, reporter=reporter
         )
@@ -75,14 +88,11 @@ def tune(
         config.search.backend = backend  # type: ignore[assignment]
     if jobs is not None and config.search.backend == "ray":
         config.search.concurrency = n_jobs
-    search_dir, lock = new_search(config, name, config_base)
     if config.search.backend == "ray":
-        from heartcli.search.ray import run_ray
+        from heartcli.search.ray import start_ray
 
-        try:
-            return run_ray(search_dir, address=address, reporter=reporter)
-        finally:
-            lock.release()
+        return start_ray(config, name, config_base, address=address, reporter=reporter)
+    search_dir, lock = new_search(config, name, config_base)
     return run_search(search_dir, jobs=n_jobs, reporter=reporter, lock=lock)
 
 

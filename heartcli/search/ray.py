@@ -6,179 +6,290 @@ same ``[search]`` keys pick Ray's own scheduler: ``pruner = "asha"`` is ``ASHASc
 (grace period ``min_epochs``, ``reduction_factor``, max_t the most epochs a trial can run),
 ``"median"`` is ``MedianStoppingRule`` (grace period ``warmup_epochs``, ``min_trials``
 samples required), ``"none"`` is FIFO. A trial a scheduler stops ends "pruned" in its
-manifest, search.json and MLflow. Each trial is the same
-``trial-NNN`` run folder, a nested MLflow run under one parent run. On a cluster, point
-``[train] runs_dir`` at a shared folder and ``[tracking] uri`` at an MLflow server that every
-node can reach; the default sqlite file only works on one machine.
+manifest, search.json and MLflow.
 
-Ray is an optional extra (``pip install 'heartcli[ray]'``); nothing imports it otherwise.
+No node needs the driver's disk, and the driver needs no shared storage:
+
+- a trial gets its config as text and its data from Ray's object store, trains in a scratch
+  folder of its node, and sends its files back through an inbox actor (ray_trial.py);
+- the driver writes them into ``runs/NAME/trial-NNN`` and logs every trial to MLflow as a
+  nested run of the search (ray_results.py): one store, the driver's;
+- a failed trial (a lost node) is retried ``[search] max_failures`` times from its last
+  epoch; Ray's own experiment state lives in ``runs/NAME/ray`` on the driver, so
+  ``heart tune --resume runs/NAME`` continues an interrupted search (Tuner.restore).
+
+Connecting (cluster.py) comes before the search folder is claimed. Ray is an optional extra
+(``pip install 'heartcli[ray]'``); nothing imports it otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from heartcli.config import SearchConfig
-from heartcli.errors import ConfigError, HeartError, UsageError
+from heartcli.config import HeartConfig, SearchConfig
+from heartcli.errors import HeartError, UsageError
+from heartcli.search.cluster import connect, disconnect
 from heartcli.search.report import build_report, write_report
 from heartcli.search.state import (
     SearchReporter,
     SearchResult,
     TrialRecord,
-    best_of,
-    failure,
-    history,
+    check_search,
     link_best,
-    mark_ended,
     max_trial_epochs,
     maximize,
-    metric_value,
+    new_search,
     read_state,
+    records_of,
     save_state,
     search_config,
     trial_config,
 )
 from heartcli.search.trial import shared_folds
-from heartcli.search_space import flatten, parse_space, to_hyperopt
+from heartcli.search_space import Space, parse_space, to_hyperopt
+
+EXPERIMENT = "ray"  # Ray Tune's experiment folder inside runs/NAME
+DATA_LOADS = ("data.dir", "data.split", "data.classes")  # keys that pick what a trial loads
 
 
-def claim_trial_dir(search_dir: Path) -> tuple[int, Path]:
-    """The next free ``trial-NNN`` folder, claimed with an atomic mkdir (safe across workers
-    on a shared folder)."""
-    number = 1
-    while True:
-        path = search_dir / f"trial-{number:03d}"
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Joined to the cluster (or a local Ray) for the duration, and left after.
+
+    Ray prints to stdout from its own threads (a lost node's "(raylet) ..." error among
+    them) until the driver leaves the cluster: all of it goes to stderr, as stdout is
+    heart's result (one JSON document with --json).
+    """
+    with contextlib.redirect_stdout(sys.stderr):
+        started = connect(address)
         try:
-            path.mkdir()
-            return number, path
-        except FileExistsError:
-            number += 1
+            yield
+        finally:
+            if started:
+                disconnect()
 
 
-def _writable(beats: Any) -> Any:
-    """Ray's object store hands out read-only arrays; torch wants writable ones."""
-    import dataclasses
-
-    import numpy as np
-
-    if beats is None:
-        return None
-    return dataclasses.replace(beats, x=np.array(beats.x), y=np.array(beats.y))
-
-
-def _trainable(
-    sample: dict[str, Any],
+def start_ray(
+    config: HeartConfig,
+    name: str | None,
+    config_base: Any,
     *,
-    search_dir: str,
-    config_text: str,
-    parent_run_id: str | None,
-    tracking_uri: str | None = None,
-    cwd: str | None = None,
-    train_data: Any = None,
-    val_data: Any = None,
-) -> None:
-    """One Ray trial: a `heart train` run that reports the metric after every epoch."""
-    # Ray starts a trial in its own folder: work from the driver's folder (relative paths in
-    # the config), and log to the driver's MLflow store, not a new one in the trial folder.
-    if cwd and Path(cwd).is_dir():
-        os.chdir(cwd)
-    if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    import tomlkit
-    from ray import tune
-
-    from heartcli.config import load_config
-    from heartcli.training import TrainingDiverged, train
-
-    folder = Path(search_dir)
-    config = load_config(folder / "search.toml")
-    s = config.search
-    space = parse_space(s.space)
-    values = flatten(space, sample)
-    number, run_dir = claim_trial_dir(folder)
-    try:
-        cfg = trial_config(config, values, number)
-    except ConfigError as exc:
-        raise HeartError(f"trial-{number:03d}: {'; '.join(exc.problems)}") from None
-    if cfg.train.threads == 0:
-        cfg.train.threads = 1  # one core per trial; Ray schedules the rest
-
-    stopped = False
-
-    def on_epoch(info: Any) -> bool:
-        nonlocal stopped
-        if info.epoch >= cfg.train.epochs:
-            return False  # the last epoch: the final report below carries it, never a stop
-        value = metric_value(s.metric, vars(info))
+    address: str | None = None,
+    reporter: SearchReporter | None = None,
+) -> SearchResult:
+    """A new Ray search: join the cluster first, then claim ``runs/NAME`` and run it."""
+    name = check_search(config, name)
+    with ray_session(address):
+        datasets = trial_datasets(config, parse_space(config.search.space))
+        search_dir, lock = new_search(config, name, config_base)
         try:
-            tune.report({s.metric: value, "epoch": info.epoch, "trial": number, "final": False})
-        except SystemExit:
-            # Ray's scheduler stops a trial with sys.exit() inside report: end it as pruned
-            # (manifest, MLflow), not as a failure.
-            stopped = True
-            return True
-        return False
+            return run_ray(search_dir, reporter=reporter, datasets=datasets)
+        finally:
+            lock.release()
 
-    try:
-        result = train(
-            cfg,
-            run_dir,
-            on_epoch=on_epoch,
-            tracking_parent=parent_run_id,
-            train_data=_writable(train_data),
-            val_data=_writable(val_data),
-            config_base=tomlkit.parse(config_text),
+
+def resume_ray(
+    search_dir: Path, *, address: str | None = None, reporter: SearchReporter | None = None
+) -> SearchResult:
+    """Continue an interrupted Ray search where Ray's experiment state left it."""
+    from heartcli.search.state import SearchLock
+
+    if not (Path(search_dir) / EXPERIMENT / "tuner.pkl").exists():
+        raise UsageError(
+            f"{search_dir}: Ray never saved this search's state (it stopped before its first "
+            "trial); start it again under a new --name"
         )
-    except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
-        # The number leads the message: a trial that fails reports nothing else.
-        raise HeartError(f"trial-{number:03d}: {failure(exc)}") from None
-    if stopped:
-        return  # Ray wants no more reports from a trial it stopped
-    best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
-    tune.report(
-        {
-            s.metric: metric_value(s.metric, best_row),
-            "epoch": result.epochs_run,
-            "trial": number,
-            "final": True,
-            "heart_status": result.status,
-            "best_epoch": result.best_epoch,
-        }
+    with ray_session(address):
+        lock = SearchLock(Path(search_dir))
+        lock.acquire()
+        try:
+            return run_ray(Path(search_dir), reporter=reporter, resume=True)
+        finally:
+            lock.release()
+
+
+def run_ray(
+    search_dir: Path,
+    *,
+    reporter: SearchReporter | None = None,
+    resume: bool = False,
+    datasets: dict[str, tuple[Any, Any]] | None = None,
+) -> SearchResult:
+    """Run (or continue) the search in ``search_dir`` through Ray Tune on the joined cluster.
+
+    ``datasets`` are what trials train on (see :func:`trial_datasets`; loaded when None).
+    """
+    from heartcli.search.ray_results import activate
+
+    begun = time.perf_counter()
+    search_dir = Path(search_dir).resolve()
+    config = search_config(search_dir)
+    space = parse_space(config.search.space)
+    if datasets is None:
+        datasets = trial_datasets(config, space)
+    book, parent = _open_book(search_dir, config, reporter, resume)
+    status = "interrupted"
+    activate(book)
+    try:
+        _fit(_tuner(search_dir, config, datasets, book.inbox, resume), book)
+        status = "completed"
+    finally:
+        activate(None)
+        if status != "completed":
+            book.interrupt()
+        result = SearchResult(
+            search_dir,
+            config.search.metric,
+            sorted(book.records.values(), key=lambda r: r.number),
+            tracking_run_id=parent.run_id,
+            keys=space.keys,
+            jobs=config.search.concurrency,
+        )
+        book.save()
+        _wrap_up(search_dir, config, result, parent, status)
+        _kill(book.inbox)
+        result.seconds = time.perf_counter() - begun
+    return result
+
+
+def _open_book(
+    search_dir: Path, config: HeartConfig, reporter: SearchReporter | None, resume: bool
+) -> tuple[Any, Any]:
+    """(the driver's record of the search, its parent MLflow run), the inbox started."""
+    from heartcli.search.ray_results import Book
+    from heartcli.tracking import Tracker
+
+    state = read_state(search_dir)
+    parent = Tracker(config, search_dir, run_id=state.get("parent_run_id") if resume else None)
+    state["parent_run_id"] = parent.run_id
+    state["ray_started"] = time.time()
+    records = records_of(state)
+    save_state(search_dir, state, records)  # the parent run's id: a resume reopens it
+    space = parse_space(config.search.space)
+    book = Book(
+        search_dir,
+        config,
+        space,
+        state,
+        parent.run_id,
+        _inbox(records),
+        reporter,
+        records={r.key: r for r in records},
     )
+    if reporter is not None:
+        reporter.start(
+            {
+                "search_dir": str(search_dir),
+                "evals": int(state["evals"]),
+                "done": sum(r.finished for r in records),
+                "metric": config.search.metric,
+                "keys": space.keys,
+                "tracking_run_id": parent.run_id,
+                "jobs": config.search.concurrency,
+            }
+        )
+    return book, parent
 
 
-def _error_reason(error: BaseException) -> tuple[int | None, str]:
-    """(trial number, reason) of a Ray trial's error."""
-    import re
+def _fit(tuner: Any, book: Any) -> None:
+    """Ray Tune's run; its failures as one line; trials Ray lost settled after it."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Ray Tune's own progress: not stdout
+            grid = tuner.fit()
+    except (HeartError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise HeartError(f"ray: the search stopped ({first})") from None
+    if grid.errors and not book.records:
+        raise HeartError(f"ray: the search failed before any trial ran ({grid.errors[0]})")
+    book.settle()
 
-    cause = getattr(error, "cause", None) or error
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    text = next((line for line in reversed(lines) if "trial-" in line), lines[-1] if lines else "")
-    m = re.search(r"trial-(\d+): (.*)", text)
-    if m:
-        return int(m.group(1)), m.group(2).strip()
-    return None, text.strip() or type(cause).__name__
+
+# --------------------------------------------------------------------------- the pieces
 
 
-def _from_folder(record: TrialRecord, metric: str) -> None:
-    """Curve, best epoch and metric of a trial from its history.csv (the kept epoch)."""
-    rows = history(Path(record.run_dir))
-    values = [metric_value(metric, row) for row in rows]
-    record.curve = [v for v in values if v is not None]
-    scored = [
-        (float(r["val_macro_f1"]), int(r["epoch"]), v)
-        for r, v in zip(rows, values, strict=True)
-        if v is not None
-    ]
-    if scored:
-        best = max(scored, key=lambda t: (t[0], -t[1]))
-        record.best_epoch, record.metric = best[1], best[2]
-        record.epochs_run = len(rows)
+def trial_datasets(config: HeartConfig, space: Space) -> dict[str, tuple[Any, Any]]:
+    """What trials train on, loaded once on the driver for Ray's object store.
+
+    The shared training and validation fold; or, when the space changes the validation
+    fold or the data, every training split a trial can ask for, whole (each trial carves
+    its own validation fold from it).
+    """
+    from heartcli.dataset import load_split
+    from heartcli.search.ray_trial import data_key
+
+    train, val = shared_folds(config, space)
+    if train is not None:
+        return {data_key(config): (train, val)}
+    choices: list[list[Any]] = []
+    for key in DATA_LOADS:
+        param = space.param(key)
+        options = param.dist.values() if param is not None and param.dist is not None else None
+        if param is not None and options is None:
+            raise UsageError(
+                f"search.space.{key}: the ray backend loads every dataset a trial can use "
+                "before the search starts; give it a choice of values"
+            )
+        choices.append(options if options is not None else [None])
+    out: dict[str, tuple[Any, Any]] = {}
+    for combo in itertools.product(*choices):
+        picked = {k: v for k, v in zip(DATA_LOADS, combo, strict=True) if v is not None}
+        cfg = trial_config(config, picked, 0) if picked else config
+        d = cfg.data
+        out[data_key(cfg)] = (load_split(d.dir, d.split, "train", classes=d.classes), None)
+    return out
+
+
+def _inbox(records: list[TrialRecord]) -> Any:
+    """The inbox actor on the head node, holding what a resumed search's trials start from."""
+    import ray
+
+    from heartcli import runs
+    from heartcli.search.ray_trial import Inbox
+
+    numbers = {r.key: r.number for r in records if r.key}
+    files: dict[str, dict[str, bytes]] = {}
+    for r in records:
+        folder = Path(r.run_dir)
+        if r.key and r.status == "running" and (folder / runs.CHECKPOINT).exists():
+            files[r.key] = {
+                p.relative_to(folder).as_posix(): p.read_bytes()
+                for p in folder.rglob("*")
+                if p.is_file() and not p.name.startswith(".")
+            }
+    finals = {
+        r.key: {
+            "trial": r.number,
+            "final": True,
+            "epoch": r.epochs_run,
+            "heart_status": r.status,
+            "best_epoch": r.best_epoch,
+            "node": r.node,
+        }
+        for r in records
+        if r.key and r.status != "running"
+    }
+    actor = ray.remote(Inbox).options(
+        num_cpus=0,
+        resources={"node:__internal_head__": 0.001},  # it outlives any worker node
+        max_concurrency=8,
+    )
+    return actor.remote(numbers, files, finals)
+
+
+def _kill(inbox: Any) -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.kill(inbox)
 
 
 def scheduler(s: SearchConfig, max_epochs: int, mode: str) -> Any:
@@ -205,42 +316,6 @@ def scheduler(s: SearchConfig, max_epochs: int, mode: str) -> Any:
     return FIFOScheduler()
 
 
-def _collect(grid: Any, search_dir: Path, s: SearchConfig, space: Any) -> list[TrialRecord]:
-    """Trial records from Ray's results (numbers from the trials' own reports)."""
-    records: list[TrialRecord] = []
-    unnumbered: list[TrialRecord] = []
-    for i in range(len(grid)):
-        res = grid[i]
-        metrics = res.metrics or {}
-        record = TrialRecord(0, {}, flatten(space, dict(res.config or {})))
-        record.seconds = float(metrics.get("time_total_s") or 0.0)
-        number: int | None
-        if res.error is not None:
-            number, record.reason = _error_reason(res.error)
-            record.status = "failed"
-        else:
-            number = int(metrics["trial"])
-            final = metrics.get("final")
-            record.status = str(metrics.get("heart_status", "completed")) if final else "pruned"
-        if number is None:
-            unnumbered.append(record)
-            continue
-        record.number = number
-        record.run_dir = str(search_dir / f"trial-{number:03d}")
-        if record.status == "pruned":
-            record.reason = f"stopped by Ray's {s.pruner} scheduler"
-            mark_ended(Path(record.run_dir), "pruned", record.reason)
-        elif record.status == "failed":
-            mark_ended(Path(record.run_dir), "failed", record.reason)
-        if record.status != "failed":
-            _from_folder(record, s.metric)
-        records.append(record)
-    for record in unnumbered:
-        record.number = max((r.number for r in records), default=0) + 1
-        records.append(record)
-    return sorted(records, key=lambda r: r.number)
-
-
 def _searcher(expr: Any, s: SearchConfig, mode: str) -> Any:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.hyperopt import HyperOptSearch
@@ -260,123 +335,63 @@ def _searcher(expr: Any, s: SearchConfig, mode: str) -> Any:
 
 def _tuner(
     search_dir: Path,
-    config: Any,
-    config_text: str,
-    parent: Any,
-    folds: tuple[Any, Any],
-    evals: int,
+    config: HeartConfig,
+    datasets: dict[str, tuple[Any, Any]],
+    inbox: Any,
+    resume: bool,
 ) -> Any:
-    """Ray Tune's Tuner for the search: the trainable, the searcher and the scheduler."""
+    """Ray Tune's Tuner for the search (or the one Ray saved, to continue it)."""
     from ray import tune
 
+    from heartcli.search.ray_results import TrialLog
+    from heartcli.search.ray_trial import trainable
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # heart keeps the results
+    # Ctrl-C is a KeyboardInterrupt here, as everywhere in heart (exit 130, trials closed as
+    # interrupted); Ray Tune's own handler would end fit() as if the search had finished.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    # Ray's experiment state (what --resume restores) at most 5 s old, not "auto" (>= 10 s).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     s = config.search
-    space = parse_space(s.space)
-    mode = "max" if maximize(s.metric) else "min"
     resources: dict[str, float] = {"cpu": 1, "gpu": 1 if config.train.device == "cuda" else 0}
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            _trainable,
-            search_dir=str(search_dir),
-            config_text=config_text,
-            parent_run_id=parent.run_id,
-            tracking_uri=parent.uri,
-            cwd=os.getcwd(),
-            train_data=folds[0],
-            val_data=folds[1],
-        ),
+    text = (search_dir / "search.toml").read_text(encoding="utf-8")
+    wrapped = tune.with_resources(
+        tune.with_parameters(trainable, config_text=text, datasets=datasets, inbox=inbox),
         resources,
     )
+    if resume:
+        return tune.Tuner.restore(
+            str(search_dir / EXPERIMENT), trainable=wrapped, resume_unfinished=True
+        )
+    space = parse_space(s.space)
+    mode = "max" if maximize(s.metric) else "min"
     return tune.Tuner(
-        trainable,
+        wrapped,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(to_hyperopt(space, config.model.conv_layers), s, mode),
             scheduler=scheduler(s, max_trial_epochs(config, space), mode),
-            num_samples=evals,
+            num_samples=config.search.evals,
             time_budget_s=s.max_minutes * 60 if s.max_minutes > 0 else None,
         ),
-        run_config=tune.RunConfig(name="ray", storage_path=str(search_dir), verbose=0),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=str(search_dir),  # Ray's experiment state: on the driver's disk
+            verbose=0,
+            callbacks=[TrialLog()],
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+        ),
     )
-
-
-def run_ray(
-    search_dir: Path, *, address: str | None = None, reporter: SearchReporter | None = None
-) -> SearchResult:
-    """Run the search in ``search_dir`` (made by new_search) through Ray Tune."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(
-            "--backend ray needs Ray Tune; install it with `pip install 'heartcli[ray]'`"
-        ) from None
-    from heartcli.tracking import Tracker
-
-    started = time.perf_counter()
-    search_dir = Path(search_dir).resolve()
-    state = read_state(search_dir)
-    config = search_config(search_dir)
-    config_text = (search_dir / "search.toml").read_text(encoding="utf-8")
-    s = config.search
-    space = parse_space(s.space)
-    evals = int(state["evals"])
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    parent = Tracker(config, search_dir)
-    state["parent_run_id"] = parent.run_id
-    train_data, val_data = shared_folds(config, space)
-    if reporter is not None:
-        reporter.start(
-            {
-                "search_dir": str(search_dir),
-                "evals": evals,
-                "done": 0,
-                "metric": s.metric,
-                "keys": space.keys,
-                "tracking_run_id": parent.run_id,
-                "jobs": s.concurrency,
-            }
-        )
-    tuner = _tuner(search_dir, config, config_text, parent, (train_data, val_data), evals)
-    status = "completed"
-    records: list[TrialRecord] = []
-    try:
-        # Ray Tune writes its own progress to stdout: keep stdout for heart's result.
-        with contextlib.redirect_stdout(sys.stderr):
-            grid = tuner.fit()
-        records = _collect(grid, search_dir, s, space)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        result = SearchResult(
-            search_dir,
-            s.metric,
-            records,
-            tracking_run_id=parent.run_id,
-            keys=space.keys,
-            jobs=s.concurrency,
-        )
-        _wrap_up(search_dir, state, config, result, parent, reporter, status)
-        result.seconds = time.perf_counter() - started
-    return result
 
 
 def _wrap_up(
     search_dir: Path,
-    state: dict[str, Any],
-    config: Any,
+    config: HeartConfig,
     result: SearchResult,
     parent: Any,
-    reporter: SearchReporter | None,
     status: str,
 ) -> None:
+    """The best trial's links, the report, and the search's own MLflow run closed."""
     records = result.records
-    save_state(search_dir, state, records)
-    if reporter is not None:
-        maximise = maximize(config.search.metric)
-        for n, record in enumerate(records):
-            reporter.trial_end(record, best_of(records[: n + 1], maximise))
     result.best, result.best_config, result.notes = link_best(search_dir, config, records)
     with contextlib.suppress(Exception):
         result.report = build_report(search_dir)

@@ -66,6 +66,9 @@ class TrialRecord:
     started_at: float | None = None  # unix time the trial (last) started
     ended_at: float | None = None  # unix time it ended
     worker: int | None = None  # process id of the worker that ran it (--jobs)
+    key: str = ""  # Ray Tune's trial id (ray backend): the same on every retry
+    retries: int = 0  # times Ray restarted it after a failure (a lost node)
+    node: str = ""  # Ray node id that ran (the last try of) it
 
     @property
     def finished(self) -> bool:
@@ -141,6 +144,11 @@ def check_folds(config: HeartConfig) -> None:
         return
     if s.folds == 1:
         raise UsageError("search.folds: 1 fold is no cross-validation; use 0 (off) or 2 or more")
+    if s.backend == "ray":
+        raise UsageError(
+            "search.folds runs on the hyperopt backend (a Ray trial trains one fold); use "
+            "--backend hyperopt, or search.folds = 0 on Ray"
+        )
     if s.pruner != "none":
         raise UsageError(
             f'search.folds = {s.folds} needs search.pruner = "none": a trial\'s folds train one '
@@ -256,11 +264,8 @@ def _check_name(name: str) -> None:
         )
 
 
-def new_search(
-    config: HeartConfig, name: str | None = None, config_base: Any = None
-) -> tuple[Path, SearchLock]:
-    """Claim ``runs/NAME`` (an atomic mkdir, then its lock) with the search's config and an
-    empty state; nothing runs yet. Two starts with one name: the second is refused."""
+def check_search(config: HeartConfig, name: str | None = None) -> str:
+    """The search's name, once its space, pruner and name are fine (before anything starts)."""
     if not config.search.space:
         raise UsageError(
             "search.space: empty; add search.space entries, e.g. "
@@ -269,6 +274,15 @@ def new_search(
     check_pruner(config)
     name = datetime.now().strftime("tune-%Y%m%d-%H%M%S") if name is None else name
     _check_name(name)
+    return name
+
+
+def new_search(
+    config: HeartConfig, name: str | None = None, config_base: Any = None
+) -> tuple[Path, SearchLock]:
+    """Claim ``runs/NAME`` (an atomic mkdir, then its lock) with the search's config and an
+    empty state; nothing runs yet. Two starts with one name: the second is refused."""
+    name = check_search(config, name)
     search_dir = Path(config.train.runs_dir) / name
     search_dir.parent.mkdir(parents=True, exist_ok=True)
     try:

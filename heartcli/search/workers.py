@@ -43,8 +43,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_jobs(jobs: str | int | None) -> int:
-    """``--jobs``: a number from 1 to the cores, or "auto"; exit 2 otherwise."""
+def resolve_jobs(jobs: str | int | None, cluster: bool = False) -> int:
+    """``--jobs``: a number from 1 to the cores, or "auto"; exit 2 otherwise.
+
+    ``cluster``: trials run on a Ray cluster, whose cores are not this machine's: any
+    number from 1 up.
+    """
     n = cores()
     if jobs is None:
         return 1
@@ -54,7 +58,9 @@ def resolve_jobs(jobs: str | int | None) -> int:
         value = int(jobs)
     except ValueError:
         raise UsageError(f'--jobs: "{jobs}" is not a number; use 1 to {n} or "auto"') from None
-    if not 1 <= value <= n:
+    if cluster and value < 1:
+        raise UsageError(f"--jobs: {value} is not a number of trials at once (1 or more)")
+    if not cluster and not 1 <= value <= n:
         raise UsageError(f"--jobs: {value} is not between 1 and the {n} cores here (or auto)")
     return value
 
