@@ -282,3 +282,51 @@ def test_max_minutes_with_two_jobs_stops_both_trials_at_an_epoch(tmp_path, sampl
         assert 1 <= t["epochs_run"] < 500
     workers = {t["worker"] for t in trials}
     assert len(workers) == 2  # the two trials ran side by side, one per worker
+
+
+def test_sigterm_of_a_search_with_two_jobs_stops_cleanly_and_resumes(tmp_path, sample_dir):
+    # SIGTERM (a scheduler's stop, `kill`) is Ctrl-C for heart: the workers end their trials
+    # as interrupted, with no traceback, and --resume continues them from their checkpoints.
+    config = tmp_path / "slow.toml"
+    config.write_text(SLOW.format(data=sample_dir, epochs=40).replace("evals = 5", "evals = 2"))
+    search = tmp_path / "runs" / "t"
+    proc = subprocess.Popen(
+        heart_cmd("tune", "--config", str(config), "--name", "t", "--jobs", "2"),
+        cwd=tmp_path,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(proc, "a trial to train", lambda: running_trial(search, 2))
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: interrupted"
+    stopped = [t for t in read_state(search)["trials"] if t["status"] == "running"]
+    assert stopped, "the interrupted trials stay to be resumed"
+    kept = {}
+    for t in stopped:
+        run = search / f"trial-{t['number']:03d}"
+        assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+        kept[t["number"]] = (run / "history.csv").read_text()
+
+    resumed = subprocess.run(
+        heart_cmd("tune", "--resume", str(search), "--jobs", "2"),
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    trials = read_state(search)["trials"]
+    assert [t["status"] for t in trials] == ["completed", "completed"]
+    for number, history in kept.items():
+        # Resumed from the checkpoint: the epochs before the stop are kept as they were.
+        again = (search / f"trial-{number:03d}" / "history.csv").read_text()
+        assert again.startswith(history) and len(again) > len(history)

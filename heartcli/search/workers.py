@@ -132,6 +132,10 @@ def _serve(conn: Connection, args: WorkerArgs) -> None:
     def ask(number: int, epoch: int, epochs: int, curve: list[float]) -> bool:
         conn.send(("epoch", number, epoch, epochs, curve))
         reply = conn.recv()
+        if reply[0] == "exit":
+            # The search is stopping (Ctrl-C or SIGTERM of heart tune) while this trial waits
+            # for its answer: end the trial as interrupted (its checkpoint is saved) for --resume.
+            raise KeyboardInterrupt
         return bool(reply[1])
 
     conn.send(("ready",))
