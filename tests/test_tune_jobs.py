@@ -67,6 +67,25 @@ def heart_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "heartcli", *args]
 
 
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """`heart ARGS` in the background, its stderr kept."""
+    return subprocess.Popen(
+        heart_cmd(*args),
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`heart ARGS` to its end, stdout and stderr kept."""
+    return subprocess.run(
+        heart_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def read_state(search: Path) -> dict:
     try:
         return json.loads((search / "search.json").read_text())
@@ -111,14 +130,7 @@ def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_d
     config = tmp_path / "slow.toml"
     config.write_text(SLOW.format(data=sample_dir, epochs=24))
     search = tmp_path / "runs" / "j"
-    proc = subprocess.Popen(
-        heart_cmd("tune", "--config", str(config), "--name", "j", "--jobs", "2"),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(tmp_path, "tune", "--config", str(config), "--name", "j", "--jobs", "2")
     try:
         # kill -9 of the worker under a running trial: that trial fails, the search goes on.
         victim = wait_for(proc, "a trial to train", lambda: running_trial(search))
@@ -139,25 +151,13 @@ def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_d
             return done and running_trial(search, 2)
 
         wait_for(proc, "a trial to finish and another to run", later)
-        report = subprocess.run(
-            heart_cmd("--json", "tune", "--resume", str(search), "--report"),
-            cwd=tmp_path,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
+        report = finish(
+            tmp_path, "--json", "tune", "--resume", str(search), "--report", timeout=120
         )
         assert report.returncode == 0, report.stderr
         assert json.loads(report.stdout)["running"]
         # A second run of the same search at the same time is refused.
-        again = subprocess.run(
-            heart_cmd("tune", "--resume", str(search)),
-            cwd=tmp_path,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = finish(tmp_path, "tune", "--resume", str(search), timeout=120)
         assert again.returncode == 2
         assert again.stderr.strip().endswith(
             f"{search} is in use by another `heart tune`; "
@@ -179,14 +179,7 @@ def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_d
     before = read_state(search)["trials"]
     assert any(t["status"] == "running" for t in before)
 
-    done = subprocess.run(
-        heart_cmd("--json", "tune", "--resume", str(search), "--jobs", "2"),
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = finish(tmp_path, "--json", "tune", "--resume", str(search), "--jobs", "2", timeout=600)
     assert done.returncode == 0, done.stderr
     trials = read_state(search)["trials"]
     assert [t["number"] for t in trials] == [1, 2, 3, 4, 5]
@@ -290,14 +283,7 @@ def test_sigterm_of_a_search_with_two_jobs_stops_cleanly_and_resumes(tmp_path, s
     config = tmp_path / "slow.toml"
     config.write_text(SLOW.format(data=sample_dir, epochs=40).replace("evals = 5", "evals = 2"))
     search = tmp_path / "runs" / "t"
-    proc = subprocess.Popen(
-        heart_cmd("tune", "--config", str(config), "--name", "t", "--jobs", "2"),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start(tmp_path, "tune", "--config", str(config), "--name", "t", "--jobs", "2")
     try:
         wait_for(proc, "a trial to train", lambda: running_trial(search, 2))
         proc.send_signal(signal.SIGTERM)
@@ -315,14 +301,7 @@ def test_sigterm_of_a_search_with_two_jobs_stops_cleanly_and_resumes(tmp_path, s
         assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
         kept[t["number"]] = (run / "history.csv").read_text()
 
-    resumed = subprocess.run(
-        heart_cmd("tune", "--resume", str(search), "--jobs", "2"),
-        cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    resumed = finish(tmp_path, "tune", "--resume", str(search), "--jobs", "2", timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     trials = read_state(search)["trials"]
     assert [t["status"] for t in trials] == ["completed", "completed"]
