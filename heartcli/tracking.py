@@ -214,10 +214,6 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
 
     Returns a one-line note for the user: where the figures went, or why they did not.
     """
-    tracking = manifest.get("tracking") or {}
-    uri, run_id = tracking.get("uri"), tracking.get("run_id")
-    if not uri or not run_id:
-        return "not logged to MLflow (the run was trained with tracking off)"
     part = "test" if result.get("split") else "eval"
     figures = {
         f"{part}_accuracy": result["accuracy"],
@@ -236,28 +232,28 @@ def log_evaluation(manifest: dict[str, Any], result: dict[str, Any], artifacts: 
             for key in ("se", "ppv", "fpr", "f1"):
                 figures[f"{part}_{row}_{key}"] = per[key]
     tags = {f"heart.{part}_data": str(result.get("data", ""))}
-    return log_to_run(uri, run_id, figures, tags, artifacts)
+    return log_to_run(manifest, figures, tags, artifacts)
 
 
 def log_crossval(manifest: dict[str, Any], figures: dict[str, dict[str, float]]) -> str:
     """Add the K-fold validation figures (``cv_<figure>_mean`` / ``_std``) to the MLflow run
     of a cross-validated run's final model. Returns a one-line note, as log_evaluation."""
-    tracking = manifest.get("tracking") or {}
-    uri, run_id = tracking.get("uri"), tracking.get("run_id")
-    if not uri or not run_id:
-        return "not logged to MLflow (the run was trained with tracking off)"
     metrics = {f"cv_{k}_{stat}": v for k, per in figures.items() for stat, v in per.items()}
-    return log_to_run(uri, run_id, metrics, {}, [])
+    return log_to_run(manifest, metrics, {}, [])
 
 
 def log_to_run(
-    uri: str,
-    run_id: str,
+    manifest: dict[str, Any],
     metrics: dict[str, float],
     tags: dict[str, str],
     artifacts: list[Path],
 ) -> str:
-    """Log metrics, tags and files to an existing (finished) MLflow run; never raises."""
+    """Log metrics, tags and files to a finished run's own MLflow run (from its manifest);
+    never raises. Returns a one-line note: where they went, or why they did not."""
+    tracking = manifest.get("tracking") or {}
+    uri, run_id = tracking.get("uri"), tracking.get("run_id")
+    if not uri or not run_id:
+        return "not logged to MLflow (the run was trained with tracking off)"
     why = unreachable(uri)
     if why is not None:
         return f"not logged to MLflow at {uri} ({why})"
