@@ -55,6 +55,7 @@ RHYTHM_DERIVED = {
 }
 RHYTHM_USABLE = RHYTHM_FEATURES + tuple(RHYTHM_DERIVED)
 SEED_MAX = 2**32 - 1  # numpy, scikit-learn and torch all accept seeds in 0..2**32-1
+MAX_THREADS = 1024  # heartcli.threads.MAX_THREADS: more is a typo, not a machine
 
 
 class Section(BaseModel):
@@ -295,8 +296,25 @@ class TrainConfig(Section):
         description='training budget: stop after the epoch that crosses it (status "budget", '
         "best weights kept); 0 = none",
     )
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    threads: int | str = Field(
+        "auto",
+        description='torch CPU threads: "auto" = the CPUs this process may use (affinity, '
+        "cgroup quota) less those other programs keep busy, re-checked every epoch; a number "
+        f"(1-{MAX_THREADS}) fixes it; 0 = every usable CPU",
+    )
     runs_dir: str = Field("runs", description="folder that holds the run folders")
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _valid_threads(cls, value: Any) -> Any:
+        # One message for every wrong shape, before the int | str union adds one per member.
+        count = isinstance(value, int) and not isinstance(value, bool)
+        if value == "auto" or (count and 0 <= value <= MAX_THREADS):
+            return value
+        raise ValueError(
+            f'use "auto" or a whole number of threads 0..{MAX_THREADS} (got {value!r}); '
+            "0 = every usable CPU"
+        )
 
 
 class AugmentConfig(Section):

@@ -11,15 +11,17 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
-from heartcli.config import HeartConfig, load_config
 from heartcli.errors import HeartError
+
+if TYPE_CHECKING:
+    from heartcli.config import HeartConfig
 
 GLOBAL_FLAGS = {"--json", "-q", "--quiet"}
 
@@ -288,4 +290,6 @@ SetOption = Annotated[
 
 
 def resolve_config(config: Path | None, overrides: Sequence[str] | None) -> HeartConfig:
+    from heartcli.config import load_config  # pydantic: loaded by the commands that read one
+
     return load_config(config, list(overrides or ()))

@@ -15,6 +15,7 @@ from heartcli.cli import fetch as fetch_cmd
 from heartcli.cli import predict as predict_cmd
 from heartcli.cli._util import HeartCommand, Output, json_requested, make_app, set_output
 from heartcli.cli.tune import tune_cmd
+from heartcli.threads import passive_openmp
 
 app = make_app(
     "heart: ECG heartbeat classification on MIT-BIH, from raw PhysioNet records to an "
@@ -58,4 +59,5 @@ def root(
 
 
 def main() -> None:
+    passive_openmp()  # before anything loads torch (and with it libgomp)
     app()

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from heartcli.cli._util import ConfigOption, HeartCommand, SetOption, make_app, out, resolve_config
-from heartcli.config import HeartConfig, dumps, load_document, save_config
 from heartcli.errors import UsageError
 
 app = make_app("Write or show the TOML config that every command reads.")
@@ -23,6 +22,8 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write the complete default config, with a comment on every key."""
+    from heartcli.config import HeartConfig, save_config
+
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     save_config(HeartConfig(), path)
@@ -33,6 +34,8 @@ def init(
 @app.command("show", cls=HeartCommand)
 def show(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Print the resolved config (file + --set over the defaults) as TOML, or JSON with --json."""
+    from heartcli.config import dumps, load_document
+
     resolved = resolve_config(config, set_)
     base = load_document(config) if config is not None else None
     o = out()

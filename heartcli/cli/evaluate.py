@@ -10,7 +10,6 @@ from rich import box
 from rich.table import Table
 
 from heartcli.cli._util import out
-from heartcli.dataset import AAMI_CLASSES
 
 
 def evaluate(
@@ -59,6 +58,8 @@ def evaluate(
 
 
 def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
+    from heartcli.dataset import AAMI_CLASSES
+
     console = out().console
     classes = result["classes"]
     aami = classes == AAMI_CLASSES

@@ -19,9 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
-from heartcli.config import DataConfig
-from heartcli.data.fetch import FetchListener, FetchResult
-from heartcli.data.fetch import fetch as fetch_records
+from heartcli.data.events import FetchListener, FetchResult
 from heartcli.errors import UsageError
 
 
@@ -205,11 +203,15 @@ def fetch(
         o.result(data, lambda: render_counts(o.console, f"imported into {target}", manifest))
         return
 
+    from heartcli.config import DataConfig
+
     default_records = DataConfig.model_fields["records"].default
     if out_dir is not None and cfg.records == default_records:
         records = out_dir / "records"
     else:
         records = Path(cfg.records)
+    from heartcli.data.fetch import fetch as fetch_records
+
     with RichListener(o.err) as listener:
         result = fetch_records(
             target,

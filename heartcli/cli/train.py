@@ -11,7 +11,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
-from heartcli.config import load_document
 from heartcli.errors import UsageError
 
 
@@ -39,8 +38,12 @@ class RichProgress:
         )
         self.o.log(
             f"run {summary['run_dir']}  ({summary['device']}, {summary['precision']}, "
-            f"{summary['threads']} threads, batch {summary['batch_size']})"
+            f"{summary['threads_text']}, batch {summary['batch_size']})"
         )
+        if summary["device"] == "cpu":
+            self.o.log(f"OpenMP waiting: {summary['omp_wait_policy']} (OMP_WAIT_POLICY)")
+        if summary.get("threads_warning"):
+            self.o.warn(f"warning: {summary['threads_warning']}")
         self.o.log(f"model: {summary['parameters']:,} parameters")
         self.o.log(
             f"training fold -> one epoch's draws: {counts}; "
@@ -186,12 +189,16 @@ def train(
                 "--resume continues a run with its own config.toml; drop --config/--name "
                 "(use --set to change keys)"
             )
+        from heartcli.config import load_document
+
         manifest = runs.read_run_manifest(resume)
         runs.check_run_config(resume, manifest)  # a cut or edited config.toml is refused
         resolved = runs.read_run_config(resume, list(set_ or ()))
         base = load_document(resume / runs.CONFIG)
         run_dir = resume
     else:
+        from heartcli.config import load_document
+
         resolved = resolve_config(config, set_)
         base = load_document(config) if config is not None else None
         run_dir = runs.new_run_dir(resolved, name)

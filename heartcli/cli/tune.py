@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.status import Status
 from rich.table import Table
 
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
-from heartcli.config import load_document
 from heartcli.errors import UsageError
-from heartcli.runs import check_name
-from heartcli.search import SearchResult, TrialRecord, describe, report, tune
+
+if TYPE_CHECKING:  # the search package loads torch: imported when a search runs
+    from heartcli.search import SearchResult, TrialRecord
 
 COLUMNS = [
     ("trial", 5, "right"),
@@ -90,6 +90,8 @@ class LiveTable:
                 no_wrap=w is not None,
                 overflow="fold",
             )
+        from heartcli.search import describe
+
         params = describe(record.params, self.keys)
         if record.status == "failed":
             params = f"{record.reason}  [{params}]"
@@ -125,6 +127,8 @@ def render(result: SearchResult) -> None:
         f"(epoch {best.best_epoch} of {best.epochs_run})",
         highlight=False,
     )
+    from heartcli.search import describe
+
     o.console.print(f"  {describe(best.params, result.keys)}", highlight=False)
     o.console.print(f"best run:    {result.search_dir / 'best'}", highlight=False)
     o.console.print(f"best config: {result.best_config}", highlight=False)
@@ -135,6 +139,8 @@ def render(result: SearchResult) -> None:
 
 def render_report(data: dict[str, Any], keys: list[str] | None = None) -> None:
     """The top trials: parameters, the rung each reached, wall time; then the PNG's path."""
+    from heartcli.search import describe
+
     o = out()
     table = Table(title=f"top trials by {data['metric']}", title_justify="left", box=None)
     for title, justify in (
@@ -240,6 +246,10 @@ def tune_cmd(
     With --backend ray the trials run on a Ray cluster (--address); they need nothing from
     this machine's disk, and their folders and MLflow runs come back here.
     """
+    from heartcli.config import load_document
+    from heartcli.runs import check_name
+    from heartcli.search import report, tune
+
     if name is not None:
         check_name(name)
     if resume is not None and (config is not None or set_):

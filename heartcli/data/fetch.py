@@ -9,13 +9,13 @@ made from exactly these files with the same parameters: a second run is a no-op.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from heartcli import __version__
 from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging
 from heartcli.data.download import download, file_url, part_path, short
+from heartcli.data.events import FetchListener, FetchResult
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.rhythm import DEFINITIONS
 from heartcli.data.sample import make_sample
@@ -24,42 +24,6 @@ from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file
 
 SAMPLE_SEED = 0  # the seed data/sample was drawn with
-
-
-class FetchListener:
-    """Progress hooks of `fetch`; the CLI draws them, Python callers may ignore them."""
-
-    def stage(self, text: str) -> None:
-        """A new step starts (verifying, downloading, building)."""
-
-    def note(self, text: str) -> None:
-        """Something worth telling the user that is not an error."""
-
-    def downloads(self, names: list[str]) -> None:
-        """These files are about to be downloaded."""
-
-    def file_start(self, name: str) -> None:
-        """Downloading ``name`` starts."""
-
-    def file_bytes(self, n: int, total: int | None) -> None:
-        """``n`` more bytes of the current file arrived (``total``: its size, if known)."""
-
-    def file_done(self, name: str) -> None:
-        """``name`` is downloaded, verified and in place."""
-
-    def record_built(self, record: str) -> None:
-        """A record has been cut into beats."""
-
-
-@dataclass
-class FetchResult:
-    status: str  # "built" or "up to date"
-    out_dir: Path
-    records_dir: Path
-    manifest: dict[str, Any]
-    downloaded: list[str] = field(default_factory=list)
-    sample_dir: Path | None = None
-    sample: dict[str, Any] | None = None
 
 
 def all_files() -> list[str]:

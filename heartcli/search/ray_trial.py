@@ -129,7 +129,7 @@ def _setup(
     except ConfigError as exc:
         raise HeartError(f"trial-{number:03d}: {'; '.join(exc.problems)}") from None
     cfg.tracking.enabled = False  # the driver logs every trial: one MLflow store
-    if cfg.train.threads == 0:
+    if cfg.train.threads in (0, "auto"):
         cfg.train.threads = 1  # one core per trial; Ray schedules the rest
     return config, cfg
 

@@ -44,6 +44,20 @@ class TrialSetup:
     threads: int  # torch threads of one trial
 
 
+def trial_threads(setting: int | str, per_trial: int) -> int | str:
+    """A trial's ``[train] threads``: at most its share of the cores (``cores // jobs``).
+
+    ``auto`` stays ``auto`` when one trial has the whole machine (it then follows the load
+    as `heart train` does); with several trials at once each gets its share, fixed.
+    """
+    from heartcli.threads import usable_cpus
+
+    per_trial = max(1, per_trial)
+    if setting == "auto":
+        return "auto" if per_trial >= usable_cpus() else per_trial
+    return min(int(setting), per_trial) if setting else per_trial
+
+
 def shared_folds(config: HeartConfig, space: Space) -> tuple[Any, Any]:
     """One training/validation fold for every trial (None, None when the space changes it);
     with ``[search] folds`` the whole training split (and None): each trial cuts its folds."""
@@ -88,8 +102,7 @@ def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
         record.status, record.reason = "failed", "; ".join(exc.problems)
         record.ended_at = time.time()
         return record
-    per_trial = max(1, setup.threads)
-    cfg.train.threads = min(cfg.train.threads, per_trial) if cfg.train.threads else per_trial
+    cfg.train.threads = trial_threads(cfg.train.threads, setup.threads)
     resume = clear_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
     curve = [v for v in (metric_value(metric, row) for row in history(run_dir)) if v is not None]
 

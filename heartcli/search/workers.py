@@ -36,11 +36,10 @@ AUTO_TRIALS_PER_CORE = 1
 
 
 def cores() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (not Linux)
-        return os.cpu_count() or 1
+    """CPU cores this process may use (affinity and cgroup quota)."""
+    from heartcli.threads import usable_cpus
+
+    return usable_cpus()
 
 
 def resolve_jobs(jobs: str | int | None, cluster: bool = False) -> int:

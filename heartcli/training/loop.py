@@ -37,6 +37,7 @@ from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
 from heartcli.inference import torch_logits, uses_rhythm
 from heartcli.io import sha256_file, write_text
 from heartcli.model import build_model, count_parameters
+from heartcli.threads import ThreadPolicy
 from heartcli.training.folds import Folds, prepare_folds
 from heartcli.training.precision import autocast, pick_device, resolve_precision
 from heartcli.training.recipe import Augment, Schedule, make_optimizer
@@ -64,6 +65,7 @@ class EpochInfo:
     seconds: float
     elapsed: float = 0.0  # wall seconds of the run at the end of this epoch, every invocation
     best: bool = False
+    threads: int = 0  # torch threads this epoch ran with
 
     def row(self) -> dict[str, Any]:
         """One history.csv row: the figures, recall flattened to ``val_recall_<class>``."""
@@ -142,7 +144,7 @@ class Setup:
     sampler: EpochSampler
     device: torch.device
     precision: str
-    threads: int
+    threads: ThreadPolicy  # torch's thread count, re-checked after every epoch ("auto")
     parameters: int
     steps: int
     batch_size: int
@@ -213,6 +215,7 @@ def _history_csv(history: list[dict[str, Any]], classes: list[str]) -> str:
         "seconds",
         "elapsed",
         "best",
+        "threads",
     ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, restval="", extrasaction="ignore")
@@ -271,15 +274,15 @@ def open_run(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, dict[s
     return None, {}
 
 
-def build_setup(config: HeartConfig, folds: Folds) -> Setup:
+def build_setup(config: HeartConfig, folds: Folds, threads: ThreadPolicy) -> Setup:
     """Model, arithmetic, optimizer, schedule and the tensors, before anything is written.
 
     A config that shrinks the beats to nothing, or asks for bf16 where there is none,
-    fails here.
+    fails here. ``threads`` chooses torch's thread count first (``auto``: from the CPU
+    that other programs used while the data loaded).
     """
     cfg = config.train
-    threads = cfg.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    threads.start()
     torch.manual_seed(cfg.seed)
     classes, length = folds.train.classes, folds.train.length
     model = build_model(config.model, length, len(classes))
@@ -406,7 +409,9 @@ def start_manifest(
         "model": {"parameters": setup.parameters},
         "device": str(setup.device),
         "precision": setup.precision,
-        "threads": setup.threads,
+        "threads": setup.threads.choice.threads,
+        "threads_setting": config.train.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "recipe": setup.recipe,
         "versions": _versions(),
         "tracking": tracking,
@@ -630,6 +635,7 @@ def train(
     # Before the first parallel torch op, so that torch's worker threads inherit it.
     flush_subnormals()
     started = time.perf_counter()
+    threads = ThreadPolicy(config.train.threads)  # measures from here
     run_dir = Path(run_dir)
     cfg = config.train
     progress = progress or NoProgress()
@@ -641,7 +647,7 @@ def train(
         or old_manifest["input_length"] != folds.train.length
     ):
         raise DataError(f"{run_dir}: the data's classes or beat length differ from the run's")
-    setup = build_setup(config, folds)
+    setup = build_setup(config, folds, threads)
     state = restore_state(setup, checkpoint, run_dir)
 
     tracker, manifest = start_run(
@@ -653,7 +659,10 @@ def train(
             "parameters": setup.parameters,
             "device": str(setup.device),
             "precision": setup.precision,
-            "threads": setup.threads,
+            "threads": setup.threads.choice.threads,
+            "threads_text": setup.threads.choice.describe(),
+            "threads_warning": setup.threads.choice.warning(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
             "classes": setup.classes,
             "train_counts": folds.before,
             "resampled_counts": folds.after,
@@ -741,6 +750,7 @@ def _epochs(
             seconds=time.perf_counter() - t0,
             elapsed=state.elapsed(started),
             best=improved,
+            threads=setup.threads.choice.threads,
         )
         state.history.append(info.row())
         save_checkpoint(setup, state, run_dir, state.elapsed(started))
@@ -756,6 +766,7 @@ def _epochs(
             step=epoch,
         )
         progress.end_epoch(info)
+        setup.threads.recheck()  # "auto": another program may have started or stopped
         if on_epoch is not None and on_epoch(info):
             state.status = "pruned"
             return
