@@ -164,9 +164,11 @@ def evaluate_run(
     from heartcli import plots
     from heartcli.inference import model_inputs, torch_proba, uses_rhythm
     from heartcli.runs import CONFUSION, EVAL
+    from heartcli.threads import ThreadPolicy
 
     check_data(run, data, description)
     inputs = model_inputs(data.x, data.rhythm, uses_rhythm(run.model), description)
+    ThreadPolicy("auto").start(wait=False)  # the CPUs this process may use (affinity, quota)
     proba = torch_proba(run.model, inputs)
     status = run.manifest.get("status")
     result = {"run": str(run.path), "run_status": status, "data": description, "split": split}

@@ -124,6 +124,9 @@ def onnx_session(path: str | Path) -> Any:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # ONNX Runtime's threads spin while they wait, as OpenMP's do; beside another busy
+    # program that costs what it costs torch (heartcli.threads), so they wait passively.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception:  # onnxruntime raises its own Fail/InvalidProtobuf/... types

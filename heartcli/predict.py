@@ -30,6 +30,7 @@ from heartcli.config import RHYTHM_FEATURES
 from heartcli.errors import DataError, UsageError
 from heartcli.inference import Runner, batched, model_inputs, onnx_runner, onnx_session
 from heartcli.io import atomic_path, read_json, sha256_file, write_json
+from heartcli.threads import ThreadPolicy
 
 CARD_NAME = "model_card.json"
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".json")
@@ -417,10 +418,13 @@ def predict(
     if peaks not in ("auto", "annotations", "detect"):
         raise UsageError(f"--peaks {peaks}: use auto, annotations or detect")
     t0 = time.perf_counter()
+    threads = ThreadPolicy("auto")  # measures the CPU others use while the model and data load
     model = load_model(model_path)
     t1 = time.perf_counter()
     beats = read_input(input_path, model, lead=lead, peaks=peaks)
     check_range(model, beats.x, input_path)
+    if model.kind == "run":
+        threads.start(wait=False)
     t2 = time.perf_counter()
     proba = model.proba(beats.inputs(model))
     t3 = time.perf_counter()

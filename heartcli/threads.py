@@ -159,12 +159,19 @@ class ThreadPolicy:
         count = int(self.setting) or self.cap
         return ThreadChoice(count, self.setting, self.usable)
 
-    def start(self) -> ThreadChoice:
-        """Choose the first count (``auto``: from the window since this policy was made)."""
+    def start(self, wait: bool = True) -> ThreadChoice:
+        """Choose the first count (``auto``: from the window since this policy was made).
+
+        ``wait=False`` (inference, where 0.2 s matters) measures only a window that is
+        already long enough, and otherwise takes every usable CPU.
+        """
         import torch
 
-        if self.setting == "auto" and self.meter.seconds() < MIN_WINDOW_S:
+        short = self.meter.seconds() < MIN_WINDOW_S
+        if self.setting == "auto" and short and wait:
             time.sleep(MIN_WINDOW_S - self.meter.seconds())
+        elif self.setting == "auto" and short:
+            self.meter._ticks = None  # too short to tell: no measurement
         self.choice = self._pick()
         torch.set_num_threads(self.choice.threads)
         self.meter.reset()
