@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,45 @@ STAGING_PREFIX = ".heart-build-"
 LOCK = ".lock"
 
 
+DATASET_LOCK = ".heart-lock"
+_held: set[Path] = set()
+
+
+@contextlib.contextmanager
+def dataset_lock(out_dir: str | Path) -> Iterator[None]:
+    """One writer per dataset folder: an exclusive flock on ``DIR/.heart-lock`` for the
+    whole fetch (check, build, swap, rollback). A second fetch into the folder fails at
+    once with one line instead of touching the first one's files. Re-entrant within a
+    process (fetch holds it while write_dataset takes it again)."""
+    out_dir = Path(out_dir)
+    key = out_dir.resolve()
+    if key in _held:
+        yield
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out_dir / DATASET_LOCK, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise HeartError(
+            f"cannot write to {out_dir}: {exc.strerror}; choose a writable folder with --out"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise HeartError(
+                f"{out_dir}: another `heart fetch` is writing this dataset; wait for it to "
+                "finish, or choose another --out"
+            ) from None
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)
+    finally:
+        os.close(fd)
+
+
 def _staging_dir(out_dir: Path) -> tuple[Path, int]:
     """A fresh staging folder inside ``out_dir``, locked (flock) for this build's life."""
     try:
@@ -225,6 +264,13 @@ def write_dataset(
     SHA-256 of every file in the manifest; then it is swapped in (:func:`_swap_in`).
     """
     out_dir = Path(out_dir)
+    with dataset_lock(out_dir):
+        return _write_locked(out_dir, splits, manifest)
+
+
+def _write_locked(
+    out_dir: Path, splits: dict[str, tuple[BeatSet, BeatSet]], manifest: dict[str, Any]
+) -> dict[str, Any]:
     staging, lock = _staging_dir(out_dir)
     try:
         jobs = [
