@@ -296,6 +296,10 @@ def test_a_full_disk_is_one_line_and_a_failed_run(heart, tiny, tmp_path):
             r = heart(*args, expect=1)
             assert "No space left on device" in one_error(r.stderr), args
         assert sorted(p.name for p in fs.iterdir()) == ["filler"]
+    not_a_folder = tmp_path / "runs-file"
+    not_a_folder.write_text("")
+    r = heart("tune", *TINY, "--evals", "1", "--set", f"train.runs_dir={not_a_folder}", expect=1)
+    assert f"cannot create {not_a_folder}" in one_error(r.stderr)
 
 
 def test_a_full_disk_in_evaluate_fetch_and_tune(tiny, tmp_path):

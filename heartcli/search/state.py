@@ -285,7 +285,13 @@ def new_search(
     empty state; nothing runs yet. Two starts with one name: the second is refused."""
     name = check_search(config, name)
     search_dir = Path(config.train.runs_dir) / name
-    search_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        search_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or full file system
+        raise HeartError(
+            f"cannot create {search_dir.parent}: {exc.strerror}; choose a writable folder as "
+            "[train] runs_dir"
+        ) from None
     try:
         search_dir.mkdir()
     except FileExistsError:
@@ -300,6 +306,11 @@ def new_search(
         raise UsageError(
             f"{search_dir} is in use by another `heart tune` (or was left half-created; "
             "remove it); choose another --name"
+        ) from None
+    except OSError as exc:
+        raise HeartError(
+            f"cannot create {search_dir}: {exc.strerror}; choose a writable folder as "
+            "[train] runs_dir"
         ) from None
     lock = SearchLock(search_dir)
     lock.acquire()
