@@ -75,7 +75,7 @@ class DataConfig(Section):
     split: str = Field(
         "random",
         description='split to train and evaluate on: "random" (beat-level, Kaggle protocol) '
-        'or "inter-patient" (de Chazal DS1/DS2), or any split folder name under dir',
+        'or "inter-patient" (de Chazal DS1/DS2), or another split the dataset\'s manifest lists',
     )
     records: str = Field(
         "data/mitbih/records", description="folder of the raw MIT-BIH records (.dat .hea .atr)"
@@ -625,6 +625,14 @@ def read_config_text(path: str | Path) -> str:
     if not path.exists():
         raise ConfigError(
             [f"{path}: config file not found; create one with `heart config init {path}`"]
+        )
+    size = path.stat().st_size if path.is_file() else 0
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                f"{path}: {size:,} bytes is too big for a config file (at most "
+                f"{MAX_CONFIG_BYTES:,}); pass the TOML config, not a data file"
+            ]
         )
     try:
         data = read_bounded(path, MAX_CONFIG_BYTES, "config")

@@ -139,14 +139,10 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
         not np.all(np.isfinite(target)) or np.any(target != np.round(target))
     ):
         raise DataError(f"{path}: target must hold whole class indices")
-    if len(target) and (
-        not np.issubdtype(target.dtype, np.number)
-        or target.min() < 0
-        or target.max() >= MAX_CLASSES
-    ):
+    if len(target) and target.max() >= MAX_CLASSES:
         raise DataError(
-            f"{path}: target must hold class indices 0..{MAX_CLASSES - 1} (a label outside "
-            "them, or text); fix the labels"
+            f"{path}: target must hold class indices 0..{MAX_CLASSES - 1} (the largest is "
+            f"{target.max():g}); fix the labels"
         )
     y = target.astype(np.int64)
     meta = table.schema.metadata or {}
