@@ -169,7 +169,8 @@ def test_export_force_replaces_only_a_heart_export(heart, tiny, tmp_path):
     run = tmp_path / "runs" / "x<img src=y>*b*[l](u)|"  # a run folder renamed by hand
     shutil.copytree(tiny, run)
     out = tmp_path / "exported"
-    heart("-q", "export", run, "--format", "torchscript", "--out", out)
+    beats = SAMPLE / "random" / "test.parquet"  # --data FILE: a documented form
+    heart("-q", "export", run, "--format", "torchscript", "--out", out, "--data", beats)
     card = (out / "MODEL_CARD.md").read_text()
     assert "<img" not in card and "# Model card: x&lt;img src=y&gt;\\*b\\*\\[l\\]\\(u\\)\\|" in card
     heart("-q", "export", run, "--format", "torchscript", "--out", out, "--force")  # an export
