@@ -8,10 +8,10 @@ line, even with ``--force``: heart deletes only what it made.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from heartcli.errors import UsageError
+from heartcli.errors import DataError, UsageError
+from heartcli.io import read_bounded, read_json
 
 CARD_JSON = "model_card.json"
 SUMS = "SHA256SUMS"
@@ -21,13 +21,10 @@ MAX_SUMS_BYTES = 1 << 20
 
 def _listed(folder: Path) -> set[str] | None:
     """The names SHA256SUMS lists, or None when it is not a heart export's."""
-    from heartcli.errors import DataError
-    from heartcli.io import read_bounded, read_json
-
     try:
         text = read_bounded(folder / SUMS, MAX_SUMS_BYTES, "SHA256SUMS").decode("utf-8")
         card = read_json(folder / CARD_JSON, "")
-    except (DataError, UnicodeDecodeError, json.JSONDecodeError):
+    except (DataError, UnicodeDecodeError):
         return None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         return None
