@@ -27,8 +27,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from heartcli.errors import ConfigError
-from heartcli.io import write_text
+from heartcli.errors import ConfigError, DataError
+from heartcli.io import read_bounded, write_text
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger file is a mistake, not a config
 # The rhythm columns of a dataset built from records (heartcli.dataset.RHYTHM_COLUMNS; the
@@ -54,6 +54,8 @@ RHYTHM_DERIVED = {
     "rr_local_record": ("rr_local", "rr_record"),
 }
 RHYTHM_USABLE = RHYTHM_FEATURES + tuple(RHYTHM_DERIVED)
+EPOCH_BEATS_MAX = 10_000_000  # beats drawn per epoch (MIT-BIH has 109,446 in all)
+MAX_MINUTES = 525_600  # a budget of a year at most (train and search max_minutes)
 SEED_MAX = 2**32 - 1  # numpy, scikit-learn and torch all accept seeds in 0..2**32-1
 MAX_THREADS = 1024  # heartcli.threads.MAX_THREADS: more is a typo, not a machine
 
@@ -74,7 +76,7 @@ class DataConfig(Section):
     split: str = Field(
         "random",
         description='split to train and evaluate on: "random" (beat-level, Kaggle protocol) '
-        'or "inter-patient" (de Chazal DS1/DS2), or any split folder name under dir',
+        'or "inter-patient" (de Chazal DS1/DS2), or another split the dataset\'s manifest lists',
     )
     records: str = Field(
         "data/mitbih/records", description="folder of the raw MIT-BIH records (.dat .hea .atr)"
@@ -284,6 +286,7 @@ class TrainConfig(Section):
     epoch_beats: int = Field(
         0,
         ge=0,
+        le=EPOCH_BEATS_MAX,
         description="training beats drawn per epoch by the class-balancing sampler; "
         "0 = the balanced fold's size (the sum of the [resample] class targets)",
     )
@@ -293,6 +296,7 @@ class TrainConfig(Section):
     max_minutes: float = Field(
         0.0,
         ge=0.0,
+        le=MAX_MINUTES,
         description='training budget: stop after the epoch that crosses it (status "budget", '
         "best weights kept); 0 = none",
     )
@@ -315,6 +319,15 @@ class TrainConfig(Section):
             f'use "auto" or a whole number of threads 0..{MAX_THREADS} (got {value!r}); '
             "0 = every usable CPU"
         )
+
+    @model_validator(mode="after")
+    def _warmup_within_epochs(self) -> TrainConfig:
+        if self.scheduler == "cosine" and self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs: {self.warmup_epochs:g} is beyond epochs = {self.epochs} (the "
+                "learning rate would never reach lr); use at most epochs"
+            )
+        return self
 
 
 class AugmentConfig(Section):
@@ -339,7 +352,9 @@ class SearchConfig(Section):
     evals: int = Field(20, ge=1, description="number of trials")
     seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the TPE sampler")
     metric: str = Field("val_macro_f1", description="validation metric to maximise")
-    max_minutes: float = Field(0.0, ge=0.0, description="wall-clock budget; 0 = none")
+    max_minutes: float = Field(
+        0.0, ge=0.0, le=MAX_MINUTES, description="wall-clock budget; 0 = none"
+    )
     pruner: Literal["none", "median", "asha"] = Field(
         "asha",
         description='stop poor trials early: "asha" (successive halving), "median" '
@@ -622,23 +637,30 @@ def parse_override(item: str) -> tuple[tuple[str, str], Any]:
 
 
 def read_config_text(path: str | Path) -> str:
-    """The text of a config file: one that is missing, unreadable or over 1 MB is refused."""
+    """The text of a config file: one that is missing, unreadable, not a regular file (a
+    FIFO, a device: never opened in a way that blocks) or over 1 MB is refused."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(
-                [
-                    f"{path}: {size:,} bytes is too big for a config file (at most "
-                    f"{MAX_CONFIG_BYTES:,}); pass the TOML config, not a data file"
-                ]
-            )
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         raise ConfigError(
             [f"{path}: config file not found; create one with `heart config init {path}`"]
+        )
+    size = path.stat().st_size if path.is_file() else 0
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                f"{path}: {size:,} bytes is too big for a config file (at most "
+                f"{MAX_CONFIG_BYTES:,}); pass the TOML config, not a data file"
+            ]
+        )
+    try:
+        data = read_bounded(path, MAX_CONFIG_BYTES, "config")
+    except DataError as exc:
+        raise ConfigError(
+            [f"{exc} (a TOML config of at most {MAX_CONFIG_BYTES:,} bytes)"]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: cannot read the config file ({exc})"]) from None
 
 

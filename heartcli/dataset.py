@@ -31,6 +31,7 @@ AAMI_CLASSES = ["N", "S", "V", "F", "Q"]
 PARTS = ("train", "test")
 RHYTHM_COLUMNS = RHYTHM_FEATURES
 MANIFEST = "manifest.json"
+MAX_CLASSES = 1000  # class indices in a beat file: 0..999
 
 
 @dataclass
@@ -106,6 +107,8 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file; build the dataset with `heart fetch`")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; pass a parquet file of beats")
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -119,6 +122,12 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
     value_cols.sort(key=int)
     if [int(c) for c in value_cols] != list(range(len(value_cols))):
         raise DataError(f'{path}: beat columns must be "0".."{len(value_cols) - 1}" without gaps')
+    text = [c for c in [*value_cols, "target"] if not _numeric(table.schema.field(c).type)]
+    if text:
+        raise DataError(
+            f'{path}: column "{text[0]}" holds {table.schema.field(text[0]).type}, not numbers; '
+            "fix the file"
+        )
     x = np.empty((table.num_rows, len(value_cols)), dtype=np.float32)
     for i, c in enumerate(value_cols):
         x[:, i] = table.column(c).to_numpy()
@@ -130,6 +139,11 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
         not np.all(np.isfinite(target)) or np.any(target != np.round(target))
     ):
         raise DataError(f"{path}: target must hold whole class indices")
+    if len(target) and target.max() >= MAX_CLASSES:
+        raise DataError(
+            f"{path}: target must hold class indices 0..{MAX_CLASSES - 1} (the largest is "
+            f"{target.max():g}); fix the labels"
+        )
     y = target.astype(np.int64)
     meta = table.schema.metadata or {}
     if classes is None and b"heart.classes" in meta:
@@ -157,6 +171,12 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
     return BeatSet(x, y, record, sample, list(classes), _read_rhythm(path, table))
 
 
+def _numeric(kind: pa.DataType) -> bool:
+    import pyarrow.types as pat
+
+    return bool(pat.is_floating(kind) or pat.is_integer(kind))
+
+
 def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
     """The rhythm columns, when the file has them (all of them, finite), else None."""
     present = [c for c in RHYTHM_COLUMNS if c in table.column_names]
@@ -167,6 +187,12 @@ def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
         raise DataError(
             f"{path}: rhythm columns incomplete (missing {', '.join(missing)}); "
             "rebuild the dataset with `heart fetch`"
+        )
+    text = [c for c in RHYTHM_COLUMNS if not _numeric(table.schema.field(c).type)]
+    if text:
+        raise DataError(
+            f"{path}: rhythm column {text[0]} holds {table.schema.field(text[0]).type}, not "
+            "floats; rebuild the dataset with `heart fetch`"
         )
     rhythm = np.empty((table.num_rows, len(RHYTHM_COLUMNS)), dtype=np.float32)
     for i, c in enumerate(RHYTHM_COLUMNS):
@@ -253,14 +279,37 @@ def changed_files(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
 
 def _check_part(data_dir: str | Path, manifest: dict[str, Any], split: str, part: str) -> None:
     """A split part must be the file its manifest lists: never train on a half-swapped set."""
-    listed = manifest.get("files") or {}
+    listed = manifest.get("files")
     name = f"{split}/{part}.parquet"
-    if name not in listed:
-        return  # a dataset from before manifests listed their files
+    if not isinstance(listed, dict) or name not in listed:
+        raise DataError(
+            f'{Path(data_dir) / MANIFEST}: lists no SHA-256 for {name} (no "files"); '
+            "rebuild the dataset with `heart fetch`"
+        )
     if changed_files(data_dir, {"files": {name: listed[name]}}):
         raise DataError(
             f"{split_path(data_dir, split, part)}: is not the file {MANIFEST} lists (its "
             "SHA-256 differs: a half-finished rebuild, or edited); rebuild with `heart fetch`"
+        )
+
+
+def dataset_splits(manifest: dict[str, Any]) -> list[str]:
+    """The splits a dataset's manifest names (its ``splits`` counts, else its ``files``)."""
+    splits = manifest.get("splits")
+    if isinstance(splits, dict) and splits:
+        return [str(s) for s in splits]
+    files = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
+    return sorted({str(name).split("/")[0] for name in files or {} if "/" in str(name)})
+
+
+def check_split(data_dir: str | Path, manifest: dict[str, Any], split: str) -> None:
+    """``split`` must be one of the dataset's own splits: a name its manifest lists, never a
+    path (``../x``) that would read files the manifest's checksums do not cover."""
+    known = dataset_splits(manifest)
+    if split not in known or "/" in split or "\\" in split or split in (".", ".."):
+        raise UsageError(
+            f"split {split!r}: not a split of {data_dir} (its splits: "
+            f"{', '.join(known) or 'none'}); pass one of them with --split or data.split"
         )
 
 
@@ -274,6 +323,7 @@ def load_split(
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     manifest = read_manifest(data_dir)
+    check_split(data_dir, manifest, split)
     path = split_path(data_dir, split, part)
     if not path.exists():
         known = sorted(p.name for p in Path(data_dir).iterdir() if p.is_dir())

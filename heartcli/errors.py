@@ -25,3 +25,7 @@ class ConfigError(UsageError):
 
 class DataError(HeartError):
     """A data file, record or dataset that cannot be used as it is."""
+
+
+class NonFiniteOutput(HeartError):
+    """A model gave NaN or inf: nothing computed from it (a score, a prediction) is kept."""

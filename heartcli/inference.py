@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heartcli.config import RHYTHM_FEATURES
-from heartcli.errors import DataError, UsageError
+from heartcli.errors import DataError, NonFiniteOutput, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +77,22 @@ def batched(run: Runner, inputs: Sequence[np.ndarray], batch: int = BATCH) -> np
     return np.concatenate(parts)
 
 
+def check_finite(out: np.ndarray, model: str) -> np.ndarray:
+    """``out`` if every value is finite; a NaN or inf output is one line naming the model."""
+    if out.size and not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).reshape(len(out), -1).any(axis=1).sum())
+        raise NonFiniteOutput(
+            f"{model}: the model outputs NaN or inf for {bad:,} of {len(out):,} beats (its "
+            "weights are broken, e.g. a diverged run); retrain it, nothing was scored"
+        )
+    return out
+
+
+def model_name(model: Any) -> str:
+    """What to call a model in a message: its run folder (``load_run`` records it)."""
+    return str(getattr(model, "heart_source", None) or "the model")
+
+
 def torch_runner(model: nn.Module, *, softmax: bool = True) -> Runner:
     """A PyTorch module as a runner: numpy inputs -> probabilities (or logits), no grad."""
     import torch
@@ -86,7 +102,7 @@ def torch_runner(model: nn.Module, *, softmax: bool = True) -> Runner:
             out = model(*[torch.from_numpy(a) for a in arrays]).float()
             if softmax:
                 out = torch.softmax(out, dim=1)
-            return np.asarray(out.numpy())
+            return check_finite(np.asarray(out.numpy()), model_name(model))
 
     return run
 
@@ -138,8 +154,10 @@ def onnx_session(path: str | Path) -> Any:
 def onnx_runner(session: Any) -> Runner:
     """An ONNX Runtime session as a runner: inputs in the order of the session's inputs."""
     names = [i.name for i in session.get_inputs()]
+    source = str(getattr(session, "_model_path", None) or "the ONNX model")
 
     def run(*arrays: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, dict(zip(names, arrays, strict=True)))[0])
+        out = np.asarray(session.run(None, dict(zip(names, arrays, strict=True)))[0])
+        return check_finite(out, source)
 
     return run

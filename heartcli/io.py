@@ -6,18 +6,87 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from heartcli.errors import DataError, HeartError
+from heartcli.errors import DataError, HeartError, UsageError
+from heartcli.redact import redact, redact_data
+
+MAX_JSON_BYTES = 64 << 20  # a manifest, eval.json or search.json is KB to a few MB
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_output_file(target: str | Path) -> None:
+    """Refuse to replace what is not a regular file (a device, a FIFO, a folder): heart writes
+    a temp file and renames it, which would put a file where ``/dev/null`` or a pipe was.
+    There is no write-through: ``--out /dev/stdout`` is refused too (use ``--json``)."""
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise HeartError(f"cannot write {target}: {exc.strerror}; choose another path") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{target}: {_kind(mode)}, not a regular file; heart writes only regular files, "
+            "choose another path"
+        )
+
+
+def write_failed(target: str | Path, exc: BaseException) -> HeartError:
+    """The one line for a write that failed (full disk, read-only, permissions...)."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    return HeartError(
+        f"cannot write {target}: {why[:200]}; free some space or choose a writable folder"
+    )
+
+
+def _is_write_error(exc: BaseException) -> bool:
+    """An OSError, or what torch.save / safetensors raise when the disk is full."""
+    if isinstance(exc, OSError):
+        return True
+    text = str(exc).lower()
+    return type(exc).__name__ in ("RuntimeError", "SafetensorError") and (
+        "writ" in text or "space" in text or "i/o" in text
+    )
+
+
+def read_bounded(path: str | Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit``: a device, FIFO or folder is
+    refused (opened without blocking, so a FIFO never hangs), as is a bigger file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{path}: {_kind(mode)}, not a {what} file; pass a regular file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(f"{path}: over {limit:,} bytes, too big for a {what}; pass the right file")
+    return data
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``target``; rename it onto ``target`` only if the block succeeds."""
     target = Path(target)
+    check_output_file(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -37,26 +106,40 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         # Writers that replace the temp file (safetensors does) leave it 0600: every file
         # heart writes gets the same permissions, whatever wrote it.
         os.chmod(tmp_path, mode)
+        check_output_file(target)  # a FIFO or device may have been put there meanwhile
         os.replace(tmp_path, target)
+    except HeartError:
+        raise
+    except Exception as exc:
+        if not _is_write_error(exc):
+            raise
+        raise write_failed(target, exc) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
 def write_text(target: str | Path, text: str) -> None:
+    """Write ``text`` atomically, credentials in any URI in it redacted (see redact.py)."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(redact(text), encoding="utf-8")
 
 
 def write_json(target: str | Path, data: Any) -> None:
-    write_text(target, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(redact_data(data), indent=2, sort_keys=False, default=str) + "\n"
+    write_text(target, text)
 
 
 def read_json(path: str | Path, remedy: str) -> Any:
-    """Parse a JSON file heart wrote; a damaged one is a one-line DataError ending in ``remedy``."""
+    """Parse a JSON file heart wrote; a damaged one is a one-line DataError ending in ``remedy``.
+    Only a regular file of at most MAX_JSON_BYTES is read (never a FIFO or a device)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_bounded(path, MAX_JSON_BYTES, "JSON")
+    except DataError as exc:
+        raise DataError(f"{exc}; {remedy}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise DataError(f"{path}: truncated or unreadable; {remedy}") from None
 
 

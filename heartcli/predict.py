@@ -405,6 +405,25 @@ def check_output(out: str | Path | None) -> None:
         raise UsageError(f"--out {out}: unknown output type; name a .csv, .parquet or .json file")
 
 
+def check_out_target(out: str | Path | None, *inputs: str | Path) -> None:
+    """``--out`` is a regular file that is none of the command's inputs (a beat file, a
+    record, the model) nor a file of a run folder."""
+    from heartcli.io import check_output_file
+
+    if out is None:
+        return
+    out = Path(out)
+    check_output_file(out)
+    target = out.resolve()
+    for given in inputs:
+        p = Path(given)
+        if target in {p.resolve(), *(Path(f"{p}{ext}").resolve() for ext in (".hea", ".atr"))}:
+            raise UsageError(f"--out {out}: is the input {given}; write the predictions elsewhere")
+    run_files = {"manifest.json", "config.toml", "model.safetensors", "checkpoint.pt", "eval.json"}
+    if out.name in run_files and (out.parent / "manifest.json").is_file():
+        raise UsageError(f"--out {out}: a file of the run folder {out.parent}; choose another path")
+
+
 def predict(
     model_path: str | Path,
     input_path: str | Path,
@@ -415,6 +434,7 @@ def predict(
 ) -> Prediction:
     """Classify every beat of ``input_path`` with the model at ``model_path``."""
     check_output(out)
+    check_out_target(out, input_path, model_path)
     if peaks not in ("auto", "annotations", "detect"):
         raise UsageError(f"--peaks {peaks}: use auto, annotations or detect")
     t0 = time.perf_counter()

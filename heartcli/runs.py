@@ -8,6 +8,7 @@ loads with ``torch.load(weights_only=True)``), ``manifest.json``, ``history.csv`
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -101,9 +102,10 @@ def save_run_config(config: HeartConfig, run_dir: Path, base: Any = None) -> str
     the manifest records the new checksum.
     """
     from heartcli.config import dumps
+    from heartcli.redact import redact
 
     file = Path(run_dir) / CONFIG
-    text = dumps(config, base)
+    text = redact(dumps(config, base))  # credentials are never stored (see redact.py)
     current = file.read_text(encoding="utf-8") if file.is_file() else None
     if current != text:
         write_text(file, text)
@@ -155,6 +157,31 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     write_json(run_dir / MANIFEST, manifest)
+
+
+def mark_failed(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """Record status "failed", even on a full disk: when the manifest cannot be rewritten
+    through a temp file, its ``"status": "running"`` is overwritten in place with
+    ``"status": "failed"`` and padding of the same length (no new block is needed)."""
+    manifest["status"] = "failed"
+    try:
+        write_manifest(run_dir, manifest)
+        return
+    except HeartError:
+        pass
+    path = Path(run_dir) / MANIFEST
+    old, new = b'"status": "running"', b'"status": "failed" '
+    try:
+        with open(path, "r+b") as fh:
+            data = fh.read()
+            at = data.find(old)
+            if at >= 0:
+                fh.seek(at)
+                fh.write(new)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError:
+        pass  # nothing more can be done; the caller's error says what failed
 
 
 def read_run_manifest(run_dir: Path) -> dict[str, Any]:
@@ -244,4 +271,5 @@ def load_run(path: str | Path) -> LoadedRun:
         )
     model.load_state_dict(state)
     model.eval()
+    vars(model)["heart_source"] = str(run_dir)  # named in inference's one-line errors
     return LoadedRun(run_dir, config, model, manifest, classes, input_length)

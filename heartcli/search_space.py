@@ -27,6 +27,7 @@ from typing import Annotated, Any, get_args
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 KINDS = ("choice", "uniform", "loguniform", "quniform", "bool")
+QUNIFORM_MAX_STEPS = 100_000  # a grid of (high - low) / q steps; more is a typo, not a search
 PER_LAYER_KEYS = ("model.channels", "model.kernel_sizes", "model.pooling")
 LAYERS_KEY = "model.conv_layers"
 
@@ -146,6 +147,8 @@ def parse_dist(key: str, spec: Any) -> Dist:
     if len(args) not in ((2, 3) if kind == "quniform" else (2,)) or not all(map(_number, args)):
         raise SpaceError(key, f"{kind} takes {wanted} numbers (got {args})")
     low, high = args[0], args[1]
+    if not all(math.isfinite(a) for a in args):
+        raise SpaceError(key, f"{kind} takes finite numbers (got {args})")
     if low > high:
         raise SpaceError(key, f"{kind} low {low} is above high {high}")
     if kind == "loguniform" and low <= 0:
@@ -154,6 +157,12 @@ def parse_dist(key: str, spec: Any) -> Dist:
         q = args[2] if len(args) == 3 else 1
         if q <= 0:
             raise SpaceError(key, f"quniform step q must be > 0 (got {q})")
+        if (high - low) / q > QUNIFORM_MAX_STEPS:
+            raise SpaceError(
+                key,
+                f"quniform [{low}, {high}, {q}] has {(high - low) / q:,.0f} steps; at most "
+                f"{QUNIFORM_MAX_STEPS:,} (narrow the range or raise q)",
+            )
         return Dist("quniform", (low, high, q))
     return Dist(kind, (float(low), float(high)))
 

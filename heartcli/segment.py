@@ -116,6 +116,10 @@ def choose_channel(leads: list[str], lead: str, path: Path) -> tuple[int, list[s
     )
 
 
+FS_MIN_HZ = 50.0  # the rates heart resamples from: an ECG record's, 50 Hz to 20 kHz
+FS_MAX_HZ = 20_000
+
+
 def read_record(path: str | Path, lead: str = "auto") -> RecordSignal:
     """One lead of a WFDB record (raw ADC units, as `heart fetch` reads it), at 360 Hz."""
     import wfdb
@@ -129,6 +133,12 @@ def read_record(path: str | Path, lead: str = "auto") -> RecordSignal:
     if not leads:
         raise DataError(f"{path}.hea: the record has no signals")
     channel, notes = choose_channel(leads, lead, path)
+    header_fs = float(header.fs or 0)
+    if not (FS_MIN_HZ <= header_fs <= FS_MAX_HZ):
+        raise DataError(
+            f"{path}.hea: sampling frequency {header_fs:g} Hz is outside {FS_MIN_HZ:g} to "
+            f"{FS_MAX_HZ:,} Hz (an ECG record's); fix the header"
+        )
     try:
         rec = wfdb.rdrecord(str(path), physical=False, channels=[channel])
     except (FileNotFoundError, OSError, ValueError, IndexError) as exc:
@@ -137,8 +147,6 @@ def read_record(path: str | Path, lead: str = "auto") -> RecordSignal:
         raise DataError(f"{path}: the record has no samples")
     signal: np.ndarray = np.asarray(rec.d_signal[:, 0], dtype=np.int64)
     fs = float(rec.fs)
-    if fs <= 0:
-        raise DataError(f"{path}.hea: sampling frequency {fs} Hz is not positive")
     if fs != FS_HZ:
         from scipy.signal import resample_poly
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from heartcli.config import HeartConfig
 from heartcli.errors import HeartError
+from heartcli.redact import MASK, redact
 
 
 def tracking_uri(config: HeartConfig) -> str:
@@ -31,6 +32,17 @@ def tracking_uri(config: HeartConfig) -> str:
 
 
 REACH_TIMEOUT_S = 3.0
+
+
+def live_uri(stored: str) -> str:
+    """The URI to connect to for one a manifest stored (its credentials redacted): the
+    same URI from ``MLFLOW_TRACKING_URI`` with its credentials, when that is where it
+    points; else the stored one (MLflow also reads ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD``)."""
+    if MASK not in stored:
+        return stored
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    return env if env and redact(env) == stored else stored
 
 
 def local_uri() -> str:
@@ -49,7 +61,7 @@ def unreachable(uri: str, timeout: float = REACH_TIMEOUT_S) -> str | None:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        return f"{uri}: not a valid port"
+        return f"{redact(uri)}: not a valid port"
     try:
         with socket.create_connection((parts.hostname, port), timeout=timeout):
             return None
@@ -71,11 +83,11 @@ def reachable_config(config: HeartConfig) -> tuple[HeartConfig, str | None]:
         local = config.model_copy(deep=True)
         local.tracking.uri = local_uri()
         return local, (
-            f"tracking: MLflow at {uri} is unreachable ({why}); logging to {local_uri()} "
+            f"tracking: MLflow at {redact(uri)} is unreachable ({why}); logging to {local_uri()} "
             'instead ([tracking] on_error = "local")'
         )
     raise HeartError(
-        f"tracking: cannot reach MLflow at {uri} ({why}); start the server, fix "
+        f"tracking: cannot reach MLflow at {redact(uri)} ({why}); start the server, fix "
         '[tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'
     )
 
@@ -85,7 +97,7 @@ def flatten(config: HeartConfig) -> dict[str, str]:
     flat: dict[str, str] = {}
     for section, body in config.to_dict().items():
         for key, value in body.items():
-            flat[f"{section}.{key}"] = str(value)[:6000]
+            flat[f"{section}.{key}"] = redact(str(value))[:6000]
     return flat
 
 
@@ -128,8 +140,8 @@ class Tracker:
         why = unreachable(self.uri)
         if why is not None:  # the CLI checked first (reachable_config); a library caller may not
             raise HeartError(
-                f"tracking: cannot reach MLflow at {self.uri} ({why}); start the server, fix "
-                '[tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'
+                f"tracking: cannot reach MLflow at {redact(self.uri)} ({why}); start the server, "
+                'fix [tracking] uri, set tracking.on_error = "local" or tracking.enabled = false'
             )
         try:
             _quiet()
@@ -157,9 +169,9 @@ class Tracker:
                     self._client = client
                     self._log_params(flatten(config))
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
             raise HeartError(
-                f"tracking: cannot log to MLflow at {self.uri} ({first}); "
+                f"tracking: cannot log to MLflow at {redact(self.uri)} ({first}); "
                 "fix [tracking] uri or set tracking.enabled = false"
             ) from None
         self._client = client
@@ -254,9 +266,10 @@ def log_to_run(
     uri, run_id = tracking.get("uri"), tracking.get("run_id")
     if not uri or not run_id:
         return "not logged to MLflow (the run was trained with tracking off)"
+    uri = live_uri(str(uri))
     why = unreachable(uri)
     if why is not None:
-        return f"not logged to MLflow at {uri} ({why})"
+        return f"not logged to MLflow at {redact(uri)} ({why})"
     try:
         _quiet()
         with warnings.catch_warnings():
@@ -275,6 +288,6 @@ def log_to_run(
                 if path.exists():
                     client.log_artifact(run_id, str(path))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        return f"not logged to MLflow at {uri} ({first})"
-    return f"logged to MLflow run {run_id} at {uri}"
+        first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:160]
+        return f"not logged to MLflow at {redact(uri)} ({first})"
+    return f"logged to MLflow run {run_id} at {redact(uri)}"

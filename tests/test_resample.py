@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from heartcli.dataset import load_split, read_beats, write_beats
+from heartcli.io import sha256_file
 
 BEFORE = {"N": 900, "S": 315, "V": 405, "F": 270, "Q": 315}  # random split minus validation
 VALIDATION = {"N": 100, "S": 35, "V": 45, "F": 30, "Q": 35}
@@ -113,12 +114,12 @@ def test_smote_needs_more_beats_than_neighbours(heart, sample_dir):
 def test_dropping_n_when_one_other_class_is_left(heart, sample_dir, tmp_path):
     data = tmp_path / "two"
     (data / "random").mkdir(parents=True)
-    # the sample's manifest without its file checksums: this split is made up here
+    # the sample's manifest, listing the checksum of the split file made up here
     manifest = json.loads((sample_dir / "manifest.json").read_text())
-    del manifest["files"]
-    (data / "manifest.json").write_text(json.dumps(manifest))
     beats = load_split(sample_dir, "random", "train")
     write_beats(data / "random" / "train.parquet", beats.subset(np.flatnonzero(beats.y <= 1)))
+    manifest["files"] = {"random/train.parquet": sha256_file(data / "random" / "train.parquet")}
+    (data / "manifest.json").write_text(json.dumps(manifest))
     result = heart(
         "resample",
         "--set",

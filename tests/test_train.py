@@ -256,16 +256,17 @@ def test_bad_training_data_is_one_line(heart, sample_dir, tmp_path):
     import numpy as np
 
     from heartcli.dataset import load_split, write_beats
+    from heartcli.io import sha256_file
 
     data = tmp_path / "nan"
     (data / "random").mkdir(parents=True)
-    # the sample's manifest without its file checksums: these beats are made up here
+    # the sample's manifest, listing the checksum of the beats made up here
     manifest = json.loads((sample_dir / "manifest.json").read_text())
-    del manifest["files"]
-    (data / "manifest.json").write_text(json.dumps(manifest))
     beats = load_split(sample_dir, "random", "train")
     beats.x[7, 3] = np.nan
     write_beats(data / "random" / "train.parquet", beats)
+    manifest["files"] = {"random/train.parquet": sha256_file(data / "random" / "train.parquet")}
+    (data / "manifest.json").write_text(json.dumps(manifest))
     result = heart("train", *tiny(data), "--name", "bad", expect=1)
     assert result.stderr.strip() == (
         f"error: {data}/random/train.parquet: row 7 has a NaN or infinite value; drop or repair it"

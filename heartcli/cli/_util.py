@@ -19,6 +19,7 @@ from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from heartcli.errors import HeartError
+from heartcli.redact import redact, redact_data
 
 if TYPE_CHECKING:
     from heartcli.config import HeartConfig
@@ -50,16 +51,18 @@ class Output:
         return self._stderr
 
     def log(self, message: str) -> None:
-        self.err.print(message, highlight=False)
+        self.err.print(redact(message), highlight=False)
 
     def warn(self, message: str) -> None:
         """A warning goes to stderr even with -q."""
-        Console(file=sys.stderr, soft_wrap=True).print(message, highlight=False, markup=False)
+        Console(file=sys.stderr, soft_wrap=True).print(
+            redact(message), highlight=False, markup=False
+        )
 
     def result(self, data: Any, render: Callable[[], None] | None = None) -> None:
         """Emit a command's result: one JSON document with --json, else ``render()``."""
         if self.json:
-            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+            sys.stdout.write(json.dumps(redact_data(data), indent=2, default=str) + "\n")
             sys.stdout.flush()
         elif render is not None:
             render()
@@ -192,6 +195,9 @@ class HeartGroup(TyperGroup):
         except HeartError as exc:
             report_error(str(exc), exc.exit_code)
             ctx.exit(exc.exit_code)
+        except OSError as exc:  # a write or read no service turned into a HeartError
+            report_error(os_error_line(exc), 1)
+            ctx.exit(1)
         except KeyboardInterrupt:
             report_error("interrupted", 130)
             ctx.exit(130)
@@ -241,10 +247,18 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def os_error_line(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else "a file"
+    return (
+        f"{where}: {exc.strerror or exc}; free some space, fix the permissions or choose "
+        "another path"
+    )
+
+
 def report_error(message: str, exit_code: int) -> None:
     """One red ``error:`` line per line of ``message`` on stderr; with --json, also one JSON
     object on stdout, so a script that asked for JSON always gets JSON."""
-    lines = str(message).splitlines() or ["unknown error"]
+    lines = redact(str(message)).splitlines() or ["unknown error"]
     console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
     for line in lines:
         console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)

@@ -9,6 +9,7 @@ import typer
 
 from heartcli.cli._util import ConfigOption, HeartCommand, SetOption, make_app, out, resolve_config
 from heartcli.errors import UsageError
+from heartcli.redact import redact
 
 app = make_app("Write or show the TOML config that every command reads.")
 
@@ -41,5 +42,5 @@ def show(config: ConfigOption = None, set_: SetOption = None) -> None:
     o = out()
     o.result(
         resolved.to_dict(),
-        lambda: print(dumps(resolved, base), end=""),
+        lambda: print(redact(dumps(resolved, base)), end=""),
     )

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,61 @@ STAGING_PREFIX = ".heart-build-"
 LOCK = ".lock"
 
 
+DATASET_LOCK = ".heart-lock"
+_held: set[Path] = set()
+
+
+@contextlib.contextmanager
+def dataset_lock(out_dir: str | Path) -> Iterator[None]:
+    """One writer per dataset folder: an exclusive flock on ``DIR/.heart-lock`` for the
+    whole fetch (check, build, swap, rollback). A second fetch into the folder fails at
+    once with one line instead of touching the first one's files. Re-entrant within a
+    process (fetch holds it while write_dataset takes it again). The lock file is removed
+    on release (while still locked), so a failed fetch leaves nothing behind; a process
+    that locked a removed file sees another inode at the path and opens it again."""
+    out_dir = Path(out_dir)
+    key = out_dir.resolve()
+    if key in _held:
+        yield
+        return
+    path = out_dir / DATASET_LOCK
+    fd = _take_lock(out_dir, path)
+    _held.add(key)
+    try:
+        yield
+    finally:
+        _held.discard(key)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _take_lock(out_dir: Path, path: Path) -> int:
+    for _ in range(5):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        except OSError as exc:
+            raise HeartError(
+                f"cannot write to {out_dir}: {exc.strerror}; choose a writable folder with --out"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise HeartError(
+                f"{out_dir}: another `heart fetch` is writing this dataset; wait for it to "
+                "finish, or choose another --out"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the file was removed by the fetch that held it: lock the new one
+    raise HeartError(f"{out_dir}: cannot take the dataset lock {path}; try again")
+
+
 def _staging_dir(out_dir: Path) -> tuple[Path, int]:
     """A fresh staging folder inside ``out_dir``, locked (flock) for this build's life."""
     try:
@@ -225,6 +280,13 @@ def write_dataset(
     SHA-256 of every file in the manifest; then it is swapped in (:func:`_swap_in`).
     """
     out_dir = Path(out_dir)
+    with dataset_lock(out_dir):
+        return _write_locked(out_dir, splits, manifest)
+
+
+def _write_locked(
+    out_dir: Path, splits: dict[str, tuple[BeatSet, BeatSet]], manifest: dict[str, Any]
+) -> dict[str, Any]:
     staging, lock = _staging_dir(out_dir)
     try:
         jobs = [

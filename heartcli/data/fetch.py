@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from heartcli import __version__
-from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging
+from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging, dataset_lock
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.events import FetchListener, FetchResult
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
@@ -142,10 +142,33 @@ def fetch(
     Returns what was done; raises HeartError/DataError with one actionable line otherwise.
     Nothing in ``out_dir`` changes unless the whole build succeeds.
     """
-    listener = listener or FetchListener()
     out_dir = Path(out_dir)
-    hint = "choose a writable folder with --out"
-    ensure_writable(out_dir, hint)
+    ensure_writable(out_dir, "choose a writable folder with --out")
+    with dataset_lock(out_dir):  # one fetch per dataset folder at a time
+        return _fetch_locked(
+            out_dir,
+            Path(records_dir),
+            url,
+            source,
+            lead,
+            test_fraction,
+            seed,
+            sample_out,
+            listener or FetchListener(),
+        )
+
+
+def _fetch_locked(
+    out_dir: Path,
+    records_dir: Path,
+    url: str,
+    source: str | Path | None,
+    lead: str,
+    test_fraction: float,
+    seed: int,
+    sample_out: str | Path | None,
+    listener: FetchListener,
+) -> FetchResult:
     clean_stale_staging(out_dir)  # left by a build killed mid-way, even if nothing is rebuilt
     if sample_out is not None:
         ensure_writable(Path(sample_out), "choose a writable folder for --sample-out")

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from heartcli import __version__
 from heartcli.data.beats import BEAT_LENGTH, RATE_HZ
-from heartcli.data.build import random_split, write_dataset
+from heartcli.data.build import dataset_lock, random_split, write_dataset
 from heartcli.dataset import AAMI_CLASSES, BeatSet, load_split, read_manifest
 from heartcli.errors import DataError, UsageError
 from heartcli.io import sha256_file
@@ -308,6 +308,17 @@ def import_files(
 ) -> dict[str, Any]:
     """Validate ``paths`` and write them in the dataset layout into ``out_dir``; the manifest."""
     out_dir = Path(out_dir)
+    with dataset_lock(out_dir):  # the earlier import read below is the one replaced
+        return _import_locked(paths, out_dir, test_fraction, seed, on_file)
+
+
+def _import_locked(
+    paths: Sequence[str | Path],
+    out_dir: Path,
+    test_fraction: float,
+    seed: int,
+    on_file: Callable[[Path], None] | None,
+) -> dict[str, Any]:
     groups = plan(paths)
     previous = _previous_import(out_dir)
 

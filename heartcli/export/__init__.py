@@ -43,6 +43,7 @@ from heartcli.export.formats import (
     probability_module,
     quantize_onnx,
 )
+from heartcli.export.guard import check_replaceable
 from heartcli.export.parity import (
     ParityError,
     check_parity,
@@ -129,6 +130,7 @@ def _quantized_report(
 def _place(tmp: Path, out: Path, force: bool) -> None:
     """Move the verified folder onto ``out`` (replacing it only with ``force``)."""
     old: Path | None = None
+    check_replaceable(out, force)  # again: something may have been put there meanwhile
     if out.exists():
         if out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -164,8 +166,7 @@ def export_run(
     out_dir = Path(out) if out is not None else Path(run.path) / "export"
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: a file is in the way; choose a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UsageError(f"{out_dir} already exists; pass --force to replace it or choose --out")
+    check_replaceable(out_dir, force)
     if quantize and "onnx" not in formats:
         raise UsageError("--quantize makes an int8 copy of the ONNX model; add --format onnx")
 

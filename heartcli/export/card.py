@@ -8,6 +8,7 @@ check, and the SHA-256 of every file.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,6 +134,25 @@ def build_card(
     }
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>])")
+
+
+def md(value: Any) -> str:
+    """``value`` as literal Markdown text: HTML and Markdown syntax in a name (a run folder,
+    a class, a path) are shown, never rendered."""
+    text = " ".join(str(value).split())  # one line: a newline would end a table row
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def code(value: Any) -> str:
+    """``value`` as a Markdown code span, whatever backticks it holds."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -166,7 +186,7 @@ def aami_markdown(figures: dict[str, Any] | None) -> list[str]:
 def card_markdown(card: dict[str, Any]) -> str:
     inp, out, tr, ev = card["input"], card["output"], card["training"], card["evaluation"]
     lines = [
-        f"# Model card: {card['name']}",
+        f"# Model card: {md(card['name'])}",
         "",
         f"{card['task']}. Exported by heart {card['heart_version']} on {card['created']}.",
         "",
@@ -175,7 +195,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "| index | class | beats (MIT-BIH symbols) |",
         "|---|---|---|",
         *[
-            f"| {i} | {c} | {card['class_descriptions'].get(c, '')} |"
+            f"| {i} | {md(c)} | {md(card['class_descriptions'].get(c, ''))} |"
             for i, c in enumerate(card["classes"])
         ],
         "",
@@ -183,7 +203,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- input `{inp['name']}`: float32 `[batch, {inp['length']}]`, one beat per row: "
         f"{inp['length']} samples at {inp['sampling_rate_hz']:g} Hz, {inp['normalisation']}; "
-        f"lead {inp['lead']}",
+        f"lead {md(inp['lead'])}",
         *_rhythm_lines(card.get("rhythm_input")),
         f"- output `{out['name']}`: float32 `[batch, {len(card['classes'])}]`, {out['meaning']}",
         "",
@@ -193,12 +213,12 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         "## Training data",
         "",
-        f"- dataset: `{tr['data_dir']}`, split `{tr['split']}` "
+        f"- dataset: {code(tr['data_dir'])}, split {code(tr['split'])} "
         f"(manifest SHA-256 `{tr['data_manifest_sha256']}`)",
-        f"- classes dropped or merged (data.classes): {card.get('class_map') or 'none'}",
-        f"- training fold per class: {tr['train_counts']}; after resampling "
-        f"({tr['resample'].get('strategy')}): {tr['resampled_counts']}",
-        f"- validation per class: {tr['validation_counts']}",
+        f"- classes dropped or merged (data.classes): {md(card.get('class_map') or 'none')}",
+        f"- training fold per class: {md(tr['train_counts'])}; after resampling "
+        f"({md(tr['resample'].get('strategy'))}): {md(tr['resampled_counts'])}",
+        f"- validation per class: {md(tr['validation_counts'])}",
         f"- {tr['epochs_run']} epochs, best at epoch {tr['best_epoch']}; "
         f"{tr['parameters']} parameters",
         "",
@@ -206,20 +226,20 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     if ev["status"] == "not evaluated":
-        lines += [f"Not evaluated: {ev['note']}.", ""]
+        lines += [f"Not evaluated: {md(ev['note'])}.", ""]
     else:
         lo, hi = ev.get("macro_f1_ci95") or [float("nan"), float("nan")]
         if ev["status"] == "stale":
-            lines += [f"**Stale**: {ev['note']}.", ""]
+            lines += [f"**Stale**: {md(ev['note'])}.", ""]
         lines += [
-            f"On {ev['data']}, {ev['n']} beats: accuracy {_fmt(ev['accuracy'])}, balanced "
+            f"On {md(ev['data'])}, {ev['n']} beats: accuracy {_fmt(ev['accuracy'])}, balanced "
             f"accuracy {_fmt(ev['balanced_accuracy'])}, macro-F1 {_fmt(ev['macro_f1'])} "
             f"(95% bootstrap CI {_fmt(lo)}-{_fmt(hi)}).",
             "",
             "| class | precision (+P) | recall (Se) | F1 | support |",
             "|---|---|---|---|---|",
             *[
-                f"| {c} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | "
+                f"| {md(c)} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | "
                 f"{v['support']} |"
                 for c, v in ev["per_class"].items()
             ],
@@ -231,7 +251,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "## Files",
         "",
         f"Each file was reloaded and checked against the PyTorch model on {par['beats']:,} real "
-        f"beats ({par['source']}): max |p - p_torch| <= {par['atol']:g} and the same class for "
+        f"beats ({md(par['source'])}): max |p - p_torch| <= {par['atol']:g} and the same class for "
         "every beat.",
         "",
         "| file | format | bytes | SHA-256 | max abs diff | same class |",
@@ -240,7 +260,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     for f in card["files"]:
         p = f.get("parity") or f.get("agreement") or {}
         lines.append(
-            f"| {f['file']} | {f['format']} | {f['bytes']:,} | `{f['sha256']}` | "
+            f"| {md(f['file'])} | {md(f['format'])} | {f['bytes']:,} | `{f['sha256']}` | "
             f"{p.get('max_abs_diff', float('nan')):.2e} | {p.get('argmax_agreement', 0):.2%} |"
         )
     q = card.get("quantized")
@@ -250,12 +270,12 @@ def card_markdown(card: dict[str, Any]) -> str:
             "## Int8 (dynamic quantisation)",
             "",
             f"`{q['file']}` is not held to the parity tolerance. On {q['test_beats']:,} test "
-            f"beats ({q['test_source']}): macro-F1 {q['macro_f1_int8']:.4f} (int8) vs "
+            f"beats ({md(q['test_source'])}): macro-F1 {q['macro_f1_int8']:.4f} (int8) vs "
             f"{q['macro_f1_float']:.4f} (float); the same class as the float model for "
             f"{q['agreement']:.2%} of the beats.",
         ]
     if card["notes"]:
-        lines += ["", "## Notes", "", *[f"- {n}" for n in card["notes"]]]
+        lines += ["", "## Notes", "", *[f"- {md(n)}" for n in card["notes"]]]
     lines += [
         "",
         "## Use",

@@ -16,7 +16,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,13 +207,21 @@ def conv1d_as_conv2d(proto: Any) -> int:
     return count
 
 
+def save_through_python(save: Callable[[Any], None], path: Path) -> None:
+    """Serialise into memory, then write with Python: torch's own C++ file writers abort
+    the whole process on a full disk, where a Python write raises an OSError (one line)."""
+    buffer = io.BytesIO()
+    save(buffer)
+    path.write_bytes(buffer.getvalue())
+
+
 def export_pt2(module: nn.Module, example: tuple[Any, ...], path: Path) -> dict[str, Any]:
     import torch
 
     names = [INPUT_NAME, RHYTHM_INPUT][: len(example)]
     with quiet():
         program = torch.export.export(module, example, dynamic_shapes=_dynamic(names))
-        torch.export.save(program, str(path))
+        save_through_python(lambda f: torch.export.save(program, f), path)
     return {"exporter": "torch.export.export + torch.export.save", "load": "torch.export.load"}
 
 
@@ -222,7 +230,7 @@ def export_torchscript(module: nn.Module, example: tuple[Any, ...], path: Path) 
 
     with quiet():
         traced = torch.jit.trace(module, example, check_trace=False)
-        traced.save(str(path))
+        save_through_python(lambda f: torch.jit.save(traced, f), path)
     return {
         "exporter": "torch.jit.trace",
         "load": "torch.jit.load",

@@ -64,7 +64,8 @@ def parity_beats(
     if data is not None and data.is_file():
         beats = apply_classes(read_beats(data), mapping)
         test = beats
-        parts = [(beats, f"{data}")]
+        test_source = f"{data}"
+        parts = [(beats, test_source)]
     else:
         folder = data if data is not None else _dataset_dir(run)
         if data is None and not (folder / "manifest.json").exists():
@@ -171,7 +172,7 @@ def check_parity(
     result["max_abs_diff"] = max(
         result["max_abs_diff"], float(np.abs(single - reference[:1]).max())
     )
-    if got.shape != reference.shape or result["max_abs_diff"] > atol:
+    if got.shape != reference.shape or not result["max_abs_diff"] <= atol:  # NaN fails
         raise ParityError(
             f"{path.name}: parity check failed: max |p - p_torch| = {result['max_abs_diff']:.2e} "
             f"> export.atol {atol:g} on {len(x):,} beats; nothing was written"

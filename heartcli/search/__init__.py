@@ -16,11 +16,13 @@ Files, by what they do:
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 from heartcli.config import HeartConfig
-from heartcli.errors import UsageError
+from heartcli.errors import HeartError, UsageError
 from heartcli.search.report import build_report, write_report
 from heartcli.search.state import (
     SearchReporter,
@@ -56,7 +58,66 @@ def tune(
     backend: str | None = None,
     address: str | None = None,
 ) -> SearchResult:
-    """Start a new search from ``config``, or continue the one in ``resume``."""
+    """Start a new search from ``config``, or continue the one in ``resume``. A search whose
+    every trial failed is a HeartError (exit 1) naming the first failure."""
+    check_minutes(max_minutes)
+    if config is not None:
+        hold_credentials(config)
+    result = _tune(
+        config,
+        name=name,
+        resume=resume,
+        evals=evals,
+        max_minutes=max_minutes,
+        jobs=jobs,
+        config_base=config_base,
+        reporter=reporter,
+        backend=backend,
+        address=address,
+    )
+    failed = [r for r in result.records if r.status == "failed"]
+    if result.records and len(failed) == len(result.records):
+        raise HeartError(
+            f"{result.search_dir}: every trial failed ({len(failed)}; trial "
+            f"{failed[0].number}: {failed[0].reason}); fix the cause and continue with "
+            f"`heart tune --resume {result.search_dir}`"
+        )
+    return result
+
+
+def check_minutes(minutes: float | None) -> None:
+    """``--max-minutes``: a finite number of minutes in 0..MAX_MINUTES (0 = no budget)."""
+    from heartcli.config import MAX_MINUTES
+
+    if minutes is not None and not (math.isfinite(minutes) and 0 <= minutes <= MAX_MINUTES):
+        raise UsageError(
+            f"--max-minutes {minutes}: give minutes from 0 (no budget) to {MAX_MINUTES:,}"
+        )
+
+
+def hold_credentials(config: HeartConfig) -> None:
+    """Files heart writes carry the tracking URI redacted (redact.py); the trials and the
+    worker processes of this search read the real one from the environment instead."""
+    from heartcli.redact import has_secret
+
+    uri = config.tracking.uri
+    if config.tracking.enabled and uri and has_secret(uri):
+        os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
+
+
+def _tune(
+    config: HeartConfig | None,
+    *,
+    name: str | None,
+    resume: Path | None,
+    evals: int | None,
+    max_minutes: float | None,
+    jobs: str | int | None,
+    config_base: Any,
+    reporter: SearchReporter | None,
+    backend: str | None,
+    address: str | None,
+) -> SearchResult:
     from heartcli.search.tpe import run_search
 
     on_ray = backend == "ray" or (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import re
 import shutil
@@ -284,7 +285,13 @@ def new_search(
     empty state; nothing runs yet. Two starts with one name: the second is refused."""
     name = check_search(config, name)
     search_dir = Path(config.train.runs_dir) / name
-    search_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        search_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only or full file system
+        raise HeartError(
+            f"cannot create {search_dir.parent}: {exc.strerror}; choose a writable folder as "
+            "[train] runs_dir"
+        ) from None
     try:
         search_dir.mkdir()
     except FileExistsError:
@@ -300,6 +307,11 @@ def new_search(
             f"{search_dir} is in use by another `heart tune` (or was left half-created; "
             "remove it); choose another --name"
         ) from None
+    except OSError as exc:
+        raise HeartError(
+            f"cannot create {search_dir}: {exc.strerror}; choose a writable folder as "
+            "[train] runs_dir"
+        ) from None
     lock = SearchLock(search_dir)
     lock.acquire()
     write_text(search_dir / CONFIG, dumps(config, config_base))
@@ -312,10 +324,47 @@ def new_search(
             "updated": now(),
             "evals": config.search.evals,
             "parent_run_id": None,
+            "space": space_record(config.search.space),
             "trials": [],
         },
     )
     return search_dir, lock
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def space_record(space: dict[str, Any]) -> dict[str, Any]:
+    """The search space as the search started: its SHA-256 and each key's distribution."""
+    import hashlib
+
+    return {
+        "sha256": hashlib.sha256(_canonical(list(space.items())).encode()).hexdigest(),
+        "keys": {key: _canonical(spec) for key, spec in space.items()},
+        "order": list(space),
+    }
+
+
+def check_space_unchanged(search_dir: Path, state: dict[str, Any], config: HeartConfig) -> None:
+    """Refuse to resume a search whose [search.space] changed since it started (a key
+    added, removed, moved or given another distribution): the trials so far were drawn
+    from the old space, and TPE would read them as draws from the new one."""
+    recorded = state.get("space")
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return  # a search from before the space was recorded
+    now_space = space_record(config.search.space)
+    if now_space["sha256"] == recorded["sha256"]:
+        return
+    old_keys = recorded.get("keys") or {}
+    new_keys = now_space["keys"]
+    changed = sorted(k for k in set(old_keys) | set(new_keys) if old_keys.get(k) != new_keys.get(k))
+    if not changed:
+        changed = ["the order of the keys"]
+    raise UsageError(
+        f"{search_dir / CONFIG}: [search.space] changed since the search started "
+        f"({', '.join(changed)}); restore it to resume, or start a new search with `heart tune`"
+    )
 
 
 def search_config(search_dir: Path) -> HeartConfig:
@@ -411,17 +460,32 @@ def mark_ended(run_dir: Path, status: str, reason: str = "") -> None:
         with contextlib.suppress(Exception):  # best effort: the run folder is what matters
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=tracking["uri"])
+            from heartcli.tracking import live_uri
+
+            client = MlflowClient(tracking_uri=live_uri(tracking["uri"]))
             client.set_tag(tracking["run_id"], "heart.status", status)
             client.set_terminated(
                 tracking["run_id"], status="FAILED" if status == "failed" else "FINISHED"
             )
 
 
+def check_trial_dir(run_dir: Path) -> None:
+    """A trial folder is a real folder inside its search folder: a link (to somewhere out
+    of runs/) is never followed, written into or deleted through."""
+    if run_dir.is_symlink() or (
+        run_dir.exists() and run_dir.resolve().parent != run_dir.parent.resolve()
+    ):
+        raise DataError(
+            f"{run_dir}: a link, not a trial folder heart made; heart never writes through "
+            "it, remove the link to run the trial"
+        )
+
+
 def clear_trial_dir(run_dir: Path, uri: str | None, parent_run_id: str | None) -> bool:
     """True to resume the trial's run folder; a folder that cannot be resumed is cleared."""
     from heartcli import runs
 
+    check_trial_dir(run_dir)
     if not run_dir.exists():
         return False
     if (run_dir / runs.CHECKPOINT).exists() and (run_dir / runs.MANIFEST).exists():
@@ -435,6 +499,7 @@ def clear_trial_dir(run_dir: Path, uri: str | None, parent_run_id: str | None) -
 
 def restart_trial_dir(run_dir: Path, uri: str | None, parent_run_id: str | None) -> None:
     """Clear a trial folder (and its MLflow run) that starts again from nothing."""
+    check_trial_dir(run_dir)
     if run_dir.exists():
         _drop_tracking(uri, parent_run_id, run_dir)
         shutil.rmtree(run_dir)

@@ -36,6 +36,7 @@ from heartcli.search.state import (
     TrialRecord,
     best_of,
     check_pruner,
+    check_space_unchanged,
     link_best,
     mark_ended,
     max_trial_epochs,
@@ -45,7 +46,7 @@ from heartcli.search.state import (
     save_state,
     search_config,
 )
-from heartcli.search.workers import Worker, WorkerArgs, cores
+from heartcli.search.workers import Worker, WorkerArgs, cores, stop_all
 from heartcli.search_space import Space, flatten, parse_space, to_hyperopt
 
 
@@ -141,6 +142,7 @@ class Search:
         self.search_dir = search_dir
         self.state = read_state(search_dir)
         self.config = search_config(search_dir)
+        check_space_unchanged(search_dir, self.state, self.config)
         check_pruner(self.config)
         s = self.s = self.config.search
         if evals is not None:
@@ -347,8 +349,7 @@ def drive(search: Search, jobs: int) -> None:
                 if search.has_more():
                     workers.append(Worker(args))
     finally:
-        for w in workers:
-            w.stop()
+        stop_all(workers)
 
 
 def run_search(

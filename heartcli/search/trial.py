@@ -13,7 +13,7 @@ from typing import Any
 import tomlkit
 
 from heartcli.config import HeartConfig
-from heartcli.errors import ConfigError, UsageError
+from heartcli.errors import ConfigError, HeartError
 from heartcli.search.state import (
     DATA_KEYS,
     TrialRecord,
@@ -89,7 +89,7 @@ def _scored(record: TrialRecord, metric: str, result: Any) -> None:
 
 def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
     """Train one trial; failures are recorded, never raised (but Ctrl-C: KeyboardInterrupt)."""
-    from heartcli.training import TrainingDiverged, train
+    from heartcli.training import train
 
     metric = setup.config.search.metric
     run_dir = setup.search_dir / f"trial-{record.number:03d}"
@@ -103,7 +103,12 @@ def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
         record.ended_at = time.time()
         return record
     cfg.train.threads = trial_threads(cfg.train.threads, setup.threads)
-    resume = clear_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
+    try:
+        resume = clear_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
+    except (HeartError, OSError) as exc:  # a link out of runs/, a folder that cannot go
+        record.status, record.reason = "failed", failure(exc)
+        record.ended_at = time.time()
+        return record
     curve = [v for v in (metric_value(metric, row) for row in history(run_dir)) if v is not None]
 
     def on_epoch(info: Any) -> bool:
@@ -124,7 +129,7 @@ def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
             val_data=setup.val_data,
             config_base=tomlkit.parse(setup.config_text),
         )
-    except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
+    except (HeartError, OSError, RuntimeError, MemoryError) as exc:  # a full disk included
         record.status, record.reason = "failed", failure(exc)
         record.curve = curve
     else:
@@ -142,11 +147,10 @@ def _cross_validated(
 ) -> TrialRecord:
     """A ``[search] folds`` trial: ``heart train --folds K`` in the trial folder (always
     afresh), scored by the folds' mean macro-F1; one MLflow run (the final model's)."""
-    from heartcli.training import TrainingDiverged
     from heartcli.training.crossval import cross_validate
 
-    restart_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
     try:
+        restart_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
         result = cross_validate(
             cfg,
             run_dir,
@@ -156,7 +160,7 @@ def _cross_validated(
             tracking_parent=setup.parent_run_id,
             track_folds=False,
         )
-    except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
+    except (HeartError, OSError, RuntimeError, MemoryError) as exc:
         record.status, record.reason = "failed", failure(exc)
     else:
         if result.final.status == "interrupted":

@@ -188,9 +188,31 @@ class Worker:
         return f"the worker process died (exit code {code})"
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.send(("exit",))
-        self.process.join(timeout=timeout)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=5)
-        self.conn.close()
+        stop_all([self], timeout)
+
+
+KILL_GRACE_S = 3.0  # after SIGTERM: a stopped (SIGSTOP) worker never acts on it
+
+
+def stop_all(workers: list[Worker], timeout: float = 10.0) -> None:
+    """Ask every worker to exit, wait ``timeout`` seconds for all of them together, then
+    SIGTERM the rest, and SIGKILL whatever is still there after KILL_GRACE_S: no wait
+    without a limit, even for a worker stopped with SIGSTOP."""
+    import time
+
+    for w in workers:
+        w.send(("exit",))
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.process.is_alive():
+            w.process.terminate()
+    deadline = time.monotonic() + KILL_GRACE_S
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join(timeout=KILL_GRACE_S)
+        w.conn.close()

@@ -498,6 +498,11 @@ def validate(setup: Setup) -> tuple[float, np.ndarray]:
     setup.model.eval()
     with torch.inference_mode():
         logits = torch_logits(setup.model, setup.val_inputs())
+        if not bool(torch.isfinite(logits).all()):
+            raise TrainingDiverged(
+                "training diverged: the model outputs NaN or inf on validation beats; "
+                "lower train.lr or check the data (no epoch is scored on them)"
+            )
         loss = float(setup.loss_fn(logits, setup.y_val).item())
     y_pred = logits.argmax(dim=1).cpu().numpy()
     return loss, confusion_matrix(setup.y_val.cpu().numpy(), y_pred, len(setup.classes))
@@ -682,13 +687,15 @@ def train(
     except KeyboardInterrupt:
         state.status = "interrupted"
     except BaseException:
-        manifest["status"] = "failed"
-        runs.write_manifest(run_dir, manifest)
-        tracker.end("failed")
+        _failed(run_dir, manifest, tracker)
         raise
 
     seconds = state.elapsed(started)
-    finish(config, run_dir, setup, state, manifest, tracker, seconds)
+    try:
+        finish(config, run_dir, setup, state, manifest, tracker, seconds)
+    except BaseException:
+        _failed(run_dir, manifest, tracker)
+        raise
     return TrainResult(
         run_dir=run_dir,
         status=state.status,
@@ -703,6 +710,13 @@ def train(
         seconds_to_best=state.seconds_to_best(),
         best_confusion=state.best_cm,
     )
+
+
+def _failed(run_dir: Path, manifest: dict[str, Any], tracker: Any) -> None:
+    """Record a run that failed (a full disk included) as "failed", never left "running"."""
+    runs.mark_failed(run_dir, manifest)
+    with contextlib.suppress(Exception):
+        tracker.end("failed")
 
 
 def _epochs(
