@@ -458,3 +458,34 @@ def write_prediction(result: Prediction, out: str | Path) -> None:
             import pyarrow.parquet as pq
 
             pq.write_table(table, tmp)
+
+
+def write_wfdb(
+    result: Prediction, out_dir: str | Path, *, annotator: str = "heart", force: bool = False
+) -> Path:
+    """The beats of a record as ``OUT_DIR/<record>.<annotator>`` (``wfdb.wrann``): one
+    annotation per beat at its R-peak sample in the record's own rate, the predicted class
+    as its symbol (N, S, V, F or Q) and ``p=<probability>`` of that class as its aux note."""
+    from heartcli.ec57 import CLASSES
+    from heartcli.ec57_records import read_header, test_labels, write_annotations
+
+    beats = result.beats
+    if beats.method not in ("annotations", "detected"):
+        raise UsageError(
+            f"{beats.source}: --format wfdb writes the beats of a WFDB record; give a record "
+            "path without extension as INPUT"
+        )
+    source = Path(beats.source)
+    to_ec57 = test_labels(result.model.classes)
+    predicted = result.predicted
+    p = result.proba[np.arange(len(predicted)), predicted]
+    return write_annotations(
+        source.name,
+        beats.sample,
+        [CLASSES[i] for i in to_ec57[predicted]],
+        [f"p={v:.4f}" for v in p],
+        read_header(source).fs,
+        out_dir,
+        annotator=annotator,
+        force=force,
+    )
