@@ -147,6 +147,7 @@ def score_records(
     include_paced: bool = False,
     skip_missing: bool = False,
     progress: Callable[[dict[str, Any], int, int], None] | None = None,
+    detector: str | None = None,
 ) -> dict[str, Any]:
     """The EC57 document of a model over records: per record, gross and average.
 
@@ -165,13 +166,20 @@ def score_records(
     for path in selection.records:
         header = read_header(path)
         references.append((path, header, read_beats(path, "atr", header)))
+    from heartcli.segment import DETECTOR, DETECTORS
+
+    detector = detector or DETECTOR
+    if detector not in DETECTORS:
+        raise UsageError(f"--detector {detector}: use {' or '.join(DETECTORS)}")
     model = load_model(model_path)
     to_ec57 = test_labels(model.classes)
     entries: list[dict[str, Any]] = []
     seconds = {"predict": 0.0, "score": 0.0}
     for i, (path, header, reference) in enumerate(references):
         t0 = time.perf_counter()
-        sample, predicted, _ = classify_record(model, path, peaks=peaks, lead=lead)
+        sample, predicted, _ = classify_record(
+            model, path, peaks=peaks, lead=lead, detector=detector
+        )
         t1 = time.perf_counter()
         test = ec57.BeatAnnotations(sample, to_ec57[predicted])
         comparison = ec57.compare(
@@ -194,6 +202,7 @@ def score_records(
         "model": str(model_path),
         "model_kind": model.kind,
         "peaks": peaks,
+        "detector": detector if peaks == "detect" else None,
         "learning_period_s": learning_period_s,
         "match_window_s": window_s,
         "excluded": {"paced": selection.paced, "no_atr": selection.missing},
@@ -205,13 +214,13 @@ def score_records(
 
 
 def classify_record(
-    model: Any, path: Path, *, peaks: str, lead: str = "auto"
+    model: Any, path: Path, *, peaks: str, lead: str = "auto", detector: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A record's beats as `heart predict` finds and labels them: R-peak samples at the
     record's own rate, predicted class indices, probabilities."""
     from heartcli.predict import check_range, read_input
 
-    beats = read_input(path, model, lead=lead, peaks=peaks)
+    beats = read_input(path, model, lead=lead, peaks=peaks, detector=detector)
     check_range(model, beats.x, path)
     proba = model.proba(beats.inputs(model))
     return beats.sample.astype(np.int64), proba.argmax(axis=1), proba

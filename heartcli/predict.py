@@ -201,7 +201,14 @@ class Beats:
         return model_inputs(self.x, self.rhythm, model.rhythm, self.source)
 
 
-def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str = "auto") -> Beats:
+def read_input(
+    path: str | Path,
+    model: Model,
+    *,
+    lead: str = "auto",
+    peaks: str = "auto",
+    detector: str | None = None,
+) -> Beats:
     """A beat file or a WFDB record, as beats the model can take."""
     from heartcli.dataset import AAMI_CLASSES
     from heartcli.segment import is_record, segment_record
@@ -209,7 +216,12 @@ def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str
     path = Path(path)
     if is_record(path):
         chosen = "MLII" if lead == "auto" and model.lead == "MLII" else lead
-        seg = segment_record(path, lead=chosen, peaks=peaks)  # type: ignore[arg-type]
+        seg = segment_record(
+            path,
+            lead=chosen,
+            peaks=peaks,  # type: ignore[arg-type]
+            detector=detector,
+        )
         beats = Beats(
             str(path),
             seg.x,
@@ -411,6 +423,7 @@ def predict(
     lead: str = "auto",
     peaks: str = "auto",
     out: str | Path | None = None,
+    detector: str | None = None,
 ) -> Prediction:
     """Classify every beat of ``input_path`` with the model at ``model_path``."""
     check_output(out)
@@ -419,7 +432,7 @@ def predict(
     t0 = time.perf_counter()
     model = load_model(model_path)
     t1 = time.perf_counter()
-    beats = read_input(input_path, model, lead=lead, peaks=peaks)
+    beats = read_input(input_path, model, lead=lead, peaks=peaks, detector=detector)
     check_range(model, beats.x, input_path)
     t2 = time.perf_counter()
     proba = model.proba(beats.inputs(model))

@@ -295,3 +295,20 @@ def test_vf_episode_and_q_rules():
     c = ec57.compare(ref, test, fs=360, start_s=0).counts()
     assert (c["qrs_tp"], c["qrs_fp"], c["qrs_fn"]) == (4, 0, 0)
     assert c["veb_fp"] == 0 and c["veb_tn"] == 2 and c["sveb_fp"] == 0  # Nn and Qs
+
+
+def test_detected_beats_sit_on_the_reference_r_peaks(heart, model, tmp_path, mitdb_dir):
+    """gqrs (the default) marks the QRS ~12 samples early; heart moves the marks to the
+    R-peak, where the .atr puts the beats and the beat cut starts: as close as XQRS's."""
+    from heartcli.segment import match_peaks
+
+    record = copy_record(mitdb_dir, tmp_path / "rec", "119")  # 444 PVCs
+    ref = reference_beats(record)
+    for detector in ("gqrs", "xqrs"):
+        heart("-q", "predict", model, record, "--peaks", "detect", "--detector", detector,
+              "--out", tmp_path / f"{detector}.csv")  # fmt: skip
+        found = pacsv.read_csv(tmp_path / f"{detector}.csv").column("sample").to_numpy()
+        match = match_peaks(ref, found, 54)
+        offset = found[match[match >= 0]] - ref[match >= 0]
+        assert (match >= 0).mean() >= 0.995
+        assert abs(np.median(offset)) <= 1 and np.mean(np.abs(offset) <= 3) >= 0.75, detector

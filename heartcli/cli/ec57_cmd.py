@@ -20,6 +20,7 @@ def evaluate_records(
     skip_missing: bool,
     include_paced: bool,
     out_csv: Path | None,
+    detector: str | None = None,
 ) -> None:
     from heartcli.ec57_records import score_records, write_csv
     from heartcli.errors import UsageError
@@ -43,6 +44,7 @@ def evaluate_records(
         include_paced=include_paced,
         skip_missing=skip_missing,
         progress=progress,
+        detector=detector,
     )
     if out_csv is not None:
         document["out"] = str(write_csv(document, out_csv))
@@ -67,7 +69,7 @@ STAT_TITLES = (
 def _render(doc: dict[str, Any]) -> None:
     console = out().console
     table = Table(
-        title=f"EC57 beat by beat ({doc['peaks']} peaks; figures in %, - where undefined)",
+        title=f"EC57 beat by beat ({_beats_from(doc)}; figures in %, - where undefined)",
         box=box.SIMPLE,
         pad_edge=False,
         padding=(0, 1),
@@ -100,6 +102,12 @@ def _render(doc: dict[str, Any]) -> None:
         lines.append(f"wrote {doc['out']}")
     for line in lines:
         console.print(line, highlight=False)
+
+
+def _beats_from(doc: dict[str, Any]) -> str:
+    if doc["peaks"] == "annotations":
+        return "beats of the .atr"
+    return f"R-peaks detected by {doc['detector']}"
 
 
 def _cells(name: str, figures: dict[str, Any], *, counts: bool = True) -> list[str]:

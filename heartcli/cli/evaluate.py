@@ -55,6 +55,16 @@ def evaluate(
             rich_help_panel="Whole records (EC57)",
         ),
     ] = "detect",
+    detector: Annotated[
+        Literal["gqrs", "xqrs"] | None,
+        typer.Option(
+            "--detector",
+            help="--records --peaks detect: the R-peak detector (default gqrs), as heart "
+            "predict's.",
+            show_default=False,
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = None,
     learning_period: Annotated[
         float,
         typer.Option(
@@ -106,7 +116,9 @@ def evaluate(
             raise UsageError(
                 "--records scores whole records and takes no --data/--split; --out needs --records"
             )
-        evaluate_records(run, records, peaks, learning_period, skip_missing, include_paced, out_csv)
+        evaluate_records(
+            run, records, peaks, learning_period, skip_missing, include_paced, out_csv, detector
+        )
         return
     from heartcli.dataset import apply_classes, load_split, read_beats
     from heartcli.evaluate import evaluate_run

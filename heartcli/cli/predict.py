@@ -50,7 +50,8 @@ def predict(
         typer.Option(
             "--peaks",
             help="Record beats: auto (the .atr annotations when present, else detected "
-            "R-peaks), annotations, or detect (XQRS; scored against the .atr if present).",
+            "R-peaks), annotations, or detect (--detector; scored against the .atr if "
+            "present).",
         ),
     ] = "auto",
     rows: Annotated[
@@ -59,6 +60,15 @@ def predict(
             "--rows", min=0, metavar="N", help="Beats shown in the table (all go to --out)."
         ),
     ] = 10,
+    detector: Annotated[
+        Literal["gqrs", "xqrs"] | None,
+        typer.Option(
+            "--detector",
+            help="R-peak detector for detected beats: gqrs (default; its marks moved to the "
+            "R-peak) or xqrs (wfdb's XQRS).",
+            show_default=False,
+        ),
+    ] = None,
     format_: Annotated[
         Literal["auto", "wfdb"],
         typer.Option(
@@ -78,9 +88,11 @@ def predict(
     from heartcli.predict import predict as run_predict
 
     if format_ == "wfdb":
-        result, summary = _predict_wfdb(model, input_, out_file, lead, peaks, annotator, force)
+        result, summary = _predict_wfdb(
+            model, input_, out_file, lead, peaks, annotator, force, detector
+        )
     else:
-        result = run_predict(model, input_, lead=lead, peaks=peaks, out=out_file)
+        result = run_predict(model, input_, lead=lead, peaks=peaks, out=out_file, detector=detector)
         summary = result.summary()
     if out_file is not None and "out" not in summary:
         summary["out"] = str(out_file)
@@ -96,6 +108,7 @@ def _predict_wfdb(
     peaks: str,
     annotator: str,
     force: bool,
+    detector: str | None,
 ) -> tuple[Any, dict[str, Any]]:
     """--format wfdb: the checks first (folder, annotator, an existing file), then predict."""
     from heartcli.ec57_records import check_annotator
@@ -108,7 +121,7 @@ def _predict_wfdb(
     target = out_dir / f"{input_.name}.{check_annotator(annotator)}"
     if target.exists() and not force:
         raise UsageError(f"{target} exists; pass --force to replace it")
-    result = run_predict(model, input_, lead=lead, peaks=peaks)
+    result = run_predict(model, input_, lead=lead, peaks=peaks, detector=detector)
     summary = result.summary()
     summary["out"] = str(write_wfdb(result, out_dir, annotator=annotator, force=force))
     return result, summary
@@ -121,7 +134,7 @@ def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
     what = {
         "file": "beats from the file",
         "annotations": "beats cut at the record's .atr annotations",
-        "detected": "beats cut at detected R-peaks (XQRS)",
+        "detected": "beats cut at detected R-peaks",
     }[summary["segmentation"]]
     lead = f", lead {summary['lead']}" if summary["lead"] else ""
     console.print(f"{summary['input']}: {n:,} {what}{lead}", highlight=False)
