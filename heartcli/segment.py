@@ -23,8 +23,8 @@ Kaggle-exact recipe), on one lead in raw ADC units at 360 Hz:
 
 gqrs marks a QRS ~33 ms before its R-peak (where MIT-BIH's beats are annotated and the
 beat cut starts); :func:`gqrs_peaks` moves each mark to the largest deflection within
-50 ms. On the 22 DS1 records (EC57 rules) gqrs finds 99.87% of the beats at +P 99.77%,
-XQRS 99.19% at 99.24%. XQRS is used as published, except for its local-maximum search
+50 ms. On the 22 DS1 records (EC57 rules) gqrs finds 99.84% of the beats at +P 99.70%,
+XQRS 98.97% at 99.58%. XQRS is used as published, except for its local-maximum search
 (``wfdb.processing.peaks.find_local_peaks``), a Python loop that takes ~97% of its 7 s on
 a 30-minute record: :func:`local_peaks` returns exactly the same indices, vectorised.
 """
