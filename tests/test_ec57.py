@@ -43,6 +43,23 @@ def copy_record(mitdb_dir: Path, dest: Path, name: str, atr: bool = True) -> Pat
     return dest / name
 
 
+def cut_record(mitdb_dir: Path, dest: Path, name: str, minutes: float = 8) -> Path:
+    """The first minutes of a real record (both signals, raw units, its .atr), as a record
+    of its own: detection on it costs a few seconds instead of ~10."""
+    import wfdb
+
+    end = int(minutes * 60 * 360)
+    rec = wfdb.rdrecord(str(mitdb_dir / name), sampto=end, physical=False)
+    ann = wfdb.rdann(str(mitdb_dir / name), "atr", sampto=end - 1)
+    dest.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        name, fs=rec.fs, units=rec.units, sig_name=rec.sig_name, d_signal=rec.d_signal,
+        fmt=rec.fmt, adc_gain=rec.adc_gain, baseline=rec.baseline, write_dir=str(dest),
+    )  # fmt: skip
+    wfdb.wrann(name, "atr", ann.sample, symbol=ann.symbol, write_dir=str(dest))
+    return dest / name
+
+
 def reference_beats(record: Path) -> np.ndarray:
     import wfdb
 
@@ -62,7 +79,7 @@ def _error(result) -> str:
 def test_wfdb_annotations_read_back_as_the_csv(heart, model, tmp_path, mitdb_dir):
     import wfdb
 
-    record = copy_record(mitdb_dir, tmp_path / "rec", "203")
+    record = cut_record(mitdb_dir, tmp_path / "rec", "203")
     out = tmp_path / "ann"
     s = heart.json("predict", model, record, "--peaks", "detect", "--format", "wfdb", "--out", out)
     assert s["out"] == str(out / "203.heart") and (out / "203.heart").is_file()
@@ -99,7 +116,7 @@ def test_qrs_counts_equal_wfdb_compare_annotations(heart, model, tmp_path, mitdb
 
     folder = tmp_path / "recs"
     for name in ("105", "203"):
-        copy_record(mitdb_dir, folder, name)
+        cut_record(mitdb_dir, folder, name)
     doc = heart.json("evaluate", model, "--records", folder, "-f", "0")
     assert [r["record"] for r in doc["records"]] == ["105", "203"]
     for entry in doc["records"]:
@@ -111,8 +128,8 @@ def test_qrs_counts_equal_wfdb_compare_annotations(heart, model, tmp_path, mitdb
         assert (entry["qrs_tp"], entry["qrs_fn"], entry["qrs_fp"]) == (
             wfdb_cmp.tp, wfdb_cmp.fn, wfdb_cmp.fp,
         )  # fmt: skip
-        assert entry["qrs_fp"] > 0 and entry["qrs_fn"] > 0  # both records have both errors
     gross = doc["gross"]
+    assert gross["qrs_fp"] > 0 and gross["qrs_fn"] > 0  # errors of both kinds to agree on
     assert gross["qrs_tp"] == sum(r["qrs_tp"] for r in doc["records"])
     assert gross["qrs_se"] == pytest.approx(gross["qrs_tp"] / (gross["qrs_tp"] + gross["qrs_fn"]))
     assert doc["average"]["qrs_se"] == pytest.approx(np.mean([r["qrs_se"] for r in doc["records"]]))
@@ -153,7 +170,7 @@ def test_annotation_peaks_equal_the_aami_table(heart, model, tmp_path, mitdb_dir
 
 def test_records_folder_csv_paced_and_missing(heart, model, tmp_path, mitdb_dir):
     folder = tmp_path / "recs"
-    copy_record(mitdb_dir, folder, "100")
+    cut_record(mitdb_dir, folder, "100")
     copy_record(mitdb_dir, folder, "104")  # paced: left out by default
     copy_record(mitdb_dir, folder, "101", atr=False)
     refused = heart("evaluate", model, "--records", folder, expect=1)
@@ -302,7 +319,7 @@ def test_detected_beats_sit_on_the_reference_r_peaks(heart, model, tmp_path, mit
     R-peak, where the .atr puts the beats and the beat cut starts: as close as XQRS's."""
     from heartcli.segment import match_peaks
 
-    record = copy_record(mitdb_dir, tmp_path / "rec", "119")  # 444 PVCs
+    record = cut_record(mitdb_dir, tmp_path / "rec", "119", minutes=10)  # 140 PVCs
     ref = reference_beats(record)
     for detector in ("gqrs", "xqrs"):
         heart("-q", "predict", model, record, "--peaks", "detect", "--detector", detector,
