@@ -174,6 +174,7 @@ def score_records(
     model = load_model(model_path)
     to_ec57 = test_labels(model.classes)
     entries: list[dict[str, Any]] = []
+    notes: list[str] = []
     seconds = {"predict": 0.0, "score": 0.0}
     for i, (path, header, reference) in enumerate(references):
         t0 = time.perf_counter()
@@ -193,6 +194,12 @@ def score_records(
         entry = ec57.record_entry(path.name, comparison, header.fs)
         entry["fs"] = header.fs
         entries.append(entry)
+        if entry["qrs_tp"] + entry["qrs_fn"] == 0:
+            notes.append(
+                f"{path.name}: no reference beat after the learning period "
+                f"({learning_period_s:g} s; the record is {header.length / header.fs:.0f} s): "
+                "nothing scored; lower -f/--learning-period"
+            )
         seconds["predict"] += t1 - t0
         seconds["score"] += time.perf_counter() - t1
         if progress is not None:
@@ -209,6 +216,7 @@ def score_records(
         "gross": gross,
         "average": average,
         "records": entries,
+        "notes": notes,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
 

@@ -186,6 +186,7 @@ def test_records_folder_csv_paced_and_missing(heart, model, tmp_path, mitdb_dir)
     lines = list(csv.reader(out.open()))
     assert tuple(lines[0]) == ec57.BXB_COLUMNS
     assert [line[0] for line in lines[1:]] == ["100", "Gross", "Average"]
+    assert doc["notes"] == []
     r = doc["records"][0]
     m = r["matrix"]
     assert int(lines[1][1]) == m["N"]["n"] + m["N"]["f"] + m["N"]["q"]  # Nn'
@@ -231,6 +232,12 @@ def test_record_at_250_hz_is_scored_in_its_own_samples(heart, model, tmp_path, m
     wfdb.wrann("slow", "atr", samples, symbol=ann.symbol, write_dir=str(folder), fs=250)
     doc = heart.json("evaluate", model, "--records", folder / "slow")
     (entry,) = doc["records"]
+    short = heart.json("evaluate", model, "--records", folder / "slow", "-f", "900")
+    assert short["notes"] == [
+        "slow: no reference beat after the learning period (900 s; the record is 600 s): "
+        "nothing scored; lower -f/--learning-period"
+    ]
+    assert short["gross"]["qrs_se"] is None and short["average"]["qrs_se"] is None
     assert entry["fs"] == 250
     reference = reference_beats(folder / "slow")
     assert entry["qrs_tp"] + entry["qrs_fn"] == int((reference >= 75000).sum())

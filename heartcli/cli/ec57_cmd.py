@@ -96,6 +96,7 @@ def _render(doc: dict[str, Any]) -> None:
         lines.append(f"left out, paced (EC57): {', '.join(excluded['paced'])}")
     if excluded["no_atr"]:
         lines.append(f"left out, no .atr (--skip-missing): {', '.join(excluded['no_atr'])}")
+    lines += [f"note: {note}" for note in doc["notes"]]
     seconds = doc["seconds"]
     lines.append(f"time: predict {seconds['predict']:.1f} s, scoring {seconds['score']:.2f} s")
     if doc.get("out"):
