@@ -202,7 +202,14 @@ class Beats:
         return model_inputs(self.x, self.rhythm, model.rhythm, self.source)
 
 
-def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str = "auto") -> Beats:
+def read_input(
+    path: str | Path,
+    model: Model,
+    *,
+    lead: str = "auto",
+    peaks: str = "auto",
+    detector: str | None = None,
+) -> Beats:
     """A beat file or a WFDB record, as beats the model can take."""
     from heartcli.dataset import AAMI_CLASSES
     from heartcli.segment import is_record, segment_record
@@ -210,7 +217,12 @@ def read_input(path: str | Path, model: Model, *, lead: str = "auto", peaks: str
     path = Path(path)
     if is_record(path):
         chosen = "MLII" if lead == "auto" and model.lead == "MLII" else lead
-        seg = segment_record(path, lead=chosen, peaks=peaks)  # type: ignore[arg-type]
+        seg = segment_record(
+            path,
+            lead=chosen,
+            peaks=peaks,  # type: ignore[arg-type]
+            detector=detector,
+        )
         beats = Beats(
             str(path),
             seg.x,
@@ -431,6 +443,7 @@ def predict(
     lead: str = "auto",
     peaks: str = "auto",
     out: str | Path | None = None,
+    detector: str | None = None,
 ) -> Prediction:
     """Classify every beat of ``input_path`` with the model at ``model_path``."""
     check_output(out)
@@ -441,7 +454,7 @@ def predict(
     threads = ThreadPolicy("auto")  # measures the CPU others use while the model and data load
     model = load_model(model_path)
     t1 = time.perf_counter()
-    beats = read_input(input_path, model, lead=lead, peaks=peaks)
+    beats = read_input(input_path, model, lead=lead, peaks=peaks, detector=detector)
     check_range(model, beats.x, input_path)
     if model.kind == "run":
         threads.start(wait=False)
@@ -482,3 +495,34 @@ def write_prediction(result: Prediction, out: str | Path) -> None:
             import pyarrow.parquet as pq
 
             pq.write_table(table, tmp)
+
+
+def write_wfdb(
+    result: Prediction, out_dir: str | Path, *, annotator: str = "heart", force: bool = False
+) -> Path:
+    """The beats of a record as ``OUT_DIR/<record>.<annotator>`` (``wfdb.wrann``): one
+    annotation per beat at its R-peak sample in the record's own rate, the predicted class
+    as its symbol (N, S, V, F or Q) and ``p=<probability>`` of that class as its aux note."""
+    from heartcli.ec57 import CLASSES
+    from heartcli.ec57_records import read_header, test_labels, write_annotations
+
+    beats = result.beats
+    if beats.method not in ("annotations", "detected"):
+        raise UsageError(
+            f"{beats.source}: --format wfdb writes the beats of a WFDB record; give a record "
+            "path without extension as INPUT"
+        )
+    source = Path(beats.source)
+    to_ec57 = test_labels(result.model.classes)
+    predicted = result.predicted
+    p = result.proba[np.arange(len(predicted)), predicted]
+    return write_annotations(
+        source.name,
+        beats.sample,
+        [CLASSES[i] for i in to_ec57[predicted]],
+        [f"p={v:.4f}" for v in p],
+        read_header(source).fs,
+        out_dir,
+        annotator=annotator,
+        force=force,
+    )

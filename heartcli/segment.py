@@ -5,7 +5,8 @@ Kaggle-exact recipe), on one lead in raw ADC units at 360 Hz:
 
 * **boundaries**: every annotation of the record's ``.atr`` when there is one (the beats
   are then exactly the dataset's rows, and their AAMI labels are the reference); without
-  it, the R-peaks detected in the signal by wfdb's XQRS, and only those;
+  it, the R-peaks detected in the signal, and only those: by wfdb's gqrs (the default),
+  each mark moved to the R-peak, or by wfdb's XQRS (``detector="xqrs"``);
 * **rate**: a record sampled at another rate is first resampled to 360 Hz with
   ``scipy.signal.resample_poly`` (a polyphase FIR with an anti-aliasing low-pass), and the
   annotation positions are scaled with it, so beats reach the model at the 120 Hz
@@ -20,7 +21,10 @@ Kaggle-exact recipe), on one lead in raw ADC units at 360 Hz:
   otherwise falls back to channel 0 (saying so); a model trained on ``lead = "MLII"``
   data requires it.
 
-XQRS is used as published, except for its local-maximum search
+gqrs marks a QRS ~33 ms before its R-peak (where MIT-BIH's beats are annotated and the
+beat cut starts); :func:`gqrs_peaks` moves each mark to the largest deflection within
+50 ms. On the 22 DS1 records (EC57 rules) gqrs finds 99.84% of the beats at +P 99.70%,
+XQRS 98.97% at 99.58%. XQRS is used as published, except for its local-maximum search
 (``wfdb.processing.peaks.find_local_peaks``), a Python loop that takes ~97% of its 7 s on
 a 30-minute record: :func:`local_peaks` returns exactly the same indices, vectorised.
 """
@@ -206,15 +210,49 @@ def local_peaks(sig: np.ndarray, radius: int) -> np.ndarray:
 
 _xqrs_lock = threading.Lock()
 
+# The R-peak detectors `heart predict --peaks detect` offers. gqrs is the default: on the 22
+# DS1 records (EC57 rules) it finds more beats than XQRS at a similar +P; see README.
+DETECTORS = ("gqrs", "xqrs")
+DETECTOR = "gqrs"
+GQRS_SEARCH_S = 0.05  # gqrs marks ~33 ms before the R-peak: moved to it within 50 ms
 
-def detect_r_peaks(signal_mv: np.ndarray, fs: float = FS_HZ) -> np.ndarray:
-    """R-peak sample indices by wfdb's XQRS, with :func:`local_peaks` as its peak search."""
+
+def gqrs_peaks(signal_mv: np.ndarray, fs: float = FS_HZ) -> np.ndarray:
+    """wfdb's gqrs (the port of WFDB's C gqrs), each mark then moved to the signal's
+    largest deflection within 50 ms (``wfdb.processing.correct_peaks``, ``compare``: up or
+    down from the local mean): gqrs marks the QRS ~12 samples (33 ms) before the R-peak
+    where the beats were annotated, and the beat cut starts at the peak."""
+    from wfdb.processing import correct_peaks, gqrs_detect
+
+    sig = np.asarray(signal_mv, dtype=np.float64)
+    try:
+        marks = np.asarray(gqrs_detect(sig=sig, fs=fs), dtype=np.int64)
+    except (ValueError, IndexError) as exc:
+        raise DataError(f"R-peak detection failed on this signal ({exc})") from None
+    if len(marks) == 0:
+        return marks
+    radius = max(round(GQRS_SEARCH_S * fs), 1)
+    moved = correct_peaks(sig, marks, radius, round(0.4 * fs), peak_dir="compare")
+    return np.unique(np.asarray(moved, dtype=np.int64))
+
+
+def detect_r_peaks(
+    signal_mv: np.ndarray, fs: float = FS_HZ, detector: str | None = None
+) -> np.ndarray:
+    """R-peak sample indices by ``detector`` (default :data:`DETECTOR`): wfdb's gqrs with
+    its marks moved to the R-peak (:func:`gqrs_peaks`), or wfdb's XQRS with
+    :func:`local_peaks` as its peak search."""
     from wfdb.processing import qrs
 
+    detector = detector or DETECTOR
+    if detector not in DETECTORS:
+        raise UsageError(f"--detector {detector}: use {' or '.join(DETECTORS)}")
     if len(signal_mv) < int(2 * fs):
         raise DataError(
             f"the record is {len(signal_mv) / fs:.1f} s long; R-peak detection needs at least 2 s"
         )
+    if detector == "gqrs":
+        return gqrs_peaks(signal_mv, fs)
     with _xqrs_lock:
         original = qrs.find_local_peaks
         qrs.find_local_peaks = local_peaks
@@ -260,7 +298,11 @@ def match_peaks(reference: np.ndarray, detected: np.ndarray, tolerance: int) -> 
 
 
 def segment_record(
-    path: str | Path, *, lead: str = "auto", peaks: PeaksMode = "auto"
+    path: str | Path,
+    *,
+    lead: str = "auto",
+    peaks: PeaksMode = "auto",
+    detector: str | None = None,
 ) -> SegmentedRecord:
     """Cut a WFDB record (path without extension) into beats by the `heart fetch` recipe."""
     path = Path(path)
@@ -288,7 +330,7 @@ def segment_record(
         )
 
     signal_mv = (np.asarray(rec.signal, dtype=np.float64) - rec.baseline) / rec.gain
-    detected = detect_r_peaks(signal_mv, FS_HZ)
+    detected = detect_r_peaks(signal_mv, FS_HZ, detector)
     if len(detected) < 2:
         raise DataError(f"{path}: fewer than 2 R-peaks detected; is this an ECG lead?")
     # The detected peaks are the boundaries and the beats; every one is a beat ("N" here is

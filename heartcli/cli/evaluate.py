@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich import box
@@ -14,7 +14,11 @@ from heartcli.cli._util import out
 
 def evaluate(
     run: Annotated[
-        Path, typer.Argument(metavar="RUN", help="Run folder written by `heart train`.")
+        Path,
+        typer.Argument(
+            metavar="RUN",
+            help="Run folder written by `heart train` (with --records also an exported .onnx).",
+        ),
     ],
     data: Annotated[
         Path | None,
@@ -31,8 +35,90 @@ def evaluate(
             "--split", help="Split of the dataset folder (default: the run's [data] split)."
         ),
     ] = None,
+    records: Annotated[
+        str | None,
+        typer.Option(
+            "--records",
+            metavar="DIR|a,b,c",
+            help="Score whole WFDB records beat by beat against their .atr (ANSI/AAMI EC57, "
+            "as WFDB's bxb): a folder of records or comma-separated record paths.",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = None,
+    peaks: Annotated[
+        Literal["detect", "annotations"],
+        typer.Option(
+            "--peaks",
+            help="--records beats: detect (R-peaks found in the signal) or annotations (the "
+            ".atr's own beats: scores the classifier alone).",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = "detect",
+    detector: Annotated[
+        Literal["gqrs", "xqrs"] | None,
+        typer.Option(
+            "--detector",
+            help="--records --peaks detect: the R-peak detector (default gqrs), as heart "
+            "predict's.",
+            show_default=False,
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = None,
+    learning_period: Annotated[
+        float,
+        typer.Option(
+            "--learning-period",
+            "-f",
+            metavar="SECONDS",
+            min=0,
+            help="--records: beats before this time are not scored (EC57: 300 s; bxb -f).",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = 300.0,
+    skip_missing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-missing",
+            help="--records: leave out records without .atr instead of refusing them.",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = False,
+    include_paced: Annotated[
+        bool,
+        typer.Option(
+            "--include-paced",
+            help="--records: also score the paced records 102, 104, 107, 217 (EC57 leaves "
+            "them out).",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = False,
+    out_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="FILE.csv",
+            help="--records: one line per record in bxb's -L column order, then Gross and Average.",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = None,
 ) -> None:
-    """Accuracy, balanced accuracy, macro-F1 with 95% CI, per-class figures, confusion matrix."""
+    """Accuracy, balanced accuracy, macro-F1 with 95% CI, per-class figures, confusion matrix.
+
+    With --records: whole recordings scored beat by beat (EC57: QRS, VEB and SVEB Se/+P).
+    """
+    if records is not None or out_csv is not None:
+        from heartcli.cli.ec57_cmd import evaluate_records
+
+        if data is not None or split is not None or records is None:
+            from heartcli.errors import UsageError
+
+            raise UsageError(
+                "--records scores whole records and takes no --data/--split; --out needs --records"
+            )
+        evaluate_records(
+            run, records, peaks, learning_period, skip_missing, include_paced, out_csv, detector
+        )
+        return
     from heartcli.dataset import apply_classes, load_split, read_beats
     from heartcli.evaluate import evaluate_run
     from heartcli.runs import CONFUSION, EVAL, load_run

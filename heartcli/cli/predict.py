@@ -31,8 +31,8 @@ def predict(
         typer.Option(
             "--out",
             "-o",
-            help="Write one row per beat to a .csv, .parquet or .json file.",
-            dir_okay=False,
+            help="Write one row per beat to a .csv, .parquet or .json file (with --format "
+            "wfdb: the folder for the annotation file).",
         ),
     ] = None,
     lead: Annotated[
@@ -50,7 +50,8 @@ def predict(
         typer.Option(
             "--peaks",
             help="Record beats: auto (the .atr annotations when present, else detected "
-            "R-peaks), annotations, or detect (XQRS; scored against the .atr if present).",
+            "R-peaks), annotations, or detect (--detector; scored against the .atr if "
+            "present).",
         ),
     ] = "auto",
     rows: Annotated[
@@ -59,16 +60,71 @@ def predict(
             "--rows", min=0, metavar="N", help="Beats shown in the table (all go to --out)."
         ),
     ] = 10,
+    detector: Annotated[
+        Literal["gqrs", "xqrs"] | None,
+        typer.Option(
+            "--detector",
+            help="R-peak detector for detected beats: gqrs (default; its marks moved to the "
+            "R-peak) or xqrs (wfdb's XQRS).",
+            show_default=False,
+        ),
+    ] = None,
+    format_: Annotated[
+        Literal["auto", "wfdb"],
+        typer.Option(
+            "--format",
+            help="auto: --out's suffix (.csv, .parquet, .json); wfdb: a WFDB annotation file "
+            "OUT/<record>.<annotator> (symbols N S V F Q, probability in the aux note).",
+        ),
+    ] = "auto",
+    annotator: Annotated[
+        str, typer.Option("--annotator", metavar="NAME", help="WFDB annotator (--format wfdb).")
+    ] = "heart",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing annotation file (--format wfdb).")
+    ] = False,
 ) -> None:
     """Predict the class of every beat; with reference labels, per-class sensitivity and PPV."""
     from heartcli.predict import predict as run_predict
 
-    result = run_predict(model, input_, lead=lead, peaks=peaks, out=out_file)
-    summary = result.summary()
-    if out_file is not None:
+    if format_ == "wfdb":
+        result, summary = _predict_wfdb(
+            model, input_, out_file, lead, peaks, annotator, force, detector
+        )
+    else:
+        result = run_predict(model, input_, lead=lead, peaks=peaks, out=out_file, detector=detector)
+        summary = result.summary()
+    if out_file is not None and "out" not in summary:
         summary["out"] = str(out_file)
     o = out()
     o.result(summary, lambda: _render(result, summary, rows))
+
+
+def _predict_wfdb(
+    model: Path,
+    input_: Path,
+    out_dir: Path | None,
+    lead: str,
+    peaks: str,
+    annotator: str,
+    force: bool,
+    detector: str | None,
+) -> tuple[Any, dict[str, Any]]:
+    """--format wfdb: the checks first (folder, annotator, an existing file), then predict."""
+    from heartcli.ec57_records import check_annotator
+    from heartcli.errors import UsageError
+    from heartcli.predict import predict as run_predict
+    from heartcli.predict import write_wfdb
+
+    if out_dir is None:
+        raise UsageError("--format wfdb writes OUT/<record>.<annotator>: pass --out DIR")
+    target = out_dir / f"{input_.name}.{check_annotator(annotator)}"
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to replace it")
+    result = run_predict(model, input_, lead=lead, peaks=peaks, detector=detector)
+    summary = result.summary()
+    summary["out"] = str(write_wfdb(result, out_dir, annotator=annotator, force=force))
+    return result, summary
 
 
 def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
@@ -78,7 +134,7 @@ def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
     what = {
         "file": "beats from the file",
         "annotations": "beats cut at the record's .atr annotations",
-        "detected": "beats cut at detected R-peaks (XQRS)",
+        "detected": "beats cut at detected R-peaks",
     }[summary["segmentation"]]
     lead = f", lead {summary['lead']}" if summary["lead"] else ""
     console.print(f"{summary['input']}: {n:,} {what}{lead}", highlight=False)

@@ -1,0 +1,315 @@
+"""`heart evaluate MODEL --records`: whole recordings scored beat by beat as EC57 prescribes,
+and `heart predict --format wfdb`: a record's beats as a WFDB annotation file.
+
+For each record the model labels every beat heart finds (detected R-peaks, or the .atr's
+own beats with ``--peaks annotations``, cut and classified exactly as `heart predict`
+does), and :mod:`heartcli.ec57` compares those beats with the record's reference ``.atr``
+in the record's own samples and sampling rate. The paced records 102, 104, 107 and 217
+are left out by default (EC57's reporting rules), and named in the result.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from heartcli import ec57
+from heartcli.errors import DataError, UsageError
+
+ANNOTATOR = "heart"
+PEAKS = ("detect", "annotations")
+
+
+# --------------------------------------------------------------------------- records
+
+
+def list_records(spec: str | Path) -> list[Path]:
+    """A folder of WFDB records (every ``*.hea`` in it) or comma-separated record paths."""
+    text = str(spec).strip()
+    folder = Path(text)
+    if folder.is_dir():
+        found = sorted(p.with_suffix("") for p in folder.glob("*.hea"))
+        if not found:
+            raise UsageError(f"--records {folder}: no WFDB records (*.hea) in this folder")
+        return found
+    paths = [Path(p.strip()) for p in text.split(",") if p.strip()]
+    if not paths:
+        raise UsageError("--records: give a folder of WFDB records or record paths a,b,c")
+    for path in paths:
+        if path.suffix in (".hea", ".dat", ".atr"):
+            path = path.with_suffix("")
+        if not Path(f"{path}.hea").is_file():
+            raise UsageError(
+                f"--records: {path}: no WFDB record here ({path.name}.hea missing); give record "
+                "paths without extension, e.g. ../shared/data/mitdb/100"
+            )
+    return [p.with_suffix("") if p.suffix in (".hea", ".dat", ".atr") else p for p in paths]
+
+
+@dataclass
+class Selection:
+    records: list[Path]
+    paced: list[str]  # left out: paced records (EC57)
+    missing: list[str]  # left out: no .atr (--skip-missing)
+
+
+def select_records(
+    paths: list[Path], *, include_paced: bool = False, skip_missing: bool = False
+) -> Selection:
+    """The records to score: without .atr refused by name (or skipped), paced left out."""
+    missing = [p for p in paths if not Path(f"{p}.atr").is_file()]
+    if missing and not skip_missing:
+        names = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DataError(
+            f"no reference annotations (.atr) for {len(missing)} record(s): {names}; "
+            "EC57 scoring needs them (pass --skip-missing to leave those records out)"
+        )
+    paced = [] if include_paced else [p for p in paths if p.name in ec57.PACED_RECORDS]
+    keep = [p for p in paths if p not in missing and p not in paced]
+    if not keep:
+        raise UsageError("--records: no record left to score (all paced or without .atr)")
+    return Selection(keep, [p.name for p in paced], [p.name for p in missing])
+
+
+@dataclass
+class Header:
+    fs: float
+    length: int  # samples in the record
+
+
+def read_header(path: Path) -> Header:
+    import wfdb
+
+    try:
+        header = wfdb.rdheader(str(path))
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise DataError(f"{path}.hea: cannot read the record header ({exc})") from None
+    fs = float(header.fs or 0)
+    if fs <= 0:
+        raise DataError(f"{path}.hea: sampling frequency {fs:g} Hz is not positive")
+    return Header(fs, int(header.sig_len or 0))
+
+
+def read_beats(path: Path, extension: str, header: Header) -> ec57.BeatAnnotations:
+    """The beats of ``PATH.<extension>``; an empty file, or beats past the signal's end,
+    is one DataError naming the file."""
+    import wfdb
+
+    file = Path(f"{path}.{extension}")
+    try:
+        ann = wfdb.rdann(str(path), extension)
+    except (FileNotFoundError, OSError, ValueError, IndexError, EOFError) as exc:
+        raise DataError(f"{file}: cannot read the annotations ({exc})") from None
+    beats = ec57.beats_from(np.asarray(ann.sample), [str(s) for s in ann.symbol])
+    if len(beats) == 0:
+        raise DataError(f"{file}: no beat annotations in the file; is it the right annotator?")
+    last = int(beats.sample.max())
+    if header.length and last >= header.length:
+        raise DataError(
+            f"{file}: beat annotations up to sample {last:,}, past the signal's end "
+            f"({header.length:,} samples); the annotations are not of this record"
+        )
+    return beats
+
+
+def test_labels(classes: list[str]) -> np.ndarray:
+    """Model class index -> EC57 class index (N S V F Q); a model with other classes
+    cannot be scored by EC57 (exit 2)."""
+    unknown = [c for c in classes if c not in ec57.CLASSES]
+    if unknown:
+        raise UsageError(
+            f"the model's classes {', '.join(unknown)} are not AAMI classes (N, S, V, F, Q); "
+            "EC57 scoring and WFDB annotations need a model trained on them"
+        )
+    return np.asarray([ec57.CLASSES.index(c) for c in classes], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_records(
+    model_path: str | Path,
+    records: str | Path,
+    *,
+    peaks: str = "detect",
+    lead: str = "auto",
+    learning_period_s: float = ec57.LEARNING_PERIOD_S,
+    window_s: float = ec57.MATCH_WINDOW_S,
+    include_paced: bool = False,
+    skip_missing: bool = False,
+    progress: Callable[[dict[str, Any], int, int], None] | None = None,
+    detector: str | None = None,
+) -> dict[str, Any]:
+    """The EC57 document of a model over records: per record, gross and average.
+
+    Every record's header and .atr are read and checked before the model runs on any;
+    ``progress(entry, i, n)`` is called after each record is scored."""
+    from heartcli.predict import load_model
+
+    if peaks not in PEAKS:
+        raise UsageError(f"--peaks {peaks}: use detect or annotations")
+    if learning_period_s < 0:
+        raise UsageError(f"--learning-period {learning_period_s:g}: must be 0 or more seconds")
+    selection = select_records(
+        list_records(records), include_paced=include_paced, skip_missing=skip_missing
+    )
+    references = []
+    for path in selection.records:
+        header = read_header(path)
+        references.append((path, header, read_beats(path, "atr", header)))
+    from heartcli.segment import DETECTOR, DETECTORS
+
+    detector = detector or DETECTOR
+    if detector not in DETECTORS:
+        raise UsageError(f"--detector {detector}: use {' or '.join(DETECTORS)}")
+    model = load_model(model_path)
+    to_ec57 = test_labels(model.classes)
+    entries: list[dict[str, Any]] = []
+    notes: list[str] = []
+    seconds = {"predict": 0.0, "score": 0.0}
+    for i, (path, header, reference) in enumerate(references):
+        t0 = time.perf_counter()
+        sample, predicted, _ = classify_record(
+            model, path, peaks=peaks, lead=lead, detector=detector
+        )
+        t1 = time.perf_counter()
+        test = ec57.BeatAnnotations(sample, to_ec57[predicted])
+        comparison = ec57.compare(
+            reference,
+            test,
+            fs=header.fs,
+            start_s=learning_period_s,
+            end=header.length or None,
+            window_s=window_s,
+        )
+        entry = ec57.record_entry(path.name, comparison, header.fs)
+        entry["fs"] = header.fs
+        entries.append(entry)
+        if entry["qrs_tp"] + entry["qrs_fn"] == 0:
+            notes.append(
+                f"{path.name}: no reference beat after the learning period "
+                f"({learning_period_s:g} s; the record is {header.length / header.fs:.0f} s): "
+                "nothing scored; lower -f/--learning-period"
+            )
+        seconds["predict"] += t1 - t0
+        seconds["score"] += time.perf_counter() - t1
+        if progress is not None:
+            progress(entry, i + 1, len(references))
+    gross, average = ec57.totals(entries)
+    return {
+        "model": str(model_path),
+        "model_kind": model.kind,
+        "peaks": peaks,
+        "detector": detector if peaks == "detect" else None,
+        "learning_period_s": learning_period_s,
+        "match_window_s": window_s,
+        "excluded": {"paced": selection.paced, "no_atr": selection.missing},
+        "gross": gross,
+        "average": average,
+        "records": entries,
+        "notes": notes,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+
+
+def classify_record(
+    model: Any, path: Path, *, peaks: str, lead: str = "auto", detector: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A record's beats as `heart predict` finds and labels them: R-peak samples at the
+    record's own rate, predicted class indices, probabilities."""
+    from heartcli.predict import check_range, read_input
+
+    beats = read_input(path, model, lead=lead, peaks=peaks, detector=detector)
+    check_range(model, beats.x, path)
+    proba = model.proba(beats.inputs(model))
+    return beats.sample.astype(np.int64), proba.argmax(axis=1), proba
+
+
+# ------------------------------------------------------------------ bxb's -L lines
+
+
+def write_csv(document: dict[str, Any], out: str | Path) -> Path:
+    """One line per record in bxb's -L column order (then V FPR), then sumstats' totals:
+    Gross (the pooled counts and their figures) and Average (the figures only), as CSV."""
+    import csv
+    import io
+
+    from heartcli.io import write_text
+
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise UsageError(f"--out {out}: name a .csv file")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(ec57.BXB_COLUMNS)
+    for entry in document["records"]:
+        writer.writerow(ec57.bxb_line(entry))
+    gross = ec57.bxb_line({**document["gross"], "rr_error_ms": None, "record": "Gross"})
+    writer.writerow(gross)
+    average = {**document["average"], "record": "Average", "matrix": {}}
+    line = ec57.bxb_line(average)
+    writer.writerow(["Average"] + [""] * (len(ec57.BXB_COLUMNS) - 9) + line[-8:])
+    write_text(out, buffer.getvalue())
+    return out
+
+
+# ------------------------------------------------------------------ WFDB annotations out
+
+_ANNOTATOR = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def check_annotator(name: str) -> str:
+    if not _ANNOTATOR.match(name):
+        raise UsageError(
+            f"--annotator {name!r}: use letters, digits or _ (it is the file's extension)"
+        )
+    return name
+
+
+def write_annotations(
+    record: str,
+    sample: np.ndarray,
+    symbols: list[str],
+    aux: list[str],
+    fs: float,
+    out_dir: str | Path,
+    *,
+    annotator: str = ANNOTATOR,
+    force: bool = False,
+) -> Path:
+    """``OUT_DIR/<record>.<annotator>`` by ``wfdb.wrann``, written aside and moved in
+    whole; an existing file is replaced only with ``force``."""
+    import wfdb
+
+    check_annotator(annotator)
+    out_dir = Path(out_dir)
+    target = out_dir / f"{record}.{annotator}"
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".heart-wrann-", dir=out_dir))
+    try:
+        wfdb.wrann(
+            record,
+            annotator,
+            np.asarray(sample, dtype=np.int64),
+            symbol=list(symbols),
+            aux_note=list(aux),
+            fs=fs,
+            write_dir=str(staging),
+        )
+        os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
