@@ -56,7 +56,47 @@ def tune(
     backend: str | None = None,
     address: str | None = None,
 ) -> SearchResult:
-    """Start a new search from ``config``, or continue the one in ``resume``."""
+    """Start a new search from ``config``, or continue the one in ``resume``; with
+    ``[search] ensemble = k``, then the top k trials as one model (``search/ensemble.py``)."""
+    from heartcli.search.ensemble import check_ensemble, ensemble_note, make_ensemble
+
+    if config is not None:
+        if evals is not None:
+            config.search.evals = evals
+        check_ensemble(config)
+    result = _search(
+        config,
+        name=name,
+        resume=resume,
+        evals=evals,
+        max_minutes=max_minutes,
+        jobs=jobs,
+        config_base=config_base,
+        reporter=reporter,
+        backend=backend,
+        address=address,
+    )
+    ran = search_config(result.search_dir)
+    if ran.search.ensemble:
+        info = make_ensemble(result.search_dir, ran, result.records)
+        result.ensemble = info
+        result.notes.append(ensemble_note(info))
+    return result
+
+
+def _search(
+    config: HeartConfig | None,
+    *,
+    name: str | None,
+    resume: Path | None,
+    evals: int | None,
+    max_minutes: float | None,
+    jobs: str | int | None,
+    config_base: Any,
+    reporter: SearchReporter | None,
+    backend: str | None,
+    address: str | None,
+) -> SearchResult:
     from heartcli.search.tpe import run_search
 
     on_ray = backend == "ray" or (
