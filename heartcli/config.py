@@ -307,8 +307,8 @@ class TrainConfig(Section):
         0.0,
         ge=0.0,
         lt=1.0,
-        description="label smoothing of the training loss (Szegedy et al. 2016): the target "
-        "puts this share on the other classes evenly; 0 = off",
+        description="label smoothing of the training loss (Szegedy et al. 2016): this share "
+        "of every target is spread evenly over all classes; 0 = off",
     )
     ema: float = Field(
         0.0,

@@ -191,3 +191,30 @@ def test_tune_ensemble_larger_than_the_trials_is_refused(heart, tmp_path):
         "most 3, or raise search.evals"
     )
     assert not (tmp_path / "runs" / "s").exists()
+
+
+def test_tune_ensemble_on_the_validation_fold(heart, tmp_path):
+    search = (
+        "--set", "search.pruner=none", "--set", "search.evals=2", "--set", "search.ensemble=2",
+        "--set", 'search.space={"train.lr" = {loguniform = [1e-3, 1e-2]}}',
+    )  # fmt: skip
+    info = heart.json("tune", *TINY, *search, "--name", "v")["ensemble"]
+    from heartcli.config import load_config
+    from heartcli.evaluate import metrics
+    from heartcli.training.folds import split_validation
+
+    config = load_config(tmp_path / "runs" / "v" / "search.toml")
+    beats = load_split(SAMPLE, "random", "train")
+    _, val_idx = split_validation(config, beats)
+    val = beats.subset(val_idx)
+    mean = np.mean(
+        [
+            torch_proba(load_run(tmp_path / "runs" / "v" / f"trial-{n:03d}").model, [val.x])
+            for n in info["members"]
+        ],
+        axis=0,
+    )
+    assert info["scored_on"] == "validation" and info["n"] == len(val)
+    assert sorted(info["members"]) == [1, 2]
+    expected = metrics(val.y, mean.argmax(1), beats.classes)["macro_f1"]
+    assert info["macro_f1"] == pytest.approx(expected, abs=1e-4)
