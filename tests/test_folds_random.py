@@ -91,3 +91,16 @@ def test_ensemble_final_needs_folds(heart, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert 'train.final = "ensemble"' in result.stderr and "--folds K" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_new_examples_are_valid_recipes(heart):
+    rhythm = heart.json("config", "show", "--config", EXAMPLES / "mitbih-rhythm.toml")
+    beat = heart.json("config", "show", "--config", EXAMPLES / "mitbih.toml")
+    assert rhythm["data"]["split"] == "random" and rhythm["model"]["rhythm"] is True
+    # the beat-only recipe plus the rhythm keys, nothing else
+    for section in ("resample", "train", "augment"):
+        assert rhythm[section] == beat[section]
+    search = heart.json("config", "show", "--config", EXAMPLES / "interpatient-search.toml")
+    assert search["data"]["split"] == "inter-patient"
+    assert search["search"]["folds"] == 3 and search["search"]["pruner"] == "none"
+    assert search["search"]["ensemble"] <= search["search"]["evals"]
