@@ -218,3 +218,16 @@ def test_tune_ensemble_on_the_validation_fold(heart, tmp_path):
     assert sorted(info["members"]) == [1, 2]
     expected = metrics(val.y, mean.argmax(1), beats.classes)["macro_f1"]
     assert info["macro_f1"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_tune_ensemble_with_too_few_finished_trials_is_refused(heart, tmp_path):
+    result = heart(
+        "tune", *TINY, *SEARCH, "--set", "search.ensemble=2", "--max-minutes", "0.0001",
+        "--name", "s", expect=2,
+    )  # fmt: skip
+    assert last_line(result.stderr) == (
+        "error: search.ensemble = 2: only 0 trials finished unpruned; lower search.ensemble, "
+        "or continue the search with `heart tune --resume`"
+    )
+    assert (tmp_path / "runs" / "s" / "search.json").exists()  # the search itself is kept
+    assert not (tmp_path / "runs" / "s" / "ensemble").exists()
