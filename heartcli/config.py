@@ -307,6 +307,26 @@ class TrainConfig(Section):
         f"(1-{MAX_THREADS}) fixes it; 0 = every usable CPU",
     )
     runs_dir: str = Field("runs", description="folder that holds the run folders")
+    final: Literal["retrain", "ensemble"] = Field(
+        "retrain",
+        description='the final model of `heart train --folds K`: "retrain" (one model on the '
+        'whole training split for the folds\' mean best epoch) or "ensemble" (the K fold '
+        "models as one model averaging their probabilities; no retraining)",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="label smoothing of the training loss (Szegedy et al. 2016): this share "
+        "of every target is spread evenly over all classes; 0 = off",
+    )
+    ema: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="exponential moving average of the weights (Polyak averaging), e.g. "
+        "0.999: validation, the best weights and the saved model are the average's; 0 = off",
+    )
 
     @field_validator("threads", mode="before")
     @classmethod
@@ -381,9 +401,17 @@ class SearchConfig(Section):
     folds: int = Field(
         0,
         ge=0,
-        description="select on record-wise K-fold cross-validation of the training split, as "
+        description="select on K-fold cross-validation of the training split (record-wise "
+        "for inter-patient, stratified beats for random), as "
         "`heart train --folds K`: a trial's value is the folds' mean val_macro_f1 (needs "
         'pruner = "none"); 0 = one validation fold',
+    )
+    ensemble: int = Field(
+        0,
+        ge=0,
+        description="after the search, also make RUN/ensemble: the top k finished trials as "
+        "one model averaging their probabilities, scored on validation (out-of-fold with "
+        "folds), never on test; 0 = off",
     )
     space: dict[str, Any] = Field(
         default_factory=dict,

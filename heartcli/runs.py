@@ -238,6 +238,11 @@ def load_run(path: str | Path) -> LoadedRun:
     config = read_run_config(run_dir)
     classes = [str(c) for c in manifest["classes"]]
     input_length = int(manifest["input_length"])
+    if manifest.get("ensemble"):  # K member runs as one model (heartcli/ensemble.py)
+        from heartcli.ensemble import ensemble_module, load_ensemble
+
+        members = [m.model for m in load_ensemble(run_dir, manifest)]
+        return LoadedRun(run_dir, config, ensemble_module(members), manifest, classes, input_length)
     weights = run_dir / WEIGHTS
     if not weights.exists():
         raise DataError(

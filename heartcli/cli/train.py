@@ -161,9 +161,11 @@ def train(
         typer.Option(
             "--folds",
             metavar="K",
-            help="Record-wise K-fold cross-validation on the training split (every fold "
-            "holds S and V beats), then the final model on all of it for the folds' mean "
-            "best epoch, without validation.",
+            help="K-fold cross-validation on the training split (whole records for "
+            "inter-patient, every fold holding S and V beats; stratified beats otherwise), "
+            "out-of-fold macro-F1 with its 95% CI, then the final model: on all of it for "
+            "the folds' mean best epoch, without validation, or with train.final = "
+            '"ensemble" the K fold models as one.',
         ),
     ] = None,
     set_: SetOption = None,
@@ -172,6 +174,7 @@ def train(
     from tomlkit import TOMLDocument
 
     from heartcli import runs, training
+    from heartcli.ensemble import check_ensemble_request
     from heartcli.tracking import reachable_config
 
     base: TOMLDocument | None
@@ -200,6 +203,7 @@ def train(
         from heartcli.config import load_document
 
         resolved = resolve_config(config, set_)
+        check_ensemble_request(resolved.train.final, folds)
         base = load_document(config) if config is not None else None
         run_dir = runs.new_run_dir(resolved, name)
         resolved, note = reachable_config(resolved)  # seconds, not MLflow's minutes of retries
@@ -242,7 +246,8 @@ def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
 
     def progress(fold: int, records: list[str]) -> RichProgress:
         if fold:
-            o.log(f"fold {fold} of {k}: validation records {', '.join(records)}")
+            where = f"records {', '.join(records)}" if records else "stratified beats"
+            o.log(f"fold {fold} of {k}: validation {where}")
         else:
             o.log("final run: the whole training split, no validation")
         return RichProgress()
@@ -263,7 +268,8 @@ def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
     }
 
     def render() -> None:
-        table = Table(title=f"{k}-fold record-wise cross-validation (validation, best epoch)")
+        kind = "record-wise" if any(f.records for f in result.folds) else "stratified"
+        table = Table(title=f"{k}-fold {kind} cross-validation (validation, best epoch)")
         table.add_column("fold")
         table.add_column("records")
         table.add_column("best epoch", justify="right")
@@ -284,10 +290,23 @@ def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
             *[f"{fig[key]['mean']:.4f} ± {fig[key]['std']:.4f}" for key in FIGURES],
         )
         o.console.print(table)
-        final = result.final
+        oof, final = result.oof or {}, result.final
+        if oof:
+            lo, hi = oof["macro_f1_ci95"]
+            o.console.print(
+                f"out-of-fold macro-F1 {oof['macro_f1']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on "
+                f"{oof['n']:,} beats; F1 "
+                + ", ".join(f"{c} {v:.3f}" for c, v in oof["f1"].items()),
+                highlight=False,
+            )
+        what = (
+            f"the {k} fold models as one ensemble (mean probability)"
+            if "ensemble" in final.manifest
+            else f"trained on the whole training split for {result.epochs} epochs (the "
+            "folds' mean best epoch)"
+        )
         o.console.print(
-            f"{final.status}: final model trained on the whole training split for "
-            f"{result.epochs} epochs (the folds' mean best epoch), {final.seconds:.1f} s; "
+            f"{final.status}: final model {what}, {final.seconds:.1f} s; "
             f"{result.seconds:.1f} s in all; run saved in {final.run_dir}",
             highlight=False,
         )

@@ -126,6 +126,7 @@ def build_card(
             "model": run.config.model.model_dump(mode="json"),
             "parameters": (run.manifest.get("model") or {}).get("parameters"),
         },
+        "ensemble": run.manifest.get("ensemble"),  # members and checksums; None for one model
         "evaluation": evaluation_summary(run),
         "files": files,
         "parity": parity,
@@ -183,6 +184,26 @@ def aami_markdown(figures: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _ensemble_lines(ensemble: dict[str, Any] | None) -> list[str]:
+    """The card's ensemble section: what it averages and its members, by checksum."""
+    if not ensemble:
+        return []
+    return [
+        "## Ensemble",
+        "",
+        f"One graph holding {len(ensemble['members'])} models ({ensemble.get('source')}); "
+        f"output: the {ensemble.get('combine')}.",
+        "",
+        "| member | folder | weights SHA-256 |",
+        "|---|---|---|",
+        *[
+            f"| {m['name']} | `{m['path']}` | `{m['weights_sha256']}` |"
+            for m in ensemble["members"]
+        ],
+        "",
+    ]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     inp, out, tr, ev = card["input"], card["output"], card["training"], card["evaluation"]
     lines = [
@@ -222,6 +243,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- {tr['epochs_run']} epochs, best at epoch {tr['best_epoch']}; "
         f"{tr['parameters']} parameters",
         "",
+        *_ensemble_lines(card.get("ensemble")),
         "## Evaluation",
         "",
     ]

@@ -58,12 +58,18 @@ def tune(
     backend: str | None = None,
     address: str | None = None,
 ) -> SearchResult:
-    """Start a new search from ``config``, or continue the one in ``resume``. A search whose
-    every trial failed is a HeartError (exit 1) naming the first failure."""
+    """Start a new search from ``config``, or continue the one in ``resume``; with
+    ``[search] ensemble = k``, then the top k trials as one model (``search/ensemble.py``).
+    A search whose every trial failed is a HeartError (exit 1) naming the first failure."""
+    from heartcli.search.ensemble import check_ensemble, ensemble_note, make_ensemble
+
     check_minutes(max_minutes)
     if config is not None:
         hold_credentials(config)
-    result = _tune(
+        if evals is not None:
+            config.search.evals = evals
+        check_ensemble(config)
+    result = _search(
         config,
         name=name,
         resume=resume,
@@ -82,6 +88,11 @@ def tune(
             f"{failed[0].number}: {failed[0].reason}); fix the cause and continue with "
             f"`heart tune --resume {result.search_dir}`"
         )
+    ran = search_config(result.search_dir)
+    if ran.search.ensemble:
+        info = make_ensemble(result.search_dir, ran, result.records)
+        result.ensemble = info
+        result.notes.append(ensemble_note(info))
     return result
 
 
@@ -105,7 +116,7 @@ def hold_credentials(config: HeartConfig) -> None:
         os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
 
 
-def _tune(
+def _search(
     config: HeartConfig | None,
     *,
     name: str | None,

@@ -554,6 +554,7 @@ class SearchResult:
     keys: list[str] = field(default_factory=list)  # the space's keys, in order
     jobs: int = 1
     report: dict[str, Any] = field(default_factory=dict)
+    ensemble: dict[str, Any] | None = None  # [search] ensemble: its folder and scores
 
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -574,6 +575,7 @@ class SearchResult:
             "notes": self.notes,
             "records": [asdict(r) for r in self.records],
             "report": self.report,
+            "ensemble": self.ensemble,
         }
 
 

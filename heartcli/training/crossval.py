@@ -1,13 +1,21 @@
-"""`heart train --folds K`: record-wise K-fold cross-validation on the training split.
+"""`heart train --folds K`: K-fold cross-validation on the training split.
 
-The records of the training split (DS1 for ``inter-patient``) go into K folds
+The records of the inter-patient training split (DS1) go into K folds
 (:func:`heartcli.training.folds.record_folds`: no record on both sides, every fold holds S
-and V beats). Each fold trains a run on the other folds' records and validates on its own
-(``RUN/folds/fold-<i>``, early stopping and best epoch as any run); the validation figures
-of each fold's best epoch are its macro-F1 and the AAMI SVEB and VEB Se and +P. The mean
-best epoch (rounded, at least 1) is the number of epochs of the final run, which trains on
-the whole training split with no validation fold (no early stopping; the last epoch's
-weights) into ``RUN`` itself, whose manifest keeps the per-fold figures under ``crossval``.
+and V beats); any other split (``random`` is beat-level by protocol) is cut into stratified
+beat-level folds (:func:`heartcli.training.oof.stratified_folds`). Each fold trains a run
+on the other folds' beats and validates on its own (``RUN/folds/fold-<i>``, early stopping
+and best epoch as any run); the validation figures of each fold's best epoch are its
+macro-F1 and the AAMI SVEB and VEB Se and +P. The mean best epoch (rounded, at least 1) is
+the number of epochs of the final run, which trains on the whole training split with no
+validation fold (no early stopping; the last epoch's weights) into ``RUN`` itself, whose
+manifest keeps the per-fold figures under ``crossval``. With ``[train] final = "ensemble"``
+there is no final run: the K fold models become ``RUN``'s model, one ensemble averaging
+their probabilities (:mod:`heartcli.ensemble`).
+
+Each fold's best weights then score its own fold: the out-of-fold predictions
+(``RUN/oof.npz``) cover the training split once, and ``crossval.oof`` holds their macro-F1
+with its bootstrap 95% interval (:mod:`heartcli.training.oof`).
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from heartcli.config import HeartConfig
 from heartcli.dataset import BeatSet, load_split
 from heartcli.errors import UsageError
 from heartcli.evaluate import macro_f1_from_confusion
-from heartcli.training.folds import check_rhythm, record_folds
+from heartcli.training.folds import check_rhythm
 from heartcli.training.loop import TrainProgress, TrainResult, train
+from heartcli.training.oof import fold_groups, fold_proba, oof_figures, record_wise, save_oof
 
 FOLDS_DIR = "folds"
 FIGURES = ("macro_f1", "sveb_se", "sveb_ppv", "veb_se", "veb_ppv")
@@ -58,6 +67,7 @@ class CrossValResult:
     epochs: int  # of the final run: the folds' mean best epoch
     final: TrainResult
     seconds: float  # folds and final run together
+    oof: dict[str, Any] | None = None  # the out-of-fold figures (oof_figures)
 
     def figures(self) -> dict[str, dict[str, float]]:
         """Mean and standard deviation (over folds) of every figure and the best epoch."""
@@ -77,6 +87,7 @@ class CrossValResult:
             "folds": [f.summary() for f in self.folds],
             "figures": self.figures(),
             "final_epochs": self.epochs,
+            "oof": self.oof,
             "seconds": round(self.seconds, 1),
             "final": self.final.summary(),
         }
@@ -124,26 +135,32 @@ def cross_validate(
     if beats is None:
         beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
     check_rhythm(config, beats)
-    groups = record_folds(beats, k, config.train.seed)
+    groups = fold_groups(config.data.split, beats, k, config.train.seed)
     fold_config = config.model_copy(deep=True)
     fold_config.tracking.enabled = config.tracking.enabled and track_folds
+    probas: list[np.ndarray] = []
     results = [
-        run_fold(fold_config, run_dir, beats, i, val, progress, config_base)
+        run_fold(fold_config, run_dir, beats, i, val, progress, config_base, probas)
         for i, val in enumerate(groups, start=1)
     ]
+    save_oof(run_dir, groups, beats.y, probas)
+    oof = oof_figures(beats.y[np.concatenate(groups)], np.concatenate(probas), beats.classes)
     epochs = max(1, round(float(np.mean([f.best_epoch for f in results]))))
-    final_config = config.model_copy(deep=True)
-    final_config.train.epochs = epochs
-    final = train(
-        final_config,
-        run_dir,
-        progress=progress(0, []) if progress else None,
-        config_base=config_base,
-        train_data=beats,
-        validation=False,
-        tracking_parent=tracking_parent,
-    )
-    result = CrossValResult(results, epochs, final, time.perf_counter() - started)
+    if config.train.final == "ensemble":
+        final = fold_ensemble(config, run_dir, results, oof, config_base)
+    else:
+        final_config = config.model_copy(deep=True)
+        final_config.train.epochs = epochs
+        final = train(
+            final_config,
+            run_dir,
+            progress=progress(0, []) if progress else None,
+            config_base=config_base,
+            train_data=beats,
+            validation=False,
+            tracking_parent=tracking_parent,
+        )
+    result = CrossValResult(results, epochs, final, time.perf_counter() - started, oof)
     manifest = runs.read_run_manifest(run_dir)
     manifest["crossval"] = {k: v for k, v in result.summary().items() if k != "final"}
     runs.write_manifest(run_dir, manifest)
@@ -160,13 +177,15 @@ def run_fold(
     val: np.ndarray,
     progress: Callable[[int, list[str]], TrainProgress] | None,
     config_base: Any,
+    probas: list[np.ndarray] | None = None,
 ) -> FoldResult:
-    """Train on every record outside fold ``fold``, validate on its records."""
+    """Train on every beat outside fold ``fold``, validate on its beats (whole records for
+    the inter-patient split); its best weights' probabilities on the fold go to ``probas``."""
     t0 = time.perf_counter()
     mask = np.ones(len(beats), dtype=bool)
     mask[val] = False
     val_beats = beats.subset(val)
-    records = sorted({str(r) for r in val_beats.record})
+    records = sorted({str(r) for r in val_beats.record}) if record_wise(config.data.split) else []
     fold_dir = run_dir / FOLDS_DIR / f"fold-{fold}"
     result = train(
         config,
@@ -178,6 +197,8 @@ def run_fold(
     )
     if result.status == "interrupted":
         raise KeyboardInterrupt  # Ctrl-C in a fold stops the whole cross-validation
+    if probas is not None:
+        probas.append(fold_proba(fold_dir, val_beats))
     cm = np.asarray(result.best_confusion, dtype=np.int64)
     return FoldResult(
         fold,
@@ -186,4 +207,36 @@ def run_fold(
         fold_figures(cm, list(beats.classes)),
         str(fold_dir),
         time.perf_counter() - t0,
+    )
+
+
+def fold_ensemble(
+    config: HeartConfig,
+    run_dir: Path,
+    folds: list[FoldResult],
+    oof: dict[str, Any],
+    config_base: Any,
+) -> TrainResult:
+    """``[train] final = "ensemble"``: the fold models (best epochs) as ``RUN``'s model."""
+    from heartcli.config import dumps
+    from heartcli.ensemble import write_ensemble
+
+    t0 = time.perf_counter()
+    manifest = write_ensemble(
+        run_dir,
+        [(f"fold-{f.fold}", Path(f.run_dir)) for f in folds],
+        dumps(config, config_base),
+        source=f"{len(folds)}-fold cross-validation (each fold's best epoch)",
+        scores={"oof_macro_f1": oof["macro_f1"], "oof_macro_f1_ci95": oof["macro_f1_ci95"]},
+    )
+    return TrainResult(
+        run_dir=run_dir,
+        status="completed",
+        best_epoch=0,
+        best_metric=float(oof["macro_f1"]),
+        epochs_run=0,
+        history=[],
+        seconds=time.perf_counter() - t0,
+        parameters=int(manifest["model"]["parameters"]),
+        manifest=manifest,
     )

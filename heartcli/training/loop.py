@@ -38,6 +38,7 @@ from heartcli.inference import torch_logits, uses_rhythm
 from heartcli.io import sha256_file, write_text
 from heartcli.model import build_model, count_parameters
 from heartcli.threads import ThreadPolicy
+from heartcli.training.ema import WeightAverage
 from heartcli.training.folds import Folds, prepare_folds
 from heartcli.training.precision import autocast, pick_device, resolve_precision
 from heartcli.training.recipe import Augment, Schedule, make_optimizer
@@ -158,6 +159,12 @@ class Setup:
     r_val: torch.Tensor | None = None
     rhythm: dict[str, Any] | None = None  # columns, features, the training fold's center and scale
     validation: bool = True  # False: no validation fold (the final run of --folds)
+    ema: WeightAverage | None = None  # [train] ema: the weights' moving average
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation scores and the run saves: the moving average, or the model."""
+        return self.model if self.ema is None else self.ema.model
 
     def train_inputs(self, x: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
         return [x] if self.r_train is None else [x, self.r_train[index]]
@@ -301,7 +308,7 @@ def build_setup(config: HeartConfig, folds: Folds, threads: ThreadPolicy) -> Set
         model=model,
         optimizer=optimizer,
         schedule=Schedule(optimizer, cfg, steps),
-        loss_fn=nn.CrossEntropyLoss(weight=weights),
+        loss_fn=nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing),
         augment=Augment(config.augment),
         sampler=folds.sampler,
         device=device,
@@ -337,6 +344,7 @@ def build_setup(config: HeartConfig, folds: Folds, threads: ThreadPolicy) -> Set
         ),
         rhythm=rhythm,
         validation=len(folds.val) > 0,
+        ema=WeightAverage(model, cfg.ema) if cfg.ema else None,
     )
 
 
@@ -356,6 +364,10 @@ def restore_state(setup: Setup, checkpoint: dict[str, Any] | None, run_dir: Path
         setup.model.load_state_dict(checkpoint["model"])
         setup.optimizer.load_state_dict(checkpoint["optimizer"])
         setup.schedule.load_state_dict(checkpoint.get("scheduler") or {})
+        if setup.ema is not None and checkpoint.get("ema"):
+            setup.ema.load_state_dict(checkpoint["ema"])
+        elif setup.ema is not None:  # ema turned on at resume: average from these weights
+            setup.ema = WeightAverage(setup.model, setup.ema.decay)
     except (KeyError, RuntimeError, ValueError) as exc:
         raise DataError(
             f"{run_dir / runs.CHECKPOINT}: does not match config.toml ({type(exc).__name__}); "
@@ -479,6 +491,8 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         setup.schedule.after_step()
+        if setup.ema is not None:
+            setup.ema.update(model)
         total_loss += loss.detach() * len(index)
         seen += len(index)
         if (step + 1) % PROGRESS_EVERY == 0:
@@ -495,9 +509,9 @@ def train_epoch(
 
 def validate(setup: Setup) -> tuple[float, np.ndarray]:
     """Validation loss and confusion matrix, in fp32 whatever the training arithmetic."""
-    setup.model.eval()
+    setup.eval_model.eval()
     with torch.inference_mode():
-        logits = torch_logits(setup.model, setup.val_inputs())
+        logits = torch_logits(setup.eval_model, setup.val_inputs())
         if not bool(torch.isfinite(logits).all()):
             raise TrainingDiverged(
                 "training diverged: the model outputs NaN or inf on validation beats; "
@@ -514,7 +528,7 @@ def keep_best(setup: Setup, state: LoopState, epoch: int, cm: np.ndarray, run_di
     if val_f1 > state.best_metric:
         state.best_metric, state.best_epoch, state.since_best = val_f1, epoch, 0
         state.best_cm = cm.tolist()
-        runs.save_weights(setup.model, run_dir / runs.WEIGHTS)
+        runs.save_weights(setup.eval_model, run_dir / runs.WEIGHTS)
         return True
     state.since_best += 1
     return False
@@ -523,7 +537,7 @@ def keep_best(setup: Setup, state: LoopState, epoch: int, cm: np.ndarray, run_di
 def keep_last(setup: Setup, state: LoopState, epoch: int, run_dir: Path) -> bool:
     """Without a validation fold, the weights of the last epoch are the run's."""
     state.best_epoch, state.since_best = epoch, 0
-    runs.save_weights(setup.model, run_dir / runs.WEIGHTS)
+    runs.save_weights(setup.eval_model, run_dir / runs.WEIGHTS)
     return True
 
 
@@ -543,6 +557,7 @@ def save_checkpoint(setup: Setup, state: LoopState, run_dir: Path, elapsed: floa
             "history": state.history,
             "seconds": elapsed,
             "recipe": setup.recipe,
+            "ema": setup.ema.state_dict() if setup.ema is not None else None,
         },
         run_dir / runs.CHECKPOINT,
     )

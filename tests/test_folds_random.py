@@ -1,0 +1,106 @@
+"""`heart train --folds K` on the random (beat-level) split: stratified beat folds, the
+out-of-fold figures, and the refusals; through the CLI on the bundled sample's real beats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, SAMPLE
+
+from heartcli.dataset import load_split
+from heartcli.evaluate import metrics
+
+TINY = (
+    "--config", EXAMPLES / "quickstart.toml",
+    "--set", f"data.dir={SAMPLE}", "--set", "resample.target=150",
+    "--set", "resample.min_beats=1", "--set", "train.scheduler=cosine",
+    "--set", "train.epochs=1", "--set", "tracking.enabled=false",
+)  # fmt: skip
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_stratified_folds_on_the_random_split(heart, tmp_path):
+    summary = heart.json("train", *TINY, "--name", "cv", "--folds", "3")
+    beats = load_split(SAMPLE, "random", "train")
+    total = beats.counts()
+    run = tmp_path / "runs" / "cv"
+
+    # Every beat of the training split is validated once, by exactly one fold ...
+    with np.load(run / "oof.npz") as oof:
+        index, fold, y, proba = oof["index"], oof["fold"], oof["y"], oof["proba"]
+    assert np.array_equal(index, np.arange(len(beats)))
+    assert np.array_equal(y, beats.y)
+    assert sorted(np.unique(fold)) == [1, 2, 3]
+    for i, f in enumerate(summary["folds"], start=1):
+        assert f["val_records"] == []  # beats, not records
+        manifest = json.loads((run / "folds" / f"fold-{i}" / "manifest.json").read_text())
+        val, train = manifest["data"]["val_counts"], manifest["data"]["train_counts"]
+        # ... every class on both sides of every fold, in the split's proportions ...
+        assert all(val[c] > 0 and train[c] > 0 for c in beats.classes)
+        # ... and a fold's training beats are all the others: none on both sides.
+        assert all(val[c] + train[c] == total[c] for c in beats.classes)
+        in_fold = np.bincount(beats.y[fold == i], minlength=len(beats.classes))
+        assert [val[c] for c in beats.classes] == in_fold.tolist()
+        for c, n in zip(beats.classes, in_fold, strict=True):
+            assert abs(n - total[c] / 3) <= 1  # stratified: a third of each class, +-1
+
+    # The out-of-fold figures are those of the fold models' predictions on their own fold.
+    oof = summary["oof"]
+    expected = metrics(y, proba.argmax(axis=1), beats.classes)
+    assert oof["n"] == len(beats)
+    assert oof["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-4)
+    lo, hi = oof["macro_f1_ci95"]
+    assert lo <= oof["macro_f1"] <= hi and hi - lo > 0
+    assert oof["f1"]["N"] == pytest.approx(expected["per_class"]["N"]["f1"], abs=1e-4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    # The fold's best weights scored it: its figure at the best epoch is the OOF part.
+    for i in (1, 2, 3):
+        cm = np.asarray(
+            json.loads((run / "folds" / f"fold-{i}" / "manifest.json").read_text())["metrics"][
+                "val_macro_f1"
+            ]
+        )
+        part = metrics(y[fold == i], proba[fold == i].argmax(axis=1), beats.classes)
+        assert part["macro_f1"] == pytest.approx(float(cm), abs=1e-4)
+
+    # The default final model is retrained on the whole split, and the manifest keeps it all.
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["crossval"]["oof"] == oof
+    assert manifest["data"]["validation"] is False and (run / "model.safetensors").exists()
+    shown = heart("train", *TINY, "--name", "cv2", "--folds", "2").stdout
+    assert "stratified cross-validation" in shown and "out-of-fold macro-F1" in shown
+
+
+def test_folds_need_every_class_in_every_fold(heart):
+    beats = load_split(SAMPLE, "random", "train")
+    fewest = min(n for n in beats.counts().values() if n)
+    rarest = min((n, c) for c, n in beats.counts().items() if n)[1]
+    result = heart("train", *TINY, "--folds", str(fewest + 1), expect=2)
+    line = last_line(result.stderr)
+    assert line.startswith("error: --folds") and f"class {rarest} ({fewest})" in line
+    assert f"use --folds {fewest} or fewer" in line
+
+
+def test_ensemble_final_needs_folds(heart, tmp_path):
+    result = heart("train", *TINY, "--set", 'train.final="ensemble"', expect=2)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert 'train.final = "ensemble"' in result.stderr and "--folds K" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_new_examples_are_valid_recipes(heart):
+    rhythm = heart.json("config", "show", "--config", EXAMPLES / "mitbih-rhythm.toml")
+    beat = heart.json("config", "show", "--config", EXAMPLES / "mitbih.toml")
+    assert rhythm["data"]["split"] == "random" and rhythm["model"]["rhythm"] is True
+    # the beat-only recipe plus the rhythm keys, nothing else
+    for section in ("resample", "train", "augment"):
+        assert rhythm[section] == beat[section]
+    search = heart.json("config", "show", "--config", EXAMPLES / "interpatient-search.toml")
+    assert search["data"]["split"] == "inter-patient"
+    assert search["search"]["folds"] == 3 and search["search"]["pruner"] == "none"
+    assert search["search"]["ensemble"] <= search["search"]["evals"]
