@@ -171,7 +171,7 @@ def test_annotation_peaks_equal_the_aami_table(heart, model, tmp_path, mitdb_dir
 def test_records_folder_csv_paced_and_missing(heart, model, tmp_path, mitdb_dir):
     folder = tmp_path / "recs"
     cut_record(mitdb_dir, folder, "100")
-    copy_record(mitdb_dir, folder, "104")  # paced: left out by default
+    cut_record(mitdb_dir, folder, "104")  # paced: left out by default
     copy_record(mitdb_dir, folder, "101", atr=False)
     refused = heart("evaluate", model, "--records", folder, expect=1)
     assert "no reference annotations (.atr) for 1 record(s)" in _error(refused)
@@ -193,6 +193,12 @@ def test_records_folder_csv_paced_and_missing(heart, model, tmp_path, mitdb_dir)
     assert lines[1][13] == str(r["veb_tp"]) and lines[1][20] == f"{100 * r['qrs_se']:.2f}"
     shown = heart("evaluate", model, "--records", f"{folder / '100'},{folder / '104'}").stdout
     assert "left out, paced (EC57): 104" in shown and "gross" in shown
+    paced = heart.json(
+        "evaluate", model, "--records", folder / "104", "--include-paced", "--peaks", "annotations"
+    )
+    assert [r["record"] for r in paced["records"]] == ["104"] and paced["excluded"]["paced"] == []
+    assert paced["records"][0]["matrix"]["Q"]["o"] <= 1  # paced beats are Q, scored as beats
+    assert sum(paced["records"][0]["matrix"]["Q"].values()) > 100
 
 
 def test_bad_annotation_files(heart, model, tmp_path, mitdb_dir):
