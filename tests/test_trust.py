@@ -114,54 +114,6 @@ def test_password_in_a_tracking_uri_is_never_printed(heart, monkeypatch):
     assert PASSWORD not in r.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_password_is_not_stored_in_runs_or_sent_to_mlflow(tmp_path):
-    port = _free_port()
-    server_dir = tmp_path / "server"
-    server_dir.mkdir()
-    server = subprocess.Popen(
-        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
-         "--artifacts-destination", str(server_dir / "artifacts")],
-        cwd=server_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 90
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-            time.sleep(0.5)
-        uri = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
-        r = cli("--json", "train", *TINY, "--set", "tracking.enabled=true",
-                "--set", f'tracking.uri="{uri}"', "--name", "r", cwd=tmp_path)  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        run_id = json.loads(r.stdout)["tracking_run_id"]
-        r = cli("evaluate", "runs/r", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
-        assert r.returncode == 0, r.stderr
-        assert "logged to MLflow run" in r.stderr and f"http://***@127.0.0.1:{port}" in r.stderr
-        assert PASSWORD not in r.stdout + r.stderr
-        manifest = json.loads((tmp_path / "runs/r/manifest.json").read_text())
-        assert manifest["tracking"]["uri"] == f"http://***@127.0.0.1:{port}"
-        for path in [*(tmp_path / "runs").rglob("*"), *server_dir.rglob("*")]:
-            if path.is_file():
-                assert PASSWORD.encode() not in path.read_bytes(), path
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
-        params = client.get_run(run_id).data.params
-        assert params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
-        assert "test_accuracy" in client.get_run(run_id).data.metrics  # logged with the password
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 # --------------------------------------------------------------------------- --force
 
 
@@ -214,7 +166,8 @@ def test_two_fetches_into_one_folder_never_mix(tmp_path):
         env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
     )  # fmt: skip
     deadline = time.time() + 120
-    while not (_flock_held(out / ".heart-lock") or list(out.glob(".heart-build-*"))):
+    lock = out / ".heart-build-lock"  # held by the first fetch; staging folders on old code
+    while not (_flock_held(lock) or any(p.is_dir() for p in out.glob(".heart-build-*"))):
         assert first.poll() is None and time.time() < deadline, first.communicate()
         time.sleep(0.05)
     second = cli("-q", "fetch", "--source", MITDB, "--out", out, cwd=tmp_path, timeout=300)
@@ -469,3 +422,61 @@ def test_resume_refuses_a_changed_space_and_never_follows_links(tmp_path):
         r.stderr
     )
     assert len(json.loads((search / "search.json").read_text())["trials"]) == 2
+
+
+# --------------------------------------------------------------------------- secrets, stored
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """A real `mlflow server` on 127.0.0.1, started when the module starts so that it is up
+    by the time the last test needs it (it takes a while to start)."""
+    server_dir = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    server = subprocess.Popen(
+        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",
+         "--artifacts-destination", str(server_dir / "artifacts")],
+        cwd=server_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield port, server_dir
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_password_is_not_stored_in_runs_or_sent_to_mlflow(tmp_path, mlflow_server):
+    port, server_dir = mlflow_server
+    deadline = time.time() + 180
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            break
+        assert time.time() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+    uri = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
+    r = cli("--json", "train", *TINY, "--set", "tracking.enabled=true",
+            "--set", f'tracking.uri="{uri}"', "--name", "r", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run_id = json.loads(r.stdout)["tracking_run_id"]
+    r = cli("evaluate", "runs/r", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert r.returncode == 0, r.stderr
+    assert "logged to MLflow run" in r.stderr and f"http://***@127.0.0.1:{port}" in r.stderr
+    assert PASSWORD not in r.stdout + r.stderr
+    manifest = json.loads((tmp_path / "runs/r/manifest.json").read_text())
+    assert manifest["tracking"]["uri"] == f"http://***@127.0.0.1:{port}"
+    for path in [*(tmp_path / "runs").rglob("*"), *server_dir.rglob("*")]:
+        if path.is_file():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+    params = client.get_run(run_id).data.params
+    assert params["tracking.uri"] == f"http://***@127.0.0.1:{port}"
+    assert "test_accuracy" in client.get_run(run_id).data.metrics  # logged with the password

@@ -135,13 +135,13 @@ STAGING_PREFIX = ".heart-build-"
 LOCK = ".lock"
 
 
-DATASET_LOCK = ".heart-lock"
+DATASET_LOCK = ".heart-build-lock"  # a build's file, like the staging folders
 _held: set[Path] = set()
 
 
 @contextlib.contextmanager
 def dataset_lock(out_dir: str | Path) -> Iterator[None]:
-    """One writer per dataset folder: an exclusive flock on ``DIR/.heart-lock`` for the
+    """One writer per dataset folder: an exclusive flock on ``DIR/.heart-build-lock`` for the
     whole fetch (check, build, swap, rollback). A second fetch into the folder fails at
     once with one line instead of touching the first one's files. Re-entrant within a
     process (fetch holds it while write_dataset takes it again). The lock file is removed
