@@ -45,13 +45,28 @@ def require_executorch() -> None:
         found = False
     if not found:
         raise UsageError(f"--format pte needs ExecuTorch, which is not installed: {INSTALL}")
+    import logging
+
+    from heartcli.export.formats import quiet
+
+    # torchao (an ExecuTorch dependency) logs the optional CUDA kernels it cannot load, and
+    # torch warns about one of its enums, at import: noise on a CPU machine
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
     try:
-        import executorch.exir
-        import executorch.runtime  # noqa: F401
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with quiet():
+            import executorch.exir  # noqa: F401
+            import executorch.runtime  # noqa: F401
+            import torchao.quantization.pt2e  # noqa: F401
     except ImportError as exc:
         raise UsageError(
             f"--format pte needs ExecuTorch, which does not import ({exc}): {INSTALL}"
         ) from None
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def device_module(module: nn.Module) -> nn.Module:
