@@ -57,7 +57,7 @@ def require_executorch() -> None:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
         with quiet():
-            import executorch.exir  # noqa: F401
+            import executorch.exir
             import executorch.runtime  # noqa: F401
             import torchao.quantization.pt2e  # noqa: F401
     except ImportError as exc:
