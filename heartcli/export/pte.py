@@ -19,8 +19,12 @@ check, the latency figures and `heart predict` use.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -284,11 +288,26 @@ def _delegated_share(edge: Any) -> str:
     return f"{delegates} XNNPACK partition(s); outside them: {', '.join(others) or 'nothing'}"
 
 
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """Silence what ExecuTorch's C++ side writes to stderr (thread pool and CPU info logs)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def set_pte_threads(threads: int) -> None:
     """The size of the thread pool ExecuTorch's XNNPACK kernels use in this process."""
     from executorch.extension.pybindings import portable_lib
 
-    portable_lib._unsafe_reset_threadpool(threads)
+    with native_quiet():
+        portable_lib._unsafe_reset_threadpool(threads)
 
 
 def pte_method(path: Path) -> Any:
@@ -299,7 +318,7 @@ def pte_method(path: Path) -> Any:
     from heartcli.export.formats import quiet
 
     try:
-        with quiet():
+        with quiet(), native_quiet():
             program = Runtime.get().load_program(Path(path))
             method = program.load_method("forward")
     except Exception:  # the runtime raises RuntimeError/ValueError for damaged programs
