@@ -38,7 +38,13 @@ from heartcli.config import ExportConfig
 from heartcli.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
 from heartcli.export.card import CARD_JSON, CARD_MD, build_card, card_markdown
-from heartcli.export.edge import check_request, costs, quantize_mode, score_int8_files, write_int8
+from heartcli.export.edge import (
+    check_request,
+    measure_costs,
+    quantize_mode,
+    score_int8_files,
+    write_int8,
+)
 from heartcli.export.formats import (
     EDGE_FORMATS,
     FILENAMES,
@@ -289,7 +295,7 @@ def export_run(
             "atol": config.atol,
             "passed": [f["file"] for f in files if "parity" in f],
         }
-        model_costs = costs(tmp, files, module, inputs, config.latency_threads, say)
+        model_costs = measure_costs(tmp, files, module, inputs, config.latency_threads, say)
         card = build_card(run, files, parity_info, quantized, notes)
         card["int8"] = int8
         card["costs"] = model_costs

@@ -4,7 +4,7 @@
 ONNX copy; ``--quantize static``: the static QDQ ONNX model and, with ``--format pte``, the
 PT2E int8 ExecuTorch program, both calibrated on the same training beats);
 :func:`score_int8_files` scores each on the test part against the float model
-(:mod:`heartcli.export.quantize`); :func:`costs` adds the model's parameters,
+(:mod:`heartcli.export.quantize`); :func:`measure_costs` adds the model's parameters,
 multiply-adds and peak activation estimate, and each file's size and latency
 (:mod:`heartcli.export.costs`).
 """
@@ -116,7 +116,7 @@ def score_int8_files(
     ]
 
 
-def costs(
+def measure_costs(
     tmp: Path,
     files: list[dict[str, Any]],
     model: nn.Module,
