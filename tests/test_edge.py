@@ -1,6 +1,6 @@
 """The device side of `heart export` through the CLI: static int8 (ONNX QDQ and ExecuTorch
 PT2E), `--format pte`, the costs on the card, `heart predict` with a .pte, `heart evaluate`
-of an exported file, and the bad inputs. One tiny run (examples/tiny.toml, 3 epochs on
+of an exported file, and the bad inputs. One tiny run (examples/tiny.toml, 12 epochs on
 the bundled sample) is trained and exported once per session.
 
 The ExecuTorch tests need the extra heart[edge] (executorch); without it they are skipped
@@ -57,7 +57,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Edge:
             "--set",
             f"train.runs_dir={runs}",
             "--set",
-            "train.epochs=3",
+            "train.epochs=12",
             "--set",
             "resample.target=300",
             "--set",

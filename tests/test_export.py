@@ -44,7 +44,9 @@ def build_tiny(base: Path) -> Tiny:
         run = runs / "tiny"
         heart("-q", "--json", "evaluate", run)
         out = base / "export"
-        summary = heart.json("export", run, "--format", "all", "--quantize", "--out", out)
+        summary = heart.json(
+            "export", run, "--format", "all", "--quantize", "dynamic", "--out", out
+        )
         _cache["tiny"] = Tiny(run, out, summary)
     return _cache["tiny"]
 
@@ -158,7 +160,15 @@ def test_export_bad_usage(heart, tiny, tmp_path):
         "'torchscript', 'all'; see `"
     ) in r.stderr
     r = heart(
-        "export", tiny.run, "--format", "pt2", "--quantize", "--out", tmp_path / "o", expect=2
+        "export",
+        tiny.run,
+        "--format",
+        "pt2",
+        "--quantize",
+        "dynamic",
+        "--out",
+        tmp_path / "o",
+        expect=2,
     )
     assert "error: --quantize makes an int8 copy of the ONNX model; add --format onnx" in r.stderr
     r = heart("export", tmp_path, expect=1)

@@ -42,12 +42,10 @@ def export(
         str | None,
         typer.Option(
             "--quantize",
-            metavar="[dynamic|static]",
-            is_flag=False,
-            flag_value="dynamic",
-            help="Also write int8 models, scored on the test part: dynamic (the default when "
-            "no value follows; ONNX only) or static (ONNX QDQ and, with --format pte, "
-            "ExecuTorch; calibrated on training beats).",
+            metavar="dynamic|static",
+            help="Also write int8 models, scored on the test part: dynamic (ONNX only: int8 "
+            "weights) or static (int8 weights and activations, calibrated on training beats: "
+            "ONNX QDQ and, with --format pte, ExecuTorch).",
         ),
     ] = None,
     strict: Annotated[
