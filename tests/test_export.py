@@ -157,7 +157,7 @@ def test_export_bad_usage(heart, tiny, tmp_path):
     r = heart("export", tiny.run, "--format", "tflite", expect=2)
     assert (
         "error: Invalid value for '--format' / '-f': 'tflite' is not one of 'onnx', 'pt2', "
-        "'torchscript', 'all'; see `"
+        "'torchscript', 'pte', 'all'; see `"
     ) in r.stderr
     r = heart(
         "export",
