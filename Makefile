@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,edge
 
 .PHONY: setup demo test lint format bench clean
 

@@ -165,6 +165,19 @@ class ModelConfig(Section):
     pool_output: int = Field(8, ge=1, description="length of the adaptive average pool output")
     fc: list[int] = Field([384, 256, 96], description="sizes of the fully connected layers")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout after each FC layer")
+    separable: bool = Field(
+        False,
+        description="every conv after the first is depthwise-separable: a depthwise conv "
+        "(one filter per channel) then a 1x1 pointwise conv (about kernel-size times fewer "
+        "weights and multiply-adds; the small recipes of examples/tiny.toml)",
+    )
+    width: float = Field(
+        1.0,
+        gt=0.0,
+        le=4.0,
+        description="width multiplier: every entry of channels is scaled by it (rounded, at "
+        "least 1) before the model is built",
+    )
     rhythm: bool = Field(
         False,
         description="feed the rhythm columns (RR features of `heart fetch`) to the classifier "
@@ -457,12 +470,28 @@ class SearchConfig(Section):
 class ExportConfig(Section):
     """Model export (`heart export`)."""
 
-    formats: list[Literal["onnx", "pt2", "torchscript"]] = Field(
-        ["onnx", "pt2", "torchscript"], description="formats `heart export` writes by default"
+    formats: list[Literal["onnx", "pt2", "torchscript", "pte"]] = Field(
+        ["onnx", "pt2", "torchscript"],
+        description='formats `heart export` writes by default ("pte": ExecuTorch, heart[edge])',
     )
     opset: int = Field(18, ge=7, description="ONNX opset")
     parity_beats: int = Field(1000, ge=1, description="real test beats used by the parity check")
     atol: float = Field(1e-4, gt=0.0, description="max |p_export - p_torch| allowed")
+    calibration_beats: int = Field(
+        2000,
+        ge=1,
+        description="--quantize static: training beats (never test) drawn in equal shares per "
+        "class to calibrate the int8 activations",
+    )
+    int8_tolerance: float = Field(
+        0.005,
+        ge=0.0,
+        description="largest test macro-F1 an int8 file may lose against the float model; "
+        "a bigger loss is flagged (and --strict exits 1)",
+    )
+    latency_threads: int = Field(
+        1, ge=1, description="threads of every runtime when the card's latency is measured"
+    )
 
 
 class HeartConfig(Section):

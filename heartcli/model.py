@@ -3,7 +3,9 @@
 Layer ``i`` of ``[model]`` (0-based, ``n = conv_layers``) is a Conv+BN+ReLU, or a residual
 block when ``residual`` is on and ``2 <= i <= n - 2`` ("the layers between the first two and
 the last"); squeeze-excite follows every layer but the first; pooling (kernel 2, stride 2)
-comes last. Optional multi-head temporal self-attention runs over the final conv features,
+comes last. With ``separable`` every conv after the first is depthwise-separable (a
+depthwise conv, then a 1x1 pointwise one); ``width`` scales every entry of ``channels``.
+Optional multi-head temporal self-attention runs over the final conv features,
 then an adaptive average pool, the fully connected layers and the output logits.
 
 With ``rhythm = true`` the model takes a second input, the nine rhythm columns of every beat
@@ -49,7 +51,7 @@ def _check(cfg: ModelConfig, input_length: int, n_classes: int) -> int:
     if n_classes < 2:
         raise UsageError(f"the data has {n_classes} class; the model needs at least 2")
     length = output_length(cfg, input_length)
-    channels = cfg.channels[-1]
+    channels = scaled_channels(cfg)[-1]
     if cfg.attention and channels % cfg.attention_heads:
         raise UsageError(
             f"model.attention_heads: the last conv layer's {channels} channels do not split "
@@ -58,10 +60,25 @@ def _check(cfg: ModelConfig, input_length: int, n_classes: int) -> int:
     return length
 
 
+def scaled_channels(cfg: ModelConfig) -> list[int]:
+    """``[model] channels`` times ``[model] width`` (rounded, at least 1 each)."""
+    return [max(1, round(c * cfg.width)) for c in cfg.channels]
+
+
+def conv(c_in: int, c_out: int, kernel: int, dilation: int, separable: bool = False) -> nn.Module:
+    """A same-padded conv without bias; ``separable``: depthwise then 1x1 pointwise."""
+    if not separable or kernel == 1:
+        return nn.Conv1d(c_in, c_out, kernel, padding="same", dilation=dilation, bias=False)
+    return nn.Sequential(
+        nn.Conv1d(c_in, c_in, kernel, padding="same", dilation=dilation, groups=c_in, bias=False),
+        nn.Conv1d(c_in, c_out, 1, bias=False),
+    )
+
+
 class ConvBNReLU(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int):
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, separable: bool = False):
         super().__init__(
-            nn.Conv1d(c_in, c_out, kernel, padding="same", dilation=dilation, bias=False),
+            conv(c_in, c_out, kernel, dilation, separable),
             nn.BatchNorm1d(c_out),
             nn.ReLU(inplace=True),
         )
@@ -70,13 +87,13 @@ class ConvBNReLU(nn.Sequential):
 class ResidualBlock(nn.Module):
     """Two same-padded convs with BN, plus the input (1x1 projected when channels change)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int):
+    def __init__(self, c_in: int, c_out: int, kernel: int, dilation: int, separable: bool = False):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv1d(c_in, c_out, kernel, padding="same", dilation=dilation, bias=False),
+            conv(c_in, c_out, kernel, dilation, separable),
             nn.BatchNorm1d(c_out),
             nn.ReLU(inplace=True),
-            nn.Conv1d(c_out, c_out, kernel, padding="same", dilation=dilation, bias=False),
+            conv(c_out, c_out, kernel, dilation, separable),
             nn.BatchNorm1d(c_out),
         )
         self.shortcut: nn.Module = (
@@ -213,12 +230,14 @@ class HeartCNN(nn.Module):
         n = cfg.conv_layers
         layers: list[nn.Module] = []
         c_in, length = 1, input_length
+        channels = scaled_channels(cfg)
         for i in range(n):
-            c_out, kernel = cfg.channels[i], cfg.kernel_sizes[i]
+            c_out, kernel = channels[i], cfg.kernel_sizes[i]
+            sep = cfg.separable and i >= 1  # the first conv sees one channel: nothing to split
             if cfg.residual and 2 <= i <= n - 2:
-                layers.append(ResidualBlock(c_in, c_out, kernel, cfg.dilation))
+                layers.append(ResidualBlock(c_in, c_out, kernel, cfg.dilation, sep))
             else:
-                layers.append(ConvBNReLU(c_in, c_out, kernel, cfg.dilation))
+                layers.append(ConvBNReLU(c_in, c_out, kernel, cfg.dilation, sep))
             if cfg.squeeze_excite and i >= 1:
                 layers.append(SqueezeExcite(c_out))
             if cfg.pooling[i] == "max":

@@ -45,7 +45,7 @@ class Model:
     """A model ready to predict: beats float32 [n, input_length] -> probabilities [n, k]."""
 
     path: Path
-    kind: str  # "run" or "onnx"
+    kind: str  # "run", "onnx" or "pte"
     classes: list[str]
     input_length: int
     lead: str  # lead of the training data: "channel0" or "MLII"
@@ -77,7 +77,7 @@ class Model:
 
 
 def load_model(path: str | Path) -> Model:
-    """A run folder or an exported .onnx (validated against its model card)."""
+    """A run folder or an exported .onnx or .pte (validated against its model card)."""
     path = Path(path)
     if path.is_dir():
         return _load_run_model(path)
@@ -85,10 +85,17 @@ def load_model(path: str | Path) -> Model:
         if not path.is_file():
             raise UsageError(f"{path}: no such file")
         return load_onnx(path)
+    if path.suffix.lower() == ".pte":
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+        from heartcli.predict_pte import load_pte
+
+        return load_pte(path)
     if not path.exists():
-        raise UsageError(f"{path}: no such run folder or .onnx file")
+        raise UsageError(f"{path}: no such run folder, .onnx or .pte file")
     raise UsageError(
-        f"{path}: MODEL must be a run folder (heart train) or an exported .onnx (heart export)"
+        f"{path}: MODEL must be a run folder (heart train) or an exported .onnx or .pte "
+        "(heart export)"
     )
 
 

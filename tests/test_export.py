@@ -44,7 +44,9 @@ def build_tiny(base: Path) -> Tiny:
         run = runs / "tiny"
         heart("-q", "--json", "evaluate", run)
         out = base / "export"
-        summary = heart.json("export", run, "--format", "all", "--quantize", "--out", out)
+        summary = heart.json(
+            "export", run, "--format", "all", "--quantize", "dynamic", "--out", out
+        )
         _cache["tiny"] = Tiny(run, out, summary)
     return _cache["tiny"]
 
@@ -155,10 +157,18 @@ def test_export_bad_usage(heart, tiny, tmp_path):
     r = heart("export", tiny.run, "--format", "tflite", expect=2)
     assert (
         "error: Invalid value for '--format' / '-f': 'tflite' is not one of 'onnx', 'pt2', "
-        "'torchscript', 'all'; see `"
+        "'torchscript', 'pte', 'all'; see `"
     ) in r.stderr
     r = heart(
-        "export", tiny.run, "--format", "pt2", "--quantize", "--out", tmp_path / "o", expect=2
+        "export",
+        tiny.run,
+        "--format",
+        "pt2",
+        "--quantize",
+        "dynamic",
+        "--out",
+        tmp_path / "o",
+        expect=2,
     )
     assert "error: --quantize makes an int8 copy of the ONNX model; add --format onnx" in r.stderr
     r = heart("export", tmp_path, expect=1)

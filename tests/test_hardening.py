@@ -309,7 +309,17 @@ def test_export_restores_the_root_logger(heart, sample_dir, tmp_path):
     before = root.level
     root.setLevel(logging.INFO)
     try:
-        heart("-q", "export", "runs/x", "--format", "onnx", "--quantize", "--out", tmp_path / "e")
+        heart(
+            "-q",
+            "export",
+            "runs/x",
+            "--format",
+            "onnx",
+            "--quantize",
+            "dynamic",
+            "--out",
+            tmp_path / "e",
+        )
         assert root.level == logging.INFO
     finally:
         root.setLevel(before)

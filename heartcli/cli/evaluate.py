@@ -17,7 +17,8 @@ def evaluate(
         Path,
         typer.Argument(
             metavar="RUN",
-            help="Run folder written by `heart train` (with --records also an exported .onnx).",
+            help="Run folder written by `heart train`, or an exported .onnx or .pte "
+            "(`heart export`; its model_card.json beside it).",
         ),
     ],
     data: Annotated[
@@ -123,6 +124,11 @@ def evaluate(
     from heartcli.evaluate import evaluate_run
     from heartcli.runs import CONFUSION, EVAL, load_run
 
+    if run.is_file():
+        from heartcli.cli.evaluate_export import evaluate_file
+
+        evaluate_file(run, data, split)
+        return
     loaded = load_run(run)
     source = data if data is not None else Path(loaded.config.data.dir)
     split_name = split or loaded.config.data.split

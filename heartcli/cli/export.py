@@ -18,6 +18,7 @@ class FormatChoice(StrEnum):
     onnx = "onnx"
     pt2 = "pt2"
     torchscript = "torchscript"
+    pte = "pte"
     all = "all"
 
 
@@ -38,9 +39,21 @@ def export(
         typer.Option("--out", "-o", help="Folder to write (default: RUN/export).", file_okay=False),
     ] = None,
     quantize: Annotated[
+        str | None,
+        typer.Option(
+            "--quantize",
+            metavar="dynamic|static",
+            help="Also write int8 models, scored on the test part: dynamic (ONNX only: int8 "
+            "weights) or static (int8 weights and activations, calibrated on training beats: "
+            "ONNX QDQ and, with --format pte, ExecuTorch).",
+        ),
+    ] = None,
+    strict: Annotated[
         bool,
         typer.Option(
-            "--quantize", help="Also write a dynamic int8 ONNX model, scored on the test part."
+            "--strict",
+            help="Exit 1 when an int8 model loses more test macro-F1 than "
+            "[export] int8_tolerance (the files are written either way).",
         ),
     ] = False,
     data: Annotated[
@@ -82,6 +95,11 @@ def export(
         log=o.log,
     )
     o.result(result.summary(), lambda: _render(result.summary()))
+    if strict:
+        from heartcli.cli.export_edge import strict_failure
+
+        if strict_failure(result.summary()):
+            raise typer.Exit(1)
 
 
 def _render(summary: dict[str, Any]) -> None:
@@ -107,12 +125,15 @@ def _render(summary: dict[str, Any]) -> None:
         highlight=False,
     )
     q = summary.get("quantized")
-    if q:
+    if q and not summary.get("int8"):
         console.print(
             f"int8: macro-F1 {q['macro_f1_int8']:.4f} vs float {q['macro_f1_float']:.4f} on "
             f"{q['test_beats']:,} test beats; same class as float for {q['agreement']:.2%}",
             highlight=False,
         )
+    from heartcli.cli.export_edge import render_edge
+
+    render_edge(console, summary)
     if summary["evaluation"] != "evaluated":
         console.print(f"model card: evaluation {summary['evaluation']}", highlight=False)
     for note in summary["notes"]:

@@ -12,9 +12,13 @@ so a failed export leaves nothing behind.
 
 ONNX goes through the torch.export-based exporter (``dynamo=True``, the maintained path,
 onnxscript) at ``[export] opset``; if that exporter fails, the TorchScript-based one is used
-and the card says so. ``--quantize`` adds a dynamic int8 copy (ONNX Runtime's
+and the card says so. ``--quantize`` (``dynamic``) adds a dynamic int8 copy (ONNX Runtime's
 ``quantize_dynamic``), which is not held to ``atol``: its agreement with the float model
-and both test macro-F1 are in the card.
+and both test macro-F1 are in the card. ``--format pte`` adds an ExecuTorch program
+(:mod:`heartcli.export.pte`, the extra ``heart[edge]``); ``--quantize static`` adds static
+int8 ONNX and ExecuTorch files calibrated on training beats, each held to ``[export]
+int8_tolerance`` of test macro-F1 (:mod:`heartcli.export.quantize`; a bigger loss is
+flagged, not refused). Every card carries the costs (:mod:`heartcli.export.costs`).
 """
 
 from __future__ import annotations
@@ -34,14 +38,21 @@ from heartcli.config import ExportConfig
 from heartcli.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
 from heartcli.export.card import CARD_JSON, CARD_MD, build_card, card_markdown
+from heartcli.export.edge import (
+    check_request,
+    measure_costs,
+    quantize_mode,
+    score_int8_files,
+    write_int8,
+)
 from heartcli.export.formats import (
+    EDGE_FORMATS,
     FILENAMES,
     FORMATS,
     export_onnx,
     export_pt2,
     export_torchscript,
     probability_module,
-    quantize_onnx,
 )
 from heartcli.export.guard import check_replaceable
 from heartcli.export.parity import (
@@ -51,6 +62,7 @@ from heartcli.export.parity import (
     exported_runner,
     onnx_runner,
     parity_beats,
+    reload_runner,
     run_batches,
     test_inputs,
 )
@@ -80,6 +92,11 @@ class ExportResult:
             "files": self.files,
             "parity": self.card["parity"],
             "quantized": self.card.get("quantized"),
+            "int8": self.card.get("int8"),
+            "int8_within_tolerance": all(
+                q["within_tolerance"] for q in self.card.get("int8") or []
+            ),
+            "costs": self.card.get("costs"),
             "evaluation": self.card["evaluation"].get("status"),
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
@@ -90,11 +107,11 @@ def parse_formats(values: list[str] | None, default: list[str]) -> list[str]:
     """``--format`` values (repeatable, ``all``) -> formats in canonical order."""
     wanted = set(values or default)
     if "all" in wanted:
-        wanted = set(FORMATS)
-    unknown = sorted(wanted - set(FORMATS))
+        wanted = (wanted - {"all"}) | set(FORMATS)
+    unknown = sorted(wanted - set(FORMATS) - set(EDGE_FORMATS))
     if unknown:
-        raise UsageError(f"--format {unknown[0]}: use onnx, pt2, torchscript or all")
-    return [f for f in FORMATS if f in wanted]
+        raise UsageError(f"--format {unknown[0]}: use onnx, pt2, torchscript, pte or all")
+    return [f for f in (*FORMATS, *EDGE_FORMATS) if f in wanted]
 
 
 def _quantized_report(
@@ -127,6 +144,12 @@ def _quantized_report(
     }
 
 
+def _export_pte(module: Any, example: tuple[Any, ...], path: Path) -> dict[str, Any]:
+    from heartcli.export.pte import export_pte
+
+    return export_pte(module, example, path)
+
+
 def _place(tmp: Path, out: Path, force: bool) -> None:
     """Move the verified folder onto ``out`` (replacing it only with ``force``)."""
     old: Path | None = None
@@ -150,7 +173,7 @@ def export_run(
     formats: list[str],
     config: ExportConfig,
     out: str | Path | None = None,
-    quantize: bool = False,
+    quantize: bool | str | None = False,
     data: str | Path | None = None,
     force: bool = False,
     log: Callable[[str], None] | None = None,
@@ -167,8 +190,8 @@ def export_run(
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: a file is in the way; choose a folder")
     check_replaceable(out_dir, force)
-    if quantize and "onnx" not in formats:
-        raise UsageError("--quantize makes an int8 copy of the ONNX model; add --format onnx")
+    mode = quantize_mode(quantize)
+    check_request(formats, mode)
 
     inputs, source, test, test_source = parity_beats(
         run, config.parity_beats, Path(data) if data else None
@@ -198,6 +221,7 @@ def export_run(
             "onnx": lambda p: export_onnx(module, example, p, config.opset),
             "pt2": lambda p: export_pt2(module, example, p),
             "torchscript": lambda p: export_torchscript(module, example, p),
+            "pte": lambda p: _export_pte(module, example, p),
         }
         for fmt in formats:
             say(f"exporting {FILENAMES[fmt]}")
@@ -212,10 +236,20 @@ def export_run(
                 ) from None
             if info[fmt].get("note"):
                 notes.append(info[fmt]["note"])
-        if quantize:
-            say(f"quantising to {FILENAMES['onnx-int8']}")
-            quantize_onnx(tmp / FILENAMES["onnx"], tmp / FILENAMES["onnx-int8"])
-            info["onnx-int8"] = {"exporter": "onnxruntime quantize_dynamic (QInt8)"}
+        int8: list[dict[str, Any]] = []
+        if mode:
+            written, _calibration = write_int8(
+                tmp,
+                formats,
+                mode,
+                module,
+                example,
+                run,
+                config,
+                Path(data) if data else None,
+                say,
+            )
+            info.update(written)
 
         files: list[dict[str, Any]] = []
         for fmt in formats:
@@ -223,16 +257,34 @@ def export_run(
             parity = check_parity(fmt, tmp / FILENAMES[fmt], inputs, reference, config.atol)
             files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "parity": parity})
         quantized = None
-        if quantize:
+        if mode == "dynamic":
             say("scoring the int8 model")
             quantized = _quantized_report(tmp, inputs, reference, test, run, test_source)
-            files.append(
-                {
-                    "file": FILENAMES["onnx-int8"],
-                    "format": "onnx-int8",
-                    **info["onnx-int8"],
-                    "agreement": quantized["agreement_on_parity_beats"],
+        int8_formats: list[str] = [f for f in ("onnx-int8", "pte-int8") if f in info]
+        if int8_formats:
+            say("scoring the int8 model(s) on the test part")
+            xt = test_inputs(run, test, test_source)
+            int8 = score_int8_files(
+                tmp,
+                int8_formats,
+                run_batches(exported_runner(module), xt),
+                xt,
+                test,
+                len(run.classes),
+                config.int8_tolerance,
+            )
+            if mode == "static":
+                quantized = {
+                    **int8[0],
+                    "method": info[int8_formats[0]]["exporter"],
+                    "test_source": test_source,
                 }
+        for fmt in int8_formats:
+            agreement = compare(
+                reference, run_batches(reload_runner(fmt, tmp / FILENAMES[fmt]), inputs)
+            )
+            files.append(
+                {"file": FILENAMES[fmt], "format": fmt, **info[fmt], "agreement": agreement}
             )
         for entry in files:
             path = tmp / entry["file"]
@@ -244,7 +296,10 @@ def export_run(
             "atol": config.atol,
             "passed": [f["file"] for f in files if "parity" in f],
         }
+        model_costs = measure_costs(tmp, files, module, inputs, config.latency_threads, say)
         card = build_card(run, files, parity_info, quantized, notes)
+        card["int8"] = int8
+        card["costs"] = model_costs
         write_json(tmp / CARD_JSON, card)
         write_text(tmp / CARD_MD, card_markdown(card))
         names = [f["file"] for f in files] + [CARD_JSON, CARD_MD]

@@ -286,7 +286,7 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{p.get('max_abs_diff', float('nan')):.2e} | {p.get('argmax_agreement', 0):.2%} |"
         )
     q = card.get("quantized")
-    if q:
+    if q and not card.get("int8"):
         lines += [
             "",
             "## Int8 (dynamic quantisation)",
@@ -296,6 +296,9 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"{q['macro_f1_float']:.4f} (float); the same class as the float model for "
             f"{q['agreement']:.2%} of the beats.",
         ]
+    from heartcli.export.card_edge import costs_markdown, int8_markdown
+
+    lines += int8_markdown(card) + costs_markdown(card)
     if card["notes"]:
         lines += ["", "## Notes", "", *[f"- {md(n)}" for n in card["notes"]]]
     lines += [
@@ -305,6 +308,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         "```",
         "heart predict model.onnx path/to/record   # a WFDB record without extension",
         "heart predict model.onnx beats.parquet --out predictions.csv",
+        "heart evaluate model.onnx   # its figures on the card's test part (also a .pte)",
         "```",
         "",
     ]

@@ -28,11 +28,14 @@ if TYPE_CHECKING:
     from torch import nn
 
 FORMATS = ("onnx", "pt2", "torchscript")
+EDGE_FORMATS = ("pte",)  # ExecuTorch: the optional extra heart[edge]; not part of "all"
 FILENAMES = {
     "onnx": "model.onnx",
     "pt2": "model.pt2",
     "torchscript": "model.torchscript.pt",
+    "pte": "model.pte",
     "onnx-int8": "model.int8.onnx",
+    "pte-int8": "model.int8.pte",
 }
 INPUT_NAME = "beats"
 RHYTHM_INPUT = "rhythm"

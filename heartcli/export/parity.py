@@ -1,12 +1,12 @@
 """The parity check of `heart export`: every exported file against PyTorch on real beats.
 
-Each file is reloaded in its own runtime (ONNX Runtime, ``torch.export.load``,
-``torch.jit.load``) and run on real beats of the run's dataset (the test part, topped up
-from the training part when it holds fewer than ``[export] parity_beats``; the bundled
-sample when the dataset is not there): the largest absolute difference of the
-probabilities against the PyTorch model must be at most ``[export] atol`` and the
-predicted class must be the same for every beat, one beat alone included (the batch axis
-is dynamic). A rhythm model gets the beats' rhythm columns as its second input.
+Each file is reloaded in its own runtime (ONNX Runtime, ``torch.export.load``, ``torch.jit.load``,
+ExecuTorch's ``executorch.runtime`` for a ``.pte``) and run on real beats of the run's dataset
+(the test part, topped up from the training part when it holds fewer than ``[export]
+parity_beats``; the bundled sample when the dataset is not there): the largest absolute
+difference of the probabilities against the PyTorch model must be at most ``[export] atol`` and
+the predicted class must be the same for every beat, one beat alone included (the batch axis is
+dynamic). A rhythm model gets the beats' rhythm columns as its second input.
 """
 
 from __future__ import annotations
@@ -130,6 +130,10 @@ def reload_runner(fmt: str, path: Path) -> Runner:
 
     if fmt in ("onnx", "onnx-int8"):
         return onnx_runner(path)
+    if fmt in ("pte", "pte-int8"):
+        from heartcli.export.pte import pte_runner
+
+        return pte_runner(path)
     with quiet():
         if fmt == "pt2":
             return exported_runner(torch.export.load(str(path)).module())

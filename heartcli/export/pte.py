@@ -1,0 +1,350 @@
+"""ExecuTorch programs (``.pte``) of `heart export --format pte`: float and static int8.
+
+The optional extra ``heart[edge]`` (``executorch``) provides the exporter and the runtime;
+without it ``--format pte`` is a UsageError (exit 2) naming what to install.
+
+The program is the run's CNN followed by a softmax (``probability_module``), rewritten for
+XNNPACK (``device_module``: the same arithmetic, on 4-D views that XNNPACK delegates: a
+1-D pooling as a 1 x 2 2-D pooling, the squeeze-excite time average as a global average
+pool), exported with ``torch.export`` with a batch axis of 1 to ``MAX_BATCH`` beats, lowered
+with ``to_edge_transform_and_lower`` and the ``XnnpackPartitioner``, and planned for the
+largest batch (``ConstraintBasedSymShapeEvalPass``). The int8 program is quantised before
+lowering by PT2E (``prepare_pt2e`` / ``convert_pt2e`` with the ``XNNPACKQuantizer``:
+symmetric per-channel int8 weights, int8 activations) calibrated on training beats drawn
+per class (:mod:`heartcli.export.quantize`).
+
+Programs run in ExecuTorch's own Python runtime (``executorch.runtime``), which the parity
+check, the latency figures and `heart predict` use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from heartcli.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from heartcli.inference import Runner
+
+MAX_BATCH = 1024  # the largest batch a program takes: the shared inference batch
+INSTALL = "pip install 'heart[edge]' (executorch==1.5.1, beside torch 2.13)"
+
+
+def require_executorch() -> None:
+    """A UsageError (exit 2) in one line when ExecuTorch is not installed."""
+    try:
+        found = importlib.util.find_spec("executorch") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise UsageError(f"--format pte needs ExecuTorch, which is not installed: {INSTALL}")
+    import logging
+
+    from heartcli.export.formats import quiet
+
+    # torchao (an ExecuTorch dependency) logs the optional CUDA kernels it cannot load, and
+    # torch warns about one of its enums, at import: noise on a CPU machine
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with quiet():
+            import executorch.exir
+            import executorch.runtime  # noqa: F401
+            import torchao.quantization.pt2e  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"--format pte needs ExecuTorch, which does not import ({exc}): {INSTALL}"
+        ) from None
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def device_module(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with the same arithmetic on 4-D ops that XNNPACK delegates.
+
+    The conv features run on a ``[batch, channels, 1, length]`` view: every 1-D conv,
+    batch norm and pooling becomes its 2-D twin with a ``1 x k`` kernel (the same weights),
+    the squeeze-excite time average a global average pool, and the adaptive average pool
+    a 2-D conv with ``1 x length`` filters. One unsqueeze in, so XNNPACK runs the features as
+    one partition instead of one per layer.
+    """
+    import torch
+    from torch import nn
+
+    from heartcli.model import AveragePool, SqueezeExcite
+
+    class To4d(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.unsqueeze(2)  # [b, c, l] -> [b, c, 1, l]
+
+    class GlobalSqueezeExcite(nn.Module):
+        def __init__(self, gate: nn.Module):
+            super().__init__()
+            self.gate = gate
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mean = x.mean(dim=(2, 3), keepdim=True).flatten(1)
+            return x * self.gate(mean)[:, :, None, None]
+
+    class ConvAveragePool(nn.Module):
+        """AveragePool of a [b, c, 1, l] view: P filters of 1 x l over [b, 1, c, l]."""
+
+        def __init__(self, weight: torch.Tensor):
+            super().__init__()
+            length, out = weight.shape
+            self.conv = nn.Conv2d(1, out, (1, length), bias=False)
+            with torch.no_grad():
+                self.conv.weight.copy_(weight.t().reshape(out, 1, 1, length))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled = self.conv(x.transpose(1, 2))  # [b, P, c, 1]
+            return pooled.squeeze(3).transpose(1, 2)  # [b, c, P]
+
+    def conv2d(c: nn.Conv1d) -> nn.Conv2d:
+        twin = nn.Conv2d(
+            c.in_channels,
+            c.out_channels,
+            (1, c.kernel_size[0]),
+            stride=(1, c.stride[0]),
+            padding=c.padding if isinstance(c.padding, str) else (0, c.padding[0]),
+            dilation=(1, c.dilation[0]),
+            groups=c.groups,
+            bias=c.bias is not None,
+        )
+        with torch.no_grad():
+            twin.weight.copy_(c.weight.unsqueeze(2))
+            if c.bias is not None and twin.bias is not None:
+                twin.bias.copy_(c.bias)
+        return twin
+
+    def norm2d(b: nn.BatchNorm1d) -> nn.BatchNorm2d:
+        twin = nn.BatchNorm2d(b.num_features, eps=b.eps, momentum=b.momentum)
+        twin.load_state_dict(b.state_dict())
+        return twin
+
+    def twin_of(child: nn.Module) -> nn.Module | None:
+        if isinstance(child, nn.Conv1d):
+            return conv2d(child)
+        if isinstance(child, nn.BatchNorm1d):
+            return norm2d(child)
+        if isinstance(child, nn.MaxPool1d):
+            return nn.MaxPool2d((1, 2), (1, 2))
+        if isinstance(child, nn.AvgPool1d):
+            return nn.AvgPool2d((1, 2), (1, 2))
+        if isinstance(child, SqueezeExcite):
+            return GlobalSqueezeExcite(child.gate)
+        if isinstance(child, AveragePool):
+            return ConvAveragePool(child.weight)
+        return None
+
+    copied = copy.deepcopy(module).eval()
+    net = getattr(copied, "net", copied)
+    if not hasattr(net, "features") or not hasattr(net, "pool"):
+        return copied
+    for name, child in list(net.named_modules()):
+        if not name.startswith(("features", "pool")):
+            continue
+        twin = twin_of(child)
+        if twin is not None:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent_name), attr, twin)
+    features: nn.Module = net.features  # type: ignore[assignment]
+    net.features = nn.Sequential(To4d(), *features.children())
+    return copied.eval()
+
+
+def _dynamic(count: int) -> tuple[dict[int, Any], ...]:
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return tuple({0: batch} for _ in range(count))
+
+
+def export_pte(
+    module: nn.Module,
+    example: tuple[Any, ...],
+    path: Path,
+    calibration: list[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Write the ExecuTorch program of ``module``; int8 when ``calibration`` is given.
+
+    ``example`` holds one tensor per input; ``calibration`` the model's inputs for the
+    calibration beats (beats, and rhythm for a rhythm model).
+    """
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+
+    from heartcli.export.formats import quiet
+
+    net = device_module(module)
+    shapes = _dynamic(len(example))
+    with quiet():
+        program = torch.export.export(net, example, dynamic_shapes=shapes)
+        method = "float32, XNNPACK"
+        if calibration is not None:
+            program = torch.export.export(
+                _quantized(program.module(), calibration), example, dynamic_shapes=shapes
+            )
+            method = (
+                "PT2E static int8 (XNNPACKQuantizer: symmetric per-channel int8 weights, "
+                "int8 activations), XNNPACK"
+            )
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        config = ExecutorchBackendConfig(sym_shape_eval_pass=_batch_bound_pass())
+        buffer = edge.to_executorch(config).buffer
+    path.write_bytes(buffer)
+    delegated = _delegated_share(edge)
+    return {
+        "exporter": "torch.export + executorch.exir.to_edge_transform_and_lower"
+        " (XnnpackPartitioner)",
+        "load": "executorch.runtime.Runtime.get().load_program",
+        "program": method,
+        "max_batch": MAX_BATCH,
+        "delegated_ops": delegated,
+    }
+
+
+def _batch_bound_pass() -> Any:
+    """Memory planning for the largest batch: every tensor shape at batch = MAX_BATCH.
+
+    The only symbol of a heart program is the batch axis; ExecuTorch's own passes plan a
+    shape whose symbol lost its range in lowering by a trace hint (15 beats here), so a
+    bigger batch fails at run time. This pass bounds each symbol by 1..MAX_BATCH instead.
+    """
+    import torch
+    from executorch.exir.tensor import TensorSpec
+    from torch.fx.passes.infra.pass_base import PassBase, PassResult
+    from torch.utils import _pytree as pytree
+    from torch.utils._sympy.value_ranges import ValueRanges, bound_sympy
+
+    def bound(value: Any) -> int:
+        if isinstance(value, int):
+            return value
+        expr = value.node.expr
+        ranges = {sym: ValueRanges(1, MAX_BATCH) for sym in expr.free_symbols}
+        return int(bound_sympy(expr, ranges).upper)
+
+    class BatchBound(PassBase):
+        def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+            for sub in graph_module.modules():
+                if not isinstance(sub, torch.fx.GraphModule):
+                    continue
+                for node in sub.graph.nodes:
+                    for spec in pytree.tree_flatten(node.meta.get("spec", []))[0]:
+                        if isinstance(spec, TensorSpec):
+                            spec.shape = [bound(d) for d in spec.shape]
+                            spec.stride = [bound(d) for d in spec.stride]
+            return PassResult(graph_module, True)
+
+    return BatchBound()
+
+
+def _quantized(graph: Any, calibration: list[np.ndarray]) -> Any:
+    """PT2E: the exported graph with XNNPACK's int8 observers, calibrated, converted."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from heartcli.inference import BATCH
+
+    quantizer = XNNPACKQuantizer()
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(graph, quantizer)
+    n = len(calibration[0])
+    with torch.no_grad():
+        for i in range(0, n, BATCH):
+            prepared(
+                *[torch.from_numpy(np.ascontiguousarray(a[i : i + BATCH])) for a in calibration]
+            )
+    return convert_pt2e(prepared)
+
+
+def _delegated_share(edge: Any) -> str:
+    """How the program's nodes split between XNNPACK and the portable kernels, in words."""
+    graph = edge.exported_program().graph_module.graph
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    names = [getattr(n.target, "__name__", str(n.target)) for n in calls]
+    delegates = sum("executorch_call_delegate" in name for name in names)
+    skip = ("executorch_call_delegate", "getitem", "alloc", "view", "sym_size")
+    others = sorted({name.split(".")[0] for name in names if not name.startswith(skip)})
+    return f"{delegates} XNNPACK partition(s); outside them: {', '.join(others) or 'nothing'}"
+
+
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """Silence what ExecuTorch's C++ side writes to stderr (thread pool and CPU info logs)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def set_pte_threads(threads: int) -> None:
+    """The size of the thread pool ExecuTorch's XNNPACK kernels use in this process."""
+    from executorch.extension.pybindings import portable_lib
+
+    with native_quiet():
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
+def pte_method(path: Path) -> Any:
+    """The ``forward`` method of the program at ``path``; DataError if it cannot load."""
+    require_executorch()
+    from executorch.runtime import Runtime
+
+    from heartcli.export.formats import quiet
+
+    try:
+        with quiet(), native_quiet():
+            program = Runtime.get().load_program(Path(path))
+            method = program.load_method("forward")
+    except Exception:  # the runtime raises RuntimeError/ValueError for damaged programs
+        raise DataError(
+            f"{path}: not a loadable ExecuTorch program (truncated or damaged); export it again"
+        ) from None
+    if method is None:
+        raise DataError(f"{path}: the program has no forward method; export it again")
+    return method
+
+
+def pte_runner(path: Path) -> Runner:
+    """A .pte program as a runner of the shared inference module: numpy in, numpy out."""
+    import torch
+
+    method = pte_method(path)
+
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        outputs = method.execute([torch.from_numpy(a) for a in arrays])
+        return np.asarray(outputs[0].numpy())
+
+    return run
+
+
+def pte_signature(path: Path) -> list[tuple[int, ...]]:
+    """The shapes of the program's inputs as planned (the batch axis at its largest)."""
+    method = pte_method(path)
+    meta = method.metadata
+    return [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]

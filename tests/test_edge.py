@@ -1,0 +1,249 @@
+"""The device side of `heart export` through the CLI: static int8 (ONNX QDQ and ExecuTorch
+PT2E), `--format pte`, the costs on the card, `heart predict` with a .pte, `heart evaluate`
+of an exported file, and the bad inputs. One tiny run (examples/tiny.toml, 12 epochs on
+the bundled sample) is trained and exported once per session.
+
+The ExecuTorch tests need the extra heart[edge] (executorch); without it they are skipped
+with that reason, and the ONNX tests still run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EXAMPLES, REPO, SAMPLE, Heart
+
+TINY = EXAMPLES / "tiny.toml"
+HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
+needs_executorch = pytest.mark.skipif(
+    not HAS_EXECUTORCH, reason="ExecuTorch is not installed: pip install 'heart[edge]'"
+)
+
+
+@dataclass
+class Edge:
+    run: Path  # trained and evaluated on the sample (read-only)
+    export: Path  # onnx (+ pte) with --quantize static
+    summary: dict[str, Any]
+
+
+_cache: dict[str, Edge] = {}
+
+
+@pytest.fixture(scope="session")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Edge:
+    if "edge" not in _cache:
+        base = tmp_path_factory.mktemp("edge")
+        heart = Heart()
+        runs = base / "runs"
+        heart(
+            "-q",
+            "train",
+            "--config",
+            TINY,
+            "--name",
+            "tiny",
+            "--set",
+            f"data.dir={SAMPLE}",
+            "--set",
+            f"train.runs_dir={runs}",
+            "--set",
+            "train.epochs=12",
+            "--set",
+            "resample.target=300",
+            "--set",
+            "tracking.enabled=false",
+        )
+        run = runs / "tiny"
+        heart("-q", "--json", "evaluate", run)
+        formats = ["--format", "onnx"] + (["--format", "pte"] if HAS_EXECUTORCH else [])
+        out = base / "export"
+        summary = heart.json("export", run, *formats, "--quantize", "static", "--out", out)
+        _cache["edge"] = Edge(run, out, summary)
+    return _cache["edge"]
+
+
+def test_tiny_recipe_fits_the_device_budget(edge):
+    costs = edge.summary["costs"]
+    assert costs["parameters"] <= 30_000
+    card = json.loads((edge.export / "model_card.json").read_text())
+    assert card["training"]["model"]["separable"] is True
+    assert 0 < costs["macs_per_beat"] < 2_000_000
+    assert costs["peak_activation_bytes_float32"] == 4 * costs["peak_activation_bytes_int8"] > 0
+
+
+def test_static_int8_onnx_scored_against_float_with_calibration_from_training(edge):
+    s = edge.summary
+    files = {f["file"]: f for f in s["files"]}
+    assert "model.onnx" in s["parity"]["passed"]
+    q8 = files["model.int8.onnx"]
+    assert q8["format"] == "onnx-int8" and "quantize_static" in q8["exporter"]
+    cal = q8["calibration"]
+    assert "train part" in cal["source"] and "test" not in cal["source"]
+    assert sum(cal["per_class"].values()) == cal["beats"] and min(cal["per_class"].values()) > 0
+    assert q8["bytes"] < files["model.onnx"]["bytes"] / 2
+    scores = {q["file"]: q for q in s["int8"]}
+    onnx8 = scores["model.int8.onnx"]
+    eval_json = json.loads((edge.run / "eval.json").read_text())
+    assert onnx8["macro_f1_float"] == pytest.approx(eval_json["macro_f1"], abs=1e-9)
+    assert onnx8["test_beats"] == eval_json["n"] == 615
+    assert onnx8["within_tolerance"] == (onnx8["macro_f1_loss"] <= 0.005)
+    md = (edge.export / "MODEL_CARD.md").read_text()
+    assert "## Int8" in md and "## Costs" in md and "multiply-adds per beat" in md
+    for f in s["files"]:  # every file is timed in its runtime at batch 1 and 256, 1 thread
+        lat = f["latency"]
+        assert lat["threads"] == 1 and lat["batch_1_us_per_beat"] > 0
+        assert lat["batch_256_us_per_beat"] > 0
+    assert files["model.int8.onnx"]["latency"]["runtime"] == "onnxruntime"
+
+
+@needs_executorch
+def test_pte_float_and_int8_pass_parity_in_executorch(edge):
+    s = edge.summary
+    files = {f["file"]: f for f in s["files"]}
+    assert "model.pte" in s["parity"]["passed"]
+    p = files["model.pte"]["parity"]
+    assert p["max_abs_diff"] <= 1e-4 and p["argmax_agreement"] == 1.0 and p["beats"] == 1000
+    q8 = files["model.int8.pte"]
+    assert "PT2E" in q8["program"] and q8["latency"]["runtime"] == "executorch"
+    assert q8["agreement"]["beats"] == 1000 and q8["agreement"]["argmax_agreement"] >= 0.9
+    assert q8["bytes"] < files["model.pte"]["bytes"]
+    scores = {q["file"]: q for q in s["int8"]}
+    assert set(scores) == {"model.int8.onnx", "model.int8.pte"}
+
+
+@needs_executorch
+def test_predict_with_a_pte_matches_the_onnx(heart, edge, tmp_path):
+    beats = SAMPLE / "random" / "test.parquet"
+    via_pte = heart.json("predict", edge.export / "model.pte", beats, "--out", tmp_path / "a.csv")
+    via_onnx = heart.json("predict", edge.export / "model.onnx", beats, "--out", tmp_path / "b.csv")
+    assert via_pte["model_kind"] == "pte" and via_pte["beats"] == via_onnx["beats"] == 615
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == (
+        (tmp_path / "b.csv").read_text().splitlines()[0]
+    )
+    a = [line.split(",")[:3] for line in (tmp_path / "a.csv").read_text().splitlines()]
+    b = [line.split(",")[:3] for line in (tmp_path / "b.csv").read_text().splitlines()]
+    assert a == b
+
+
+def test_evaluate_an_exported_file_through_the_run_path(heart, edge):
+    run_eval = json.loads((edge.run / "eval.json").read_text())
+    flt = heart.json("evaluate", edge.export / "model.onnx")
+    assert flt["model_kind"] == "onnx" and flt["n"] == run_eval["n"]
+    assert flt["macro_f1"] == pytest.approx(run_eval["macro_f1"], abs=1e-9)
+    assert flt["confusion_matrix"] == run_eval["confusion_matrix"]
+    q8 = heart.json("evaluate", edge.export / "model.int8.onnx")
+    score = next(q for q in edge.summary["int8"] if q["file"] == "model.int8.onnx")
+    assert q8["macro_f1"] == pytest.approx(score["macro_f1_int8"], abs=1e-9)
+    if HAS_EXECUTORCH:
+        pte8 = heart.json("evaluate", edge.export / "model.int8.pte")
+        score = next(q for q in edge.summary["int8"] if q["file"] == "model.int8.pte")
+        assert pte8["model_kind"] == "pte"
+        assert pte8["macro_f1"] == pytest.approx(score["macro_f1_int8"], abs=1e-9)
+
+
+def test_pte_without_executorch_is_one_line_exit_2(edge, tmp_path):
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'executorch' or name.startswith('executorch.'):\n"
+        "            raise ImportError('blocked by the test')\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{block}{os.pathsep}{REPO}", "NO_COLOR": "1"}
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "heartcli",
+            "export",
+            str(edge.run),
+            "--format",
+            "pte",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --format pte needs ExecuTorch")
+    assert "pip install 'heart[edge]'" in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_fewer_calibration_beats_than_classes_is_one_line(heart, edge, tmp_path):
+    r = heart(
+        "export",
+        edge.run,
+        "--format",
+        "onnx",
+        "--quantize",
+        "static",
+        "--set",
+        "export.calibration_beats=3",
+        "--out",
+        tmp_path / "o",
+        expect=2,
+    )
+    assert "error: export.calibration_beats = 3 is fewer than the model's 5 classes" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@needs_executorch
+def test_pte_of_another_shape_is_refused_by_predict(heart, edge, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(edge.export, other)
+    card = json.loads((other / "model_card.json").read_text())
+    card["input"]["length"] = 250  # the card of a model that takes 250-sample beats
+    (other / "model_card.json").write_text(json.dumps(card))
+    beats = SAMPLE / "random" / "test.parquet"
+    r = heart("predict", other / "model.pte", beats, "--out", tmp_path / "p.csv", expect=1)
+    assert "model.pte takes inputs of [187] values per beat but" in r.stderr
+    assert "says [250]" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_int8_loss_beyond_tolerance_is_written_flagged_and_strict_fails(heart, edge, tmp_path):
+    # one calibration beat per class: the activation ranges miss most beats, the int8
+    # model loses accuracy; a tolerance of 0 flags any loss
+    args = [
+        "export",
+        edge.run,
+        "--format",
+        "onnx",
+        "--quantize",
+        "static",
+        "--set",
+        "export.calibration_beats=5",
+        "--set",
+        "export.int8_tolerance=0",
+    ]
+    loose = heart.json(*args, "--out", tmp_path / "loose")
+    q = loose["int8"][0]
+    assert q["macro_f1_loss"] > 0 and q["within_tolerance"] is False
+    assert loose["int8_within_tolerance"] is False
+    md = (tmp_path / "loose" / "MODEL_CARD.md").read_text()
+    assert "beyond tolerance" in md and "color:red" in md
+    shown = heart(*args, "--out", tmp_path / "shown")
+    assert "BEYOND TOLERANCE" in shown.stdout
+    strict = heart(*args, "--strict", "--out", tmp_path / "strict", expect=1)
+    assert "error: model.int8.onnx loses" in strict.stderr
+    assert (tmp_path / "strict" / "model.int8.onnx").exists()  # written, and flagged
