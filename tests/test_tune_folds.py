@@ -31,7 +31,8 @@ def test_tune_selects_on_the_folds_mean(heart, tmp_path, sample_dir):
         assert len(folds) == 2
         assert not set(folds[0]["val_records"]) & set(folds[1]["val_records"])
         assert t["metric"] == manifest["crossval"]["figures"]["macro_f1"]["mean"]
-        assert t["metric"] == round(np.mean([f["macro_f1"] for f in folds]), 4)
+        # The folds' figures are stored to 4 digits: their mean is within one rounding step.
+        assert abs(t["metric"] - np.mean([f["macro_f1"] for f in folds])) <= 1e-4
         assert (trial / "folds" / "fold-1" / "model.safetensors").exists()
         # The final model trained on every DS1 record, without a validation fold.
         assert manifest["data"]["val_records"] == []
