@@ -250,7 +250,7 @@ def test_usage_errors_are_one_heart_line_exit_2(heart):
 
 def test_fixed_value_options_list_their_choices_in_help(heart):
     assert "<hyperopt|ray>" in heart("tune", "--help").stdout
-    assert "onnx|pt2|torchscript|all" in heart("export", "--help").stdout
+    assert "onnx|pt2|torchscript|pte|all" in heart("export", "--help").stdout
     help_predict = heart("predict", "--help").stdout
     assert "<auto|annotations|detect>" in help_predict
     assert "auto|MLII|channel0" in help_predict
