@@ -284,6 +284,26 @@ class TrainConfig(Section):
     steps_fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="share of a full pass run as one epoch (1/10 to 1)"
     )
+    final: Literal["retrain", "ensemble"] = Field(
+        "retrain",
+        description='the final model of `heart train --folds K`: "retrain" (one model on the '
+        'whole training split for the folds\' mean best epoch) or "ensemble" (the K fold '
+        "models as one model averaging their probabilities; no retraining)",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="label smoothing of the training loss (Szegedy et al. 2016): this share "
+        "of every target is spread evenly over all classes; 0 = off",
+    )
+    ema: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="exponential moving average of the weights (Polyak averaging), e.g. "
+        "0.999: validation, the best weights and the saved model are the average's; 0 = off",
+    )
     seed: int = Field(
         42, ge=0, le=SEED_MAX, description="seed for weights, batches and the validation carve-out"
     )
@@ -320,26 +340,6 @@ class TrainConfig(Section):
         f"(1-{MAX_THREADS}) fixes it; 0 = every usable CPU",
     )
     runs_dir: str = Field("runs", description="folder that holds the run folders")
-    final: Literal["retrain", "ensemble"] = Field(
-        "retrain",
-        description='the final model of `heart train --folds K`: "retrain" (one model on the '
-        'whole training split for the folds\' mean best epoch) or "ensemble" (the K fold '
-        "models as one model averaging their probabilities; no retraining)",
-    )
-    label_smoothing: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="label smoothing of the training loss (Szegedy et al. 2016): this share "
-        "of every target is spread evenly over all classes; 0 = off",
-    )
-    ema: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="exponential moving average of the weights (Polyak averaging), e.g. "
-        "0.999: validation, the best weights and the saved model are the average's; 0 = off",
-    )
 
     @field_validator("threads", mode="before")
     @classmethod

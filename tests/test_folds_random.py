@@ -44,6 +44,7 @@ def test_stratified_folds_on_the_random_split(heart, tmp_path):
         assert all(val[c] > 0 and train[c] > 0 for c in beats.classes)
         # ... and a fold's training beats are all the others: none on both sides.
         assert all(val[c] + train[c] == total[c] for c in beats.classes)
+        assert f["val_beats"] == sum(val.values())
         in_fold = np.bincount(beats.y[fold == i], minlength=len(beats.classes))
         assert [val[c] for c in beats.classes] == in_fold.tolist()
         for c, n in zip(beats.classes, in_fold, strict=True):
@@ -72,8 +73,10 @@ def test_stratified_folds_on_the_random_split(heart, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["crossval"]["oof"] == oof
     assert manifest["data"]["validation"] is False and (run / "model.safetensors").exists()
-    shown = heart("train", *TINY, "--name", "cv2", "--folds", "2").stdout
-    assert "stratified cross-validation" in shown and "out-of-fold macro-F1" in shown
+    shown = heart("train", *TINY, "--name", "cv2", "--folds", "2")
+    assert "stratified cross-validation" in shown.stdout
+    assert "out-of-fold macro-F1" in shown.stdout
+    assert "fold 1 of 2: validation stratified beats" in shown.stderr
 
 
 def test_folds_need_every_class_in_every_fold(heart):

@@ -271,14 +271,14 @@ def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
         kind = "record-wise" if any(f.records for f in result.folds) else "stratified"
         table = Table(title=f"{k}-fold {kind} cross-validation (validation, best epoch)")
         table.add_column("fold")
-        table.add_column("records")
+        table.add_column("records" if kind == "record-wise" else "beats")
         table.add_column("best epoch", justify="right")
         for key in FIGURES:
             table.add_column(names[key], justify="right")
         for f in result.folds:
             table.add_row(
                 str(f.fold),
-                " ".join(f.records),
+                " ".join(f.records) if f.records else f"{f.beats:,}",
                 str(f.best_epoch),
                 *[f"{f.figures[key]:.4f}" for key in FIGURES],
             )

@@ -49,11 +49,13 @@ class FoldResult:
     figures: dict[str, float]
     run_dir: str
     seconds: float
+    beats: int = 0  # validation beats
 
     def summary(self) -> dict[str, Any]:
         return {
             "fold": self.fold,
             "val_records": self.records,
+            "val_beats": self.beats,
             "best_epoch": self.best_epoch,
             **{k: round(v, 4) for k, v in self.figures.items()},
             "run_dir": self.run_dir,
@@ -207,6 +209,7 @@ def run_fold(
         fold_figures(cm, list(beats.classes)),
         str(fold_dir),
         time.perf_counter() - t0,
+        len(val_beats),
     )
 
 
