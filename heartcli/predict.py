@@ -148,10 +148,8 @@ def read_card(model_path: Path) -> dict[str, Any]:
     return card
 
 
-def load_onnx(path: Path) -> Model:
-    """An exported ONNX model, after checking that its card describes exactly this file."""
-    card = read_card(path)
-    session = onnx_session(path)
+def check_card_entry(path: Path, card: dict[str, Any]) -> None:
+    """The exported file must be one the card lists, with the SHA-256 the card gives it."""
     card_path = path.parent / CARD_NAME
     entry = next((f for f in card.get("files", []) if f.get("file") == path.name), None)
     if entry is None:
@@ -161,6 +159,14 @@ def load_onnx(path: Path) -> Model:
             f"{path.name} does not match {card_path} (SHA-256 differs); "
             "use the files of one export together, or export again"
         )
+
+
+def load_onnx(path: Path) -> Model:
+    """An exported ONNX model, after checking that its card describes exactly this file."""
+    card = read_card(path)
+    session = onnx_session(path)
+    check_card_entry(path, card)
+    card_path = path.parent / CARD_NAME
     classes = [str(c) for c in card["classes"]]
     length = int((card.get("input") or {}).get("length", -1))
     inputs, outputs = session.get_inputs(), session.get_outputs()

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heartcli.errors import DataError
-from heartcli.io import sha256_file
 
 if TYPE_CHECKING:
     from heartcli.predict import Model
@@ -22,19 +21,12 @@ def load_pte(path: Path) -> Model:
     """An exported .pte, after checking that its card describes exactly this program."""
     from heartcli.config import RHYTHM_FEATURES
     from heartcli.export.pte import pte_runner, pte_signature, require_executorch
-    from heartcli.predict import CARD_NAME, Model, read_card
+    from heartcli.predict import CARD_NAME, Model, check_card_entry, read_card
 
     require_executorch()
     card = read_card(path)
+    check_card_entry(path, card)
     card_path = path.parent / CARD_NAME
-    entry = next((f for f in card.get("files", []) if f.get("file") == path.name), None)
-    if entry is None:
-        raise DataError(f"{card_path} does not list {path.name}; use the card exported with it")
-    if entry.get("sha256") != sha256_file(path):
-        raise DataError(
-            f"{path.name} does not match {card_path} (SHA-256 differs); "
-            "use the files of one export together, or export again"
-        )
     classes = [str(c) for c in card["classes"]]
     length = int((card.get("input") or {}).get("length", -1))
     rhythm = bool(card.get("rhythm_input"))
