@@ -52,7 +52,7 @@ import torch
 from torch import nn
 torch.set_flush_denormal(True)
 from heartcli.config import load_config
-from heartcli.model import build_model
+from heartcli.model.network import build_model
 from heartcli.threads import ThreadPolicy
 from heartcli.training.precision import autocast, resolve_precision
 setting = sys.argv[1]

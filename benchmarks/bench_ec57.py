@@ -4,7 +4,7 @@ For every record but the paced four, the beats `heart predict --peaks detect` gi
 (``heart``: its default detector, gqrs with its marks moved to the R-peak; ``heart-xqrs``:
 XQRS as heart runs it; on the MLII lead at 360 Hz, after the beat cut) and, for
 comparison, the raw peaks of XQRS and of wfdb's gqrs, are scored against the .atr by
-:func:`heartcli.ec57.compare` (bxb's rules: 150 ms, the first 5 minutes left out). Prints
+:func:`heartcli.evaluate.ec57.compare` (bxb's rules: 150 ms, the first 5 minutes left out). Prints
 the gross and average QRS Se and +P of each detector, the records below 0.995, and the
 time the EC57 comparison of all records takes (target: <= 30 s beyond prediction).
 
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from heartcli import ec57
 from heartcli.data.mitdb import FS_HZ, RECORDS
-from heartcli.ec57_records import read_beats, read_header
-from heartcli.segment import detect_r_peaks, read_record, segment_record
+from heartcli.evaluate import ec57
+from heartcli.evaluate.records import read_beats
+from heartcli.predict.segment import detect_r_peaks, read_record, segment_record
+from heartcli.predict.wfdb import read_header
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "ec57.json"

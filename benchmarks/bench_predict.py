@@ -56,9 +56,9 @@ def bench_models(threads: int) -> dict[str, dict[str, float]]:
     import torch
 
     from heartcli.config import HeartConfig, load_config
-    from heartcli.dataset import load_split
+    from heartcli.data.dataset import load_split
     from heartcli.export.formats import export_onnx, probability_module
-    from heartcli.model import build_model
+    from heartcli.model.network import build_model
 
     torch.set_num_threads(threads)
     beats = load_split(SAMPLE, "random", "test").x

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from heartcli.config import HeartConfig, ModelConfig, load_config
-from heartcli.model import build_model
+from heartcli.model.network import build_model
 from heartcli.training import EpochInfo, flush_subnormals, prepare_folds, train
 from heartcli.training.precision import autocast, native_bf16
 

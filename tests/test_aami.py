@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heartcli.evaluate import metrics
+from heartcli.metrics import metrics
 
 CLASSES = ["N", "S", "V", "F", "Q"]
 # rows: true N S V F Q; columns: predicted N S V F Q

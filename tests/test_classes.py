@@ -8,7 +8,7 @@ import numpy as np
 import wfdb
 from conftest import EXAMPLES, SAMPLE
 
-from heartcli.dataset import load_split
+from heartcli.data.dataset import load_split
 
 
 def test_inter_patient_run_without_q(heart, tmp_path, mitdb_dir):

@@ -1,7 +1,7 @@
 """EC57 scoring of whole records (`heart evaluate MODEL --records`) and WFDB annotations out
 (`heart predict --format wfdb`), through the CLI on the real MIT-BIH records, checked
 against independent references: wfdb's compare_annotations for the QRS counts, heart's own
-AAMI table (:mod:`heartcli.aami`) for the classes on the .atr's beats, and hand-worked
+AAMI table (:mod:`heartcli.metrics.aami`) for the classes on the .atr's beats, and hand-worked
 annotation pairs for bxb's matching rules."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import pyarrow.csv as pacsv
 import pytest
 from conftest import EXAMPLES, SAMPLE, Heart
 
-from heartcli import aami, ec57
 from heartcli.data.mitdb import AAMI_MAP
+from heartcli.evaluate import ec57
+from heartcli.metrics import aami
 
 _cache: dict[str, Path] = {}
 
@@ -330,7 +331,7 @@ def test_vf_episode_and_q_rules():
 def test_detected_beats_sit_on_the_reference_r_peaks(heart, model, tmp_path, mitdb_dir):
     """gqrs (the default) marks the QRS ~12 samples early; heart moves the marks to the
     R-peak, where the .atr puts the beats and the beat cut starts: as close as XQRS's."""
-    from heartcli.segment import match_peaks
+    from heartcli.predict.segment import match_peaks
 
     record = cut_record(mitdb_dir, tmp_path / "rec", "119", minutes=10)  # 140 PVCs
     ref = reference_beats(record)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import EXAMPLES, SAMPLE
 
-from heartcli.dataset import load_split
-from heartcli.inference import model_inputs, torch_proba
-from heartcli.runs import load_run
+from heartcli.data.dataset import load_split
+from heartcli.model.inference import model_inputs, torch_proba
+from heartcli.model.runs import load_run
 
 TINY = (
     "--config", EXAMPLES / "quickstart.toml",
@@ -168,7 +168,7 @@ def test_tune_ensembles_its_top_trials_out_of_fold(heart, tmp_path):
         with np.load(tmp_path / "runs" / "s" / f"trial-{t['number']:03d}" / "oof.npz") as oof:
             probas.append(oof["proba"])
             y = oof["y"]
-    from heartcli.evaluate import metrics
+    from heartcli.metrics import metrics
 
     beats = load_split(SAMPLE, "random", "train")
     expected = metrics(y, np.mean(probas, axis=0).argmax(1), beats.classes)
@@ -200,7 +200,7 @@ def test_tune_ensemble_on_the_validation_fold(heart, tmp_path):
     )  # fmt: skip
     info = heart.json("tune", *TINY, *search, "--name", "v")["ensemble"]
     from heartcli.config import load_config
-    from heartcli.evaluate import metrics
+    from heartcli.metrics import metrics
     from heartcli.training.folds import split_validation
 
     config = load_config(tmp_path / "runs" / "v" / "search.toml")

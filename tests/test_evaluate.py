@@ -11,8 +11,8 @@ import pytest
 from sklearn import metrics as skm
 
 from heartcli.config import load_config
-from heartcli.dataset import load_split, write_beats
-from heartcli.evaluate import metrics
+from heartcli.data.dataset import load_split, write_beats
+from heartcli.metrics import metrics
 from heartcli.training import train
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"

@@ -180,7 +180,7 @@ def test_onnx_probabilities_match_numpy_softmax_of_torch(tiny):
     """The exported graph ends in the softmax: rows are probabilities."""
     import onnxruntime as ort
 
-    from heartcli.dataset import load_split
+    from heartcli.data.dataset import load_split
 
     x = load_split(SAMPLE, "random", "test").x[:64]
     session = ort.InferenceSession(str(tiny.export / "model.onnx"))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLES
 
-from heartcli.dataset import load_split
+from heartcli.data.dataset import load_split
 
 QUICKSTART = EXAMPLES / "quickstart.toml"
 HEART = [sys.executable, "-m", "heartcli"]

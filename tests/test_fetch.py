@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 import wfdb
 
+from heartcli.data.dataset import load_split, read_manifest
 from heartcli.data.mads import HeartBeatsFactory, datastreamers, stack_batch
 from heartcli.data.mitdb import DS1, DS2, RECORDS, pinned_sha256, record_files
-from heartcli.dataset import load_split, read_manifest
 
 TOTALS = {"N": 90_589, "S": 2_779, "V": 7_236, "F": 803, "Q": 8_039}
 KAGGLE_RANDOM = {

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, SAMPLE
 
-from heartcli.dataset import load_split
-from heartcli.evaluate import metrics
+from heartcli.data.dataset import load_split
+from heartcli.metrics import metrics
 
 TINY = (
     "--config", EXAMPLES / "quickstart.toml",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from heartcli.dataset import BeatSet, load_split, read_manifest
+from heartcli.data.dataset import BeatSet, load_split, read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch import nn
 
 from heartcli.config import ModelConfig
 from heartcli.errors import UsageError
-from heartcli.model import build_model, count_parameters, output_length
+from heartcli.model.network import build_model, count_parameters, output_length
 
 
 def model_cfg(**overrides: object) -> ModelConfig:

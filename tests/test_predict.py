@@ -16,7 +16,7 @@ from test_export import Tiny, build_tiny
 
 from heartcli.data.beats import record_beats
 from heartcli.data.mitdb import AAMI_MAP
-from heartcli.segment import local_peaks, match_peaks
+from heartcli.predict.segment import local_peaks, match_peaks
 
 TEST_BEATS = SAMPLE / "random" / "test.parquet"
 
@@ -75,7 +75,7 @@ def test_predict_record_100_with_annotations_is_the_fetch_recipe(heart, tiny, tm
     assert [b["sample"] for b in written["beats"]] == r_peak.tolist()
     assert written["summary"]["counts"] == s["counts"]
     # The same beats as a beats file give the same predictions.
-    from heartcli.predict import load_model
+    from heartcli.predict.load import load_model
 
     proba = load_model(tiny.export / "model.onnx").proba([x])
     assert [b["predicted"] for b in written["beats"]] == ["NSVFQ"[i] for i in proba.argmax(1)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from heartcli.dataset import load_split, read_beats
+from heartcli.data.dataset import load_split, read_beats
 from heartcli.training import carve_validation
 from heartcli.training.precision import native_bf16
 

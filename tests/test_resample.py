@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heartcli.dataset import load_split, read_beats, write_beats
+from heartcli.data.dataset import load_split, read_beats, write_beats
 from heartcli.io import sha256_file
 
 BEFORE = {"N": 900, "S": 315, "V": 405, "F": 270, "Q": 315}  # random split minus validation

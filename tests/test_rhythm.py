@@ -16,8 +16,8 @@ import pytest
 import wfdb
 
 from heartcli.data.build import collect_beats, rhythm_manifest
+from heartcli.data.dataset import RHYTHM_COLUMNS, load_split, read_manifest
 from heartcli.data.mitdb import FS_HZ
-from heartcli.dataset import RHYTHM_COLUMNS, load_split, read_manifest
 
 BEAT_SYMBOLS = set("NLRejAaJSVEF/fQ")
 COLUMNS = ["rr_pre", "rr_post", "rr_local", "rr_record", "rr_pre_local", "rr_post_pre"]

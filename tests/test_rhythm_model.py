@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import EXAMPLES, SAMPLE
 
-from heartcli.dataset import RHYTHM_COLUMNS, load_split
-from heartcli.runs import load_run
+from heartcli.data.dataset import RHYTHM_COLUMNS, load_split
+from heartcli.model.runs import load_run
 
 TINY = (
     "--config", EXAMPLES / "quickstart.toml",

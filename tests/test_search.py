@@ -10,7 +10,6 @@ from heartcli.config import HeartConfig, load_config
 from heartcli.search.pruners import Asha, MedianStopper, rungs
 from heartcli.search.state import TrialRecord
 from heartcli.search.tpe import Suggester, trial_seed
-from heartcli.search_space import parse_space
 
 SPACE = """
 [search.space]
@@ -39,7 +38,7 @@ def space_config(tmp_path: Path, text: str = SPACE) -> HeartConfig:
 
 def test_every_distribution_and_the_conditional_layers_parse(tmp_path):
     config = space_config(tmp_path)
-    space = parse_space(config.search.space)
+    space = config.search.parsed_space()
     kinds = {p.key: p.dist.kind for p in space.params if p.dist is not None}
     assert kinds == {
         "train.lr": "loguniform",
@@ -92,7 +91,7 @@ def test_fixed_layer_count_uses_per_layer_for_its_layers(tmp_path):
         'pooling = ["max", "max"]\n'
         '[search.space]\n"model.channels" = {per_layer = {choice = [4, 16]}}\n',
     )
-    suggester = Suggester(parse_space(config.search.space), 2, seed=1, startup_trials=1)
+    suggester = Suggester(config.search.parsed_space(), 2, seed=1, startup_trials=1)
     values = suggester.values(suggester.suggest(1))
     assert len(values["model.channels"]) == 2
 
@@ -267,7 +266,7 @@ def test_the_real_loop_resumed_suggests_the_same_points(heart, tmp_path, sample_
     # Every point is TPE's suggestion from the history the loop gave it, and that history
     # matters: without it, TPE suggests other points once its start-up trials are done.
     config = load_config(path)
-    space = parse_space(config.search.space)
+    space = config.search.parsed_space()
     suggester = Suggester(space, 1, config.search.seed, 2)
     for r in whole:
         assert suggester.suggest(r["number"]) == r["vals"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from heartcli.config import load_config
-from heartcli.runs import load_run
+from heartcli.model.runs import load_run
 from heartcli.training import TrainingDiverged, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -166,7 +166,7 @@ def test_the_test_split_is_never_read_during_training(heart, sample_dir, tmp_pat
     manifest = json.loads(Path("runs/ip/manifest.json").read_text())
     val_records = set(manifest["data"]["val_records"])
     assert val_records
-    from heartcli.dataset import load_split
+    from heartcli.data.dataset import load_split
 
     everything = load_split(data, "inter-patient", "train")
     val_beats = sum(str(r) in val_records for r in everything.record)
@@ -255,7 +255,7 @@ def test_existing_run_name_is_refused(heart, sample_dir):
 def test_bad_training_data_is_one_line(heart, sample_dir, tmp_path):
     import numpy as np
 
-    from heartcli.dataset import load_split, write_beats
+    from heartcli.data.dataset import load_split, write_beats
     from heartcli.io import sha256_file
 
     data = tmp_path / "nan"

@@ -18,7 +18,6 @@ from conftest import EXAMPLES
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
 from heartcli.search.tpe import Suggester
-from heartcli.search_space import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,7 +202,7 @@ def test_resume_after_kill_9_keeps_finished_trials(tmp_path, sample_dir):
     assert (search / "trial-001" / "checkpoint.pt").stat().st_mtime_ns == trial1_mtime
     # Every point is the one an uninterrupted search suggests after the same history.
     cfg = load_config(search / "search.toml")
-    suggester = Suggester(parse_space(cfg.search.space), 1, cfg.search.seed, 10)
+    suggester = Suggester(cfg.search.parsed_space(), 1, cfg.search.seed, 10)
     for t in trials:
         assert suggester.suggest(t["number"]) == t["vals"]
         suggester.add(t["number"], t["vals"], -t["metric"])

@@ -15,7 +15,6 @@ import pytest
 
 from heartcli.config import load_config
 from heartcli.search.tpe import Suggester
-from heartcli.search_space import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -195,7 +194,7 @@ def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_d
     assert manifest["status"] == "failed"
     # Every point is TPE's suggestion from the trials it knew when it was suggested.
     cfg = load_config(search / "search.toml")
-    space = parse_space(cfg.search.space)
+    space = cfg.search.parsed_space()
     for t in trials:
         suggester = Suggester(space, 1, cfg.search.seed, cfg.search.startup_trials)
         for n in t["seen"]:

@@ -1,5 +1,5 @@
 """`heart evaluate MODEL --records`: the EC57 beat-by-beat tables (the scoring is
-:mod:`heartcli.ec57_records`)."""
+:mod:`heartcli.evaluate.records`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def evaluate_records(
     out_csv: Path | None,
     detector: str | None = None,
 ) -> None:
-    from heartcli.ec57_records import score_records, write_csv
     from heartcli.errors import UsageError
+    from heartcli.evaluate.records import score_records, write_csv
 
     if out_csv is not None and out_csv.suffix.lower() != ".csv":
         raise UsageError(f"--out {out_csv}: name a .csv file")
@@ -120,7 +120,7 @@ def _cells(name: str, figures: dict[str, Any], *, counts: bool = True) -> list[s
 
 
 def _render_matrix(matrix: dict[str, dict[str, int]]) -> None:
-    from heartcli.ec57 import MATRIX_COLUMNS
+    from heartcli.evaluate.ec57 import MATRIX_COLUMNS
 
     table = Table(title="all records: reference (rows) x heart (columns); o: missed, O: false")
     table.add_column("")

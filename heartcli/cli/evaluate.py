@@ -120,9 +120,9 @@ def evaluate(
             run, records, peaks, learning_period, skip_missing, include_paced, out_csv, detector
         )
         return
-    from heartcli.dataset import apply_classes, load_split, read_beats
+    from heartcli.data.dataset import apply_classes, load_split, read_beats
     from heartcli.evaluate import evaluate_run
-    from heartcli.runs import CONFUSION, EVAL, load_run
+    from heartcli.model.runs import CONFUSION, EVAL, load_run
 
     if run.is_file():
         from heartcli.cli.evaluate_export import evaluate_file
@@ -150,7 +150,7 @@ def evaluate(
 
 
 def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
-    from heartcli.dataset import AAMI_CLASSES
+    from heartcli.data.dataset import AAMI_CLASSES
 
     console = out().console
     classes = result["classes"]
@@ -211,7 +211,7 @@ def _render_aami(figures: dict[str, Any], *, per_record: bool) -> None:
     table.add_column("class")
     for title in ("Se", "+P", "FPR", "F1", "support"):
         table.add_column(title, justify="right")
-    from heartcli.aami import ROWS
+    from heartcli.metrics.aami import ROWS
 
     rows = {name: row for row, name in ROWS.items()}
     for name, c in figures["per_class"].items():

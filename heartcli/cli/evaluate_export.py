@@ -11,7 +11,7 @@ from heartcli.cli._util import out
 
 
 def evaluate_file(path: Path, data: Path | None, split: str | None) -> None:
-    from heartcli.evaluate_export import evaluate_export
+    from heartcli.evaluate.exported import evaluate_export
 
     result = evaluate_export(path, data, split)
     out().result(result, lambda: _render(result))

@@ -73,7 +73,7 @@ def export(
 ) -> None:
     """Export a run and check every file against PyTorch on real beats before keeping it."""
     from heartcli.export import export_run, parse_formats
-    from heartcli.runs import read_run_config, read_run_manifest
+    from heartcli.model.runs import read_run_config, read_run_manifest
 
     o = out()
     read_run_manifest(run)

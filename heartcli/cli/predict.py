@@ -111,10 +111,10 @@ def _predict_wfdb(
     detector: str | None,
 ) -> tuple[Any, dict[str, Any]]:
     """--format wfdb: the checks first (folder, annotator, an existing file), then predict."""
-    from heartcli.ec57_records import check_annotator
     from heartcli.errors import UsageError
     from heartcli.predict import predict as run_predict
     from heartcli.predict import write_wfdb
+    from heartcli.predict.wfdb import check_annotator
 
     if out_dir is None:
         raise UsageError("--format wfdb writes OUT/<record>.<annotator>: pass --out DIR")

@@ -25,7 +25,7 @@ def resample(
     set_: SetOption = None,
 ) -> None:
     """Write what one training epoch draws from the training fold under [resample]."""
-    from heartcli.dataset import write_beats
+    from heartcli.data.dataset import write_beats
     from heartcli.training import prepare_folds
 
     resolved = resolve_config(config, set_)

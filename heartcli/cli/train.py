@@ -173,8 +173,9 @@ def train(
     """Train the [model] CNN on the training split; the test split is never read."""
     from tomlkit import TOMLDocument
 
-    from heartcli import runs, training
-    from heartcli.ensemble import check_ensemble_request
+    from heartcli import training
+    from heartcli.model import runs
+    from heartcli.model.ensemble import check_ensemble_request
     from heartcli.tracking import reachable_config
 
     base: TOMLDocument | None
@@ -239,7 +240,7 @@ def train(
 
 def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
     """`heart train --folds K`: the folds, their figures, the final run."""
-    from heartcli import runs
+    from heartcli.model import runs
     from heartcli.training.crossval import FIGURES, cross_validate
 
     o = out()

@@ -247,7 +247,7 @@ def tune_cmd(
     this machine's disk, and their folders and MLflow runs come back here.
     """
     from heartcli.config import load_document
-    from heartcli.runs import check_name
+    from heartcli.model.runs import check_name
     from heartcli.search import report, tune
 
     if name is not None:

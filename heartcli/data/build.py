@@ -24,9 +24,16 @@ from heartcli.data.beats import (
     record_beats,
     record_rows,
 )
+from heartcli.data.dataset import (
+    AAMI_CLASSES,
+    MANIFEST,
+    PARTS,
+    RHYTHM_COLUMNS,
+    BeatSet,
+    write_beats,
+)
 from heartcli.data.mitdb import DS1, DS2, RECORDS, record_files
 from heartcli.data.rhythm import DEFINITIONS, MIN_BEATS
-from heartcli.dataset import AAMI_CLASSES, MANIFEST, PARTS, RHYTHM_COLUMNS, BeatSet, write_beats
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file, write_json
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from heartcli import __version__
 from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging, dataset_lock
+from heartcli.data.dataset import PARTS, RHYTHM_COLUMNS, changed_files, read_manifest
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.events import FetchListener, FetchResult
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.rhythm import DEFINITIONS
 from heartcli.data.sample import make_sample
-from heartcli.dataset import PARTS, RHYTHM_COLUMNS, changed_files, read_manifest
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file
 

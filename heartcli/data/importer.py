@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from heartcli import __version__
 from heartcli.data.beats import BEAT_LENGTH, RATE_HZ
 from heartcli.data.build import dataset_lock, random_split, write_dataset
-from heartcli.dataset import AAMI_CLASSES, BeatSet, load_split, read_manifest
+from heartcli.data.dataset import AAMI_CLASSES, BeatSet, load_split, read_manifest
 from heartcli.errors import DataError, UsageError
 from heartcli.io import sha256_file
 

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from heartcli.data.dataset import RHYTHM_COLUMNS
 from heartcli.data.mitdb import AAMI_MAP
 from heartcli.data.template import DEFINITIONS as TEMPLATE_DEFINITIONS
 from heartcli.data.template import template_features
-from heartcli.dataset import RHYTHM_COLUMNS
 
 LOCAL_BEATS = 10
 MIN_BEATS = 3

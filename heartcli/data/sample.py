@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from heartcli.data.build import write_dataset
-from heartcli.dataset import BeatSet, load_split, read_manifest
+from heartcli.data.dataset import BeatSet, load_split, read_manifest
 
 # Beats per class kept in each part: enough of every class to train and evaluate a tiny
 # model, small enough (about 3 MB) to commit.

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heartcli.config import ExportConfig
-from heartcli.dataset import BeatSet
+from heartcli.data.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
 from heartcli.export.card import CARD_JSON, CARD_MD, build_card, card_markdown
 from heartcli.export.edge import (
@@ -69,7 +69,7 @@ from heartcli.export.parity import (
 from heartcli.io import sha256_file, write_json, write_text
 
 if TYPE_CHECKING:
-    from heartcli.runs import LoadedRun
+    from heartcli.model.runs import LoadedRun
 
 __all__ = ["ExportResult", "ParityError", "export_run", "parse_formats"]
 
@@ -122,8 +122,8 @@ def _quantized_report(
     run: LoadedRun,
     source: str,
 ) -> dict[str, Any]:
-    from heartcli.evaluate import confusion_matrix as cm
-    from heartcli.evaluate import macro_f1_from_confusion
+    from heartcli.metrics import confusion_matrix as cm
+    from heartcli.metrics import macro_f1_from_confusion
 
     int8 = onnx_runner(tmp / FILENAMES["onnx-int8"])
     flt = onnx_runner(tmp / FILENAMES["onnx"])
@@ -181,7 +181,7 @@ def export_run(
     """Export, verify and describe a run; see the module docstring."""
     import torch
 
-    from heartcli.runs import load_run
+    from heartcli.model.runs import load_run
 
     started = time.perf_counter()
     say = log or (lambda _msg: None)

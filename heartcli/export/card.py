@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heartcli import __version__
-from heartcli.aami import ROWS as AAMI_ROWS
 from heartcli.errors import DataError
 from heartcli.export.formats import INPUT_NAME, OUTPUT_NAME, RHYTHM_INPUT
 from heartcli.io import read_json
+from heartcli.metrics.aami import ROWS as AAMI_ROWS
 
 if TYPE_CHECKING:
-    from heartcli.runs import LoadedRun
+    from heartcli.model.runs import LoadedRun
 
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
@@ -81,7 +81,7 @@ def build_card(
     quantized: dict[str, Any] | None,
     notes: list[str],
 ) -> dict[str, Any]:
-    from heartcli.predict import training_lead
+    from heartcli.data.dataset import training_lead
 
     data = run.manifest.get("data") or {}
     k = len(run.classes)

@@ -69,7 +69,7 @@ def model_costs(model: nn.Module, inputs: list[np.ndarray]) -> dict[str, Any]:
 def _peak_activation_values(model: nn.Module, one: tuple[Any, ...]) -> int:
     import torch
 
-    from heartcli.model import ResidualBlock
+    from heartcli.model.network import ResidualBlock
 
     held = [0]  # values held for the shortcut of the residual block being run
     peak = [0]

@@ -25,8 +25,8 @@ from heartcli.export.quantize import QUANTIZE_MODES, calibration_beats, quantize
 if TYPE_CHECKING:
     from torch import nn
 
-    from heartcli.dataset import BeatSet
-    from heartcli.runs import LoadedRun
+    from heartcli.data.dataset import BeatSet
+    from heartcli.model.runs import LoadedRun
 
 
 def quantize_mode(value: bool | str | None) -> str | None:

@@ -44,7 +44,7 @@ OUTPUT_NAME = "probabilities"
 
 def input_names(model: nn.Module) -> list[str]:
     """The exported inputs, in order: beats, and rhythm for a rhythm model."""
-    from heartcli.inference import uses_rhythm
+    from heartcli.model.inference import uses_rhythm
 
     return [INPUT_NAME, RHYTHM_INPUT] if uses_rhythm(model) else [INPUT_NAME]
 
@@ -60,7 +60,7 @@ def probability_module(model: nn.Module) -> nn.Module:
     import torch
     from torch import nn
 
-    from heartcli.inference import uses_rhythm
+    from heartcli.model.inference import uses_rhythm
 
     class Probabilities(nn.Module):
         """The run's CNN followed by a softmax: beats -> class probabilities."""

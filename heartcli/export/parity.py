@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartcli.dataset import BeatSet, apply_classes, load_split, read_beats
+from heartcli.data.dataset import BeatSet, apply_classes, load_split, read_beats
 from heartcli.errors import DataError, HeartError
 from heartcli.export.formats import quiet
-from heartcli.inference import (
+from heartcli.model.inference import (
     Runner,
     batched,
     model_inputs,
@@ -27,10 +27,10 @@ from heartcli.inference import (
     torch_runner,
     uses_rhythm,
 )
-from heartcli.inference import onnx_runner as inference_onnx_runner
+from heartcli.model.inference import onnx_runner as inference_onnx_runner
 
 if TYPE_CHECKING:
-    from heartcli.runs import LoadedRun
+    from heartcli.model.runs import LoadedRun
 
 REPO_SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
@@ -76,7 +76,7 @@ def parity_beats(
                 )
             folder = REPO_SAMPLE
         if not (folder / split / "test.parquet").exists() and (folder / "manifest.json").exists():
-            from heartcli.dataset import read_manifest
+            from heartcli.data.dataset import read_manifest
 
             split = next(iter(read_manifest(folder).get("splits") or {split: 0}), split)
         test = load_split(folder, split, "test", classes=mapping)

@@ -35,7 +35,7 @@ from heartcli.errors import DataError, UsageError
 if TYPE_CHECKING:
     from torch import nn
 
-    from heartcli.inference import Runner
+    from heartcli.model.inference import Runner
 
 MAX_BATCH = 1024  # the largest batch a program takes: the shared inference batch
 INSTALL = "pip install 'heart[edge]' (executorch==1.5.1, beside torch 2.13)"
@@ -85,7 +85,7 @@ def device_module(module: nn.Module) -> nn.Module:
     import torch
     from torch import nn
 
-    from heartcli.model import AveragePool, SqueezeExcite
+    from heartcli.model.network import AveragePool, SqueezeExcite
 
     class To4d(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -263,7 +263,7 @@ def _quantized(graph: Any, calibration: list[np.ndarray]) -> Any:
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from heartcli.inference import BATCH
+    from heartcli.model.inference import BATCH
 
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))

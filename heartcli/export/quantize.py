@@ -29,9 +29,9 @@ from heartcli.errors import UsageError
 from heartcli.export.formats import quiet
 
 if TYPE_CHECKING:
-    from heartcli.dataset import BeatSet
-    from heartcli.inference import Runner
-    from heartcli.runs import LoadedRun
+    from heartcli.data.dataset import BeatSet
+    from heartcli.model.inference import Runner
+    from heartcli.model.runs import LoadedRun
 
 QUANTIZE_MODES = ("dynamic", "static")
 CALIBRATION_BATCH = 256
@@ -41,9 +41,9 @@ def calibration_beats(
     run: LoadedRun, count: int, data: Path | None = None
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """``count`` training beats drawn per class, as the model's inputs, and a description."""
-    from heartcli.dataset import load_split
+    from heartcli.data.dataset import load_split
     from heartcli.export.parity import REPO_SAMPLE, _dataset_dir
-    from heartcli.inference import model_inputs, uses_rhythm
+    from heartcli.model.inference import model_inputs, uses_rhythm
 
     k = len(run.classes)
     if count < k:
@@ -192,8 +192,8 @@ def score_int8(
     tolerance: float,
 ) -> dict[str, Any]:
     """Macro-F1 of the int8 file against the float model's on the test part."""
-    from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
-    from heartcli.inference import batched
+    from heartcli.metrics import confusion_matrix, macro_f1_from_confusion
+    from heartcli.model.inference import batched
 
     pred = batched(runner, test_inputs).argmax(axis=1)
     f1_float = macro_f1_from_confusion(confusion_matrix(test.y, float_pred, k))

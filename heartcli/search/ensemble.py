@@ -2,7 +2,7 @@
 
 The trials are ranked by the search's metric (validation, or the folds' mean with
 ``[search] folds``); pruned trials (cut short) are left out. The ensemble averages the
-members' probabilities (:mod:`heartcli.ensemble`) and is scored where the trials were, never
+members' probabilities (:mod:`heartcli.model.ensemble`) and is scored where the trials were, never
 on test: with ``[search] folds``, the mean of the members' out-of-fold probabilities
 (``trial-NNN/oof.npz``, the same folds for every trial) over the whole training split;
 otherwise the search's one validation fold. Its manifest keeps the score beside the best
@@ -68,12 +68,11 @@ def _val_probas(
     trials: list[TrialRecord], config: HeartConfig
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The search's one validation fold and every trial's probabilities on it."""
-    from heartcli.inference import model_inputs, torch_proba, uses_rhythm
-    from heartcli.runs import load_run
+    from heartcli.model.inference import model_inputs, torch_proba, uses_rhythm
+    from heartcli.model.runs import load_run
     from heartcli.search.trial import shared_folds
-    from heartcli.search_space import parse_space
 
-    _, val = shared_folds(config, parse_space(config.search.space))
+    _, val = shared_folds(config, config.search.parsed_space())
     if val is None:
         raise UsageError(
             "search.ensemble: the space changes the validation fold (data keys or "
@@ -92,8 +91,8 @@ def make_ensemble(
     search_dir: Path, config: HeartConfig, records: list[TrialRecord]
 ) -> dict[str, Any]:
     """Write ``SEARCH/ensemble`` and return its scores (ensemble and best single trial)."""
-    from heartcli.ensemble import write_ensemble
-    from heartcli.runs import read_run_manifest
+    from heartcli.model.ensemble import write_ensemble
+    from heartcli.model.runs import read_run_manifest
     from heartcli.training.oof import oof_figures
 
     trials = top_trials(records, config)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from heartcli.config import HeartConfig, SearchConfig
+from heartcli.config.space import Space, to_hyperopt
 from heartcli.errors import HeartError, UsageError
 from heartcli.search.cluster import connect, disconnect
 from heartcli.search.report import build_report, write_report
@@ -53,7 +54,6 @@ from heartcli.search.state import (
     trial_config,
 )
 from heartcli.search.trial import shared_folds
-from heartcli.search_space import Space, parse_space, to_hyperopt
 
 EXPERIMENT = "ray"  # Ray Tune's experiment folder inside runs/NAME
 DATA_LOADS = ("data.dir", "data.split", "data.classes")  # keys that pick what a trial loads
@@ -87,7 +87,7 @@ def start_ray(
     """A new Ray search: join the cluster first, then claim ``runs/NAME`` and run it."""
     name = check_search(config, name)
     with ray_session(address):
-        datasets = trial_datasets(config, parse_space(config.search.space))
+        datasets = trial_datasets(config, config.search.parsed_space())
         search_dir, lock = new_search(config, name, config_base)
         try:
             return run_ray(search_dir, reporter=reporter, datasets=datasets)
@@ -131,7 +131,7 @@ def run_ray(
     begun = time.perf_counter()
     search_dir = Path(search_dir).resolve()
     config = search_config(search_dir)
-    space = parse_space(config.search.space)
+    space = config.search.parsed_space()
     if datasets is None:
         datasets = trial_datasets(config, space)
     book, parent = _open_book(search_dir, config, reporter, resume)
@@ -172,7 +172,7 @@ def _open_book(
     state["ray_started"] = time.time()
     records = records_of(state)
     save_state(search_dir, state, records)  # the parent run's id: a resume reopens it
-    space = parse_space(config.search.space)
+    space = config.search.parsed_space()
     book = Book(
         search_dir,
         config,
@@ -223,7 +223,7 @@ def trial_datasets(config: HeartConfig, space: Space) -> dict[str, tuple[Any, An
     fold or the data, every training split a trial can ask for, whole (each trial carves
     its own validation fold from it).
     """
-    from heartcli.dataset import load_split
+    from heartcli.data.dataset import load_split
     from heartcli.search.ray_trial import data_key
 
     train, val = shared_folds(config, space)
@@ -252,7 +252,7 @@ def _inbox(records: list[TrialRecord]) -> Any:
     """The inbox actor on the head node, holding what a resumed search's trials start from."""
     import ray
 
-    from heartcli import runs
+    from heartcli.model import runs
     from heartcli.search.ray_trial import Inbox
 
     numbers = {r.key: r.number for r in records if r.key}
@@ -363,7 +363,7 @@ def _tuner(
         return tune.Tuner.restore(
             str(search_dir / EXPERIMENT), trainable=wrapped, resume_unfinished=True
         )
-    space = parse_space(s.space)
+    space = s.parsed_space()
     mode = "max" if maximize(s.metric) else "min"
     return tune.Tuner(
         wrapped,

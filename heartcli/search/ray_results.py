@@ -23,10 +23,11 @@ from typing import Any
 
 from ray.tune import Callback
 
-from heartcli import runs
 from heartcli.config import HeartConfig
+from heartcli.config.space import Space, flatten
 from heartcli.errors import ConfigError, DataError
 from heartcli.io import atomic_path, sha256_file
+from heartcli.model import runs
 from heartcli.search.state import (
     SearchReporter,
     TrialRecord,
@@ -37,7 +38,6 @@ from heartcli.search.state import (
     save_state,
     trial_config,
 )
-from heartcli.search_space import Space, flatten
 from heartcli.tracking import Tracker
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_macro_f1", "lr", "beats_per_s")

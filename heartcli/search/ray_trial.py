@@ -103,7 +103,7 @@ def _changed(run_dir: Path, seen: dict[str, tuple[int, int]]) -> Files:
 
 def _restore(run_dir: Path, files: Files) -> bool:
     """Write a retried trial's files back; True when they hold a checkpoint to resume."""
-    from heartcli import runs
+    from heartcli.model import runs
 
     for name, data in files.items():
         path = run_dir / name
@@ -117,13 +117,13 @@ def _setup(
 ) -> tuple[HeartConfig, HeartConfig]:
     """(the search's config, this trial's config) from the config text and Ray's sample."""
     from heartcli.config import load_config
+    from heartcli.config.space import flatten
     from heartcli.search.state import trial_config
-    from heartcli.search_space import flatten, parse_space
 
     path = scratch / "search.toml"
     path.write_text(config_text, encoding="utf-8")
     config = load_config(path)
-    values = flatten(parse_space(config.search.space), sample)
+    values = flatten(config.search.parsed_space(), sample)
     try:
         cfg = trial_config(config, values, number)
     except ConfigError as exc:

@@ -24,7 +24,6 @@ from heartcli.search.state import (
     records_of,
     search_config,
 )
-from heartcli.search_space import parse_space
 
 TOP = 10
 REPORT_JSON = "report.json"
@@ -80,7 +79,7 @@ def build_report(search_dir: Path) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
-    most = max_trial_epochs(config, parse_space(s.space))
+    most = max_trial_epochs(config, s.parsed_space())
     best = best_of(records, maximise)
     return {
         "search_dir": str(search_dir),

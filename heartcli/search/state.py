@@ -25,9 +25,9 @@ import tomlkit
 from pydantic import ValidationError
 
 from heartcli.config import HeartConfig, dumps, load_config
+from heartcli.config.space import Space, apply
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
 from heartcli.io import read_json, write_json, write_text
-from heartcli.search_space import Space, apply, parse_space
 
 STATE = "search.json"
 CONFIG = "search.toml"
@@ -168,7 +168,7 @@ def check_pruner(config: HeartConfig) -> None:
     s = config.search
     if s.pruner != "asha":
         return
-    most = max_trial_epochs(config, parse_space(s.space))
+    most = max_trial_epochs(config, s.parsed_space())
     if s.min_epochs > most:
         raise UsageError(
             f"search.min_epochs: {s.min_epochs} is more than any trial's epochs ({most}); "
@@ -443,7 +443,7 @@ def link_best(
 def mark_ended(run_dir: Path, status: str, reason: str = "") -> None:
     """Close a trial folder whose process could not: its manifest and MLflow run (if they
     still say running) get ``status`` (pruned or failed)."""
-    from heartcli import runs
+    from heartcli.model import runs
 
     try:
         manifest = runs.read_run_manifest(run_dir)
@@ -483,7 +483,7 @@ def check_trial_dir(run_dir: Path) -> None:
 
 def clear_trial_dir(run_dir: Path, uri: str | None, parent_run_id: str | None) -> bool:
     """True to resume the trial's run folder; a folder that cannot be resumed is cleared."""
-    from heartcli import runs
+    from heartcli.model import runs
 
     check_trial_dir(run_dir)
     if not run_dir.exists():

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from heartcli.config.space import Space, flatten, to_hyperopt
 from heartcli.errors import HeartError, UsageError
 from heartcli.search.pruners import Pruner, make_pruner, why
 from heartcli.search.report import build_report, write_report
@@ -47,7 +48,6 @@ from heartcli.search.state import (
     search_config,
 )
 from heartcli.search.workers import Worker, WorkerArgs, cores, stop_all
-from heartcli.search_space import Space, flatten, parse_space, to_hyperopt
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -150,7 +150,7 @@ class Search:
         self.evals = int(self.state["evals"])
         minutes = s.max_minutes if max_minutes is None else max_minutes
         self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
-        self.space = parse_space(s.space)
+        self.space = s.parsed_space()
         self.maximise = maximize(s.metric)
         self.reporter = reporter
         self.records = {r.number: r for r in records_of(self.state)}

@@ -13,6 +13,7 @@ from typing import Any
 import tomlkit
 
 from heartcli.config import HeartConfig
+from heartcli.config.space import Space
 from heartcli.errors import ConfigError, HeartError
 from heartcli.search.state import (
     DATA_KEYS,
@@ -24,7 +25,6 @@ from heartcli.search.state import (
     restart_trial_dir,
     trial_config,
 )
-from heartcli.search_space import Space
 
 # (trial number, epoch, epochs, the metric per epoch so far) -> True to stop the trial.
 Ask = Callable[[int, int, int, list[float]], bool]
@@ -61,7 +61,7 @@ def trial_threads(setting: int | str, per_trial: int) -> int | str:
 def shared_folds(config: HeartConfig, space: Space) -> tuple[Any, Any]:
     """One training/validation fold for every trial (None, None when the space changes it);
     with ``[search] folds`` the whole training split (and None): each trial cuts its folds."""
-    from heartcli.dataset import load_split
+    from heartcli.data.dataset import load_split
     from heartcli.training.folds import split_validation
 
     if any(k.startswith("data.") or k in DATA_KEYS for k in space.keys):

@@ -105,7 +105,6 @@ def _serve(conn: Connection, args: WorkerArgs) -> None:
     from heartcli.errors import HeartError
     from heartcli.search.state import CONFIG, TrialRecord, search_config
     from heartcli.search.trial import TrialSetup, run_trial, shared_folds
-    from heartcli.search_space import parse_space
 
     os.chdir(args.cwd)
     if args.tracking_uri:
@@ -113,7 +112,7 @@ def _serve(conn: Connection, args: WorkerArgs) -> None:
     search_dir = Path(args.search_dir)
     try:
         config = search_config(search_dir)
-        train_data, val_data = shared_folds(config, parse_space(config.search.space))
+        train_data, val_data = shared_folds(config, config.search.parsed_space())
     except HeartError as exc:
         conn.send(("error", str(exc), exc.exit_code))
         return

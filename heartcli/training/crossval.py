@@ -11,7 +11,7 @@ the number of epochs of the final run, which trains on the whole training split 
 validation fold (no early stopping; the last epoch's weights) into ``RUN`` itself, whose
 manifest keeps the per-fold figures under ``crossval``. With ``[train] final = "ensemble"``
 there is no final run: the K fold models become ``RUN``'s model, one ensemble averaging
-their probabilities (:mod:`heartcli.ensemble`).
+their probabilities (:mod:`heartcli.model.ensemble`).
 
 Each fold's best weights then score its own fold: the out-of-fold predictions
 (``RUN/oof.npz``) cover the training split once, and ``crossval.oof`` holds their macro-F1
@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from heartcli import aami, runs, tracking
+from heartcli import tracking
 from heartcli.config import HeartConfig
-from heartcli.dataset import BeatSet, load_split
+from heartcli.data.dataset import BeatSet, load_split
 from heartcli.errors import UsageError
-from heartcli.evaluate import macro_f1_from_confusion
+from heartcli.metrics import aami, macro_f1_from_confusion
+from heartcli.model import runs
 from heartcli.training.folds import check_rhythm
 from heartcli.training.loop import TrainProgress, TrainResult, train
 from heartcli.training.oof import fold_groups, fold_proba, oof_figures, record_wise, save_oof
@@ -222,7 +223,7 @@ def fold_ensemble(
 ) -> TrainResult:
     """``[train] final = "ensemble"``: the fold models (best epochs) as ``RUN``'s model."""
     from heartcli.config import dumps
-    from heartcli.ensemble import write_ensemble
+    from heartcli.model.ensemble import write_ensemble
 
     t0 = time.perf_counter()
     manifest = write_ensemble(

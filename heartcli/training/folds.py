@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from heartcli.config import RHYTHM_FEATURES, HeartConfig
-from heartcli.dataset import BeatSet, load_split
+from heartcli.data.dataset import BeatSet, load_split
 from heartcli.errors import DataError, UsageError
-from heartcli.resample import class_weights, epoch_class_counts, resample
+from heartcli.training.resample import class_weights, epoch_class_counts, resample
 from heartcli.training.sampler import EpochSampler
 
 

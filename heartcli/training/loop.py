@@ -29,14 +29,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from heartcli import __version__, runs
+from heartcli import __version__
 from heartcli.config import RHYTHM_FEATURES, HeartConfig
-from heartcli.dataset import BeatSet, read_manifest
+from heartcli.data.dataset import BeatSet, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
-from heartcli.evaluate import confusion_matrix, macro_f1_from_confusion
-from heartcli.inference import torch_logits, uses_rhythm
 from heartcli.io import sha256_file, write_text
-from heartcli.model import build_model, count_parameters
+from heartcli.metrics import confusion_matrix, macro_f1_from_confusion
+from heartcli.model import runs
+from heartcli.model.inference import torch_logits, uses_rhythm
+from heartcli.model.network import build_model, count_parameters
 from heartcli.threads import ThreadPolicy
 from heartcli.training.ema import WeightAverage
 from heartcli.training.folds import Folds, prepare_folds

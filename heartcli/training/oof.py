@@ -10,7 +10,7 @@ one fold.
 Each fold's model (its best epoch) then scores its own fold; together these **out-of-fold**
 predictions cover the whole training split once (about 700 F beats on the random split,
 where one validation fold holds 64), and :func:`oof_figures` gives their macro-F1 with the
-bootstrap 95% interval of `heart evaluate` (:func:`heartcli.evaluate.metrics`). The fold's
+bootstrap 95% interval of `heart evaluate` (:func:`heartcli.metrics.metrics`). The fold's
 best epoch was chosen on those same beats, so the figure leans slightly optimistic; it
 leans the same way for every recipe compared on the same folds. ``RUN/oof.npz`` keeps the
 predictions (beat index in the training split, fold, true class, probabilities), which a
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from heartcli.dataset import BeatSet
+from heartcli.data.dataset import BeatSet
 from heartcli.errors import UsageError
 
 OOF = "oof.npz"
@@ -74,8 +74,8 @@ def fold_groups(split: str, beats: BeatSet, k: int, seed: int) -> list[np.ndarra
 
 def fold_proba(fold_dir: Path, beats: BeatSet) -> np.ndarray:
     """The probabilities of a fold run's best weights on ``beats`` (its own fold)."""
-    from heartcli.inference import model_inputs, torch_proba, uses_rhythm
-    from heartcli.runs import load_run
+    from heartcli.model.inference import model_inputs, torch_proba, uses_rhythm
+    from heartcli.model.runs import load_run
 
     run = load_run(fold_dir)
     inputs = model_inputs(beats.x, beats.rhythm, uses_rhythm(run.model), str(fold_dir))
@@ -115,7 +115,7 @@ def read_oof(run_dir: Path) -> dict[str, np.ndarray] | None:
 def oof_figures(y: np.ndarray, proba: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Macro-F1 (with its bootstrap 95% interval), per-class F1 and n of out-of-fold
     predictions."""
-    from heartcli.evaluate import metrics
+    from heartcli.metrics import metrics
 
     m = metrics(y, proba.argmax(axis=1), classes, proba)
     return {

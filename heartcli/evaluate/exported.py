@@ -2,7 +2,7 @@
 
 The file is loaded as `heart predict` loads it (checked against its ``model_card.json``)
 and run in its own runtime (ONNX Runtime, ExecuTorch); the figures come from the same
-:func:`heartcli.evaluate.metrics` and data checks as a run's evaluation, on the same test
+:func:`heartcli.metrics.metrics` and data checks as a run's evaluation, on the same test
 part (by default the dataset and split the card names), so an int8 file's figures compare
 one to one with its run's ``eval.json``. Nothing is written.
 """
@@ -19,10 +19,10 @@ from heartcli.errors import DataError, UsageError
 
 def evaluate_export(path: Path, data: Path | None, split: str | None) -> dict[str, Any]:
     """Metrics of the exported model at ``path`` on the test part (or a beat file)."""
-    from heartcli.dataset import apply_classes, load_split, read_beats
-    from heartcli.evaluate import metrics
-    from heartcli.inference import model_inputs
-    from heartcli.predict import load_model, read_card
+    from heartcli.data.dataset import apply_classes, load_split, read_beats
+    from heartcli.metrics import metrics
+    from heartcli.model.inference import model_inputs
+    from heartcli.predict.load import load_model, read_card
 
     if path.suffix.lower() not in (".onnx", ".pte"):
         raise UsageError(f"{path}: evaluate takes a run folder or an exported .onnx or .pte")

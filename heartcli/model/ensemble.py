@@ -7,7 +7,7 @@ folders, relative to the ensemble's folder) with the SHA-256 of their weights an
 (``RUN/folds/fold-<i>``); `heart tune` with ``[search] ensemble = k`` makes one of its top
 k trials (``SEARCH/ensemble``).
 
-:func:`load_ensemble` (through :func:`heartcli.runs.load_run`) checks every member against
+:func:`load_ensemble` (through :func:`heartcli.model.runs.load_run`) checks every member against
 its checksums, so a member missing or changed on disk is one DataError line naming it, and
 returns :class:`Ensemble`: an ``nn.Module`` whose output is the log of the members' mean
 probability. Every consumer applies a softmax to a model's output; the softmax of
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from heartcli.runs import LoadedRun
+    from heartcli.model.runs import LoadedRun
 
 COMBINE = "mean of the members' softmax probabilities"
 FLOOR = 1e-30  # the mean probability is floored here before its log (no -inf in a graph)
@@ -39,7 +39,7 @@ def _module_class() -> type[nn.Module]:
     import torch
     from torch import nn
 
-    from heartcli.inference import uses_rhythm
+    from heartcli.model.inference import uses_rhythm
 
     class Ensemble(nn.Module):
         """The members' mean probability, as log-probabilities (a softmax undoes the log).
@@ -71,7 +71,7 @@ def ensemble_module(members: list[nn.Module]) -> nn.Module:
 
 def member_entry(ensemble_dir: Path, member_dir: Path, label: str) -> dict[str, Any]:
     """What the ensemble's manifest keeps of one member: where it is and its checksums."""
-    from heartcli import runs
+    from heartcli.model import runs
 
     member_dir = Path(member_dir)
     weights = member_dir / runs.WEIGHTS
@@ -87,7 +87,7 @@ def member_entry(ensemble_dir: Path, member_dir: Path, label: str) -> dict[str, 
 
 def check_member(ensemble_dir: Path, entry: dict[str, Any]) -> Path:
     """The member's folder; a missing or changed member is one DataError line naming it."""
-    from heartcli import runs
+    from heartcli.model import runs
 
     name = str(entry.get("name") or entry.get("path"))
     member_dir = Path(ensemble_dir) / str(entry.get("path", ""))
@@ -106,7 +106,7 @@ def check_member(ensemble_dir: Path, entry: dict[str, Any]) -> Path:
 
 def load_ensemble(run_dir: Path, manifest: dict[str, Any]) -> list[LoadedRun]:
     """Every member of the ensemble in ``run_dir``, checked, loaded, with the same classes."""
-    from heartcli.runs import load_run
+    from heartcli.model.runs import load_run
 
     entries = (manifest.get("ensemble") or {}).get("members") or []
     if not entries:
@@ -137,8 +137,9 @@ def write_ensemble(
     into ``ensemble_dir``; the manifest is written last. Returns it."""
     from datetime import UTC, datetime
 
-    from heartcli import __version__, runs
+    from heartcli import __version__
     from heartcli.io import read_json, write_text
+    from heartcli.model import runs
 
     ensemble_dir = Path(ensemble_dir)
     ensemble_dir.mkdir(parents=True, exist_ok=True)

@@ -167,14 +167,10 @@ def parse_dist(key: str, spec: Any) -> Dist:
     return Dist(kind, (float(low), float(high)))
 
 
-def _sections() -> dict[str, Any]:
-    from heartcli.config import SECTIONS
-
-    return SECTIONS
-
-
-def _adapter(section: str, key: str, item: bool = False) -> TypeAdapter[Any]:
-    field = _sections()[section].model_fields[key]
+def _adapter(
+    sections: dict[str, Any], section: str, key: str, item: bool = False
+) -> TypeAdapter[Any]:
+    field = sections[section].model_fields[key]
     annotation = field.annotation
     if item:
         annotation = get_args(annotation)[0]
@@ -206,21 +202,21 @@ def _check_values(key: str, dist: Dist, adapter: TypeAdapter[Any], what: str) ->
             raise SpaceError(key, f"{dist.kind} value {_fmt(value)}: {message}") from None
 
 
-def parse_space(space: dict[str, Any]) -> Space:
-    """Parse and check a whole space; every problem is a SpaceError, collected in the list."""
-    params, problems = _parse(space)
+def parse_space(space: dict[str, Any], sections: dict[str, Any]) -> Space:
+    """Parse and check a whole space against the config's ``sections`` (``SECTIONS`` of
+    :mod:`heartcli.config.schema`); the first problem is raised as a SpaceError."""
+    params, problems = _parse(space, sections)
     if problems:
         raise problems[0]
     return Space(tuple(params))
 
 
-def check_space(space: dict[str, Any]) -> list[SpaceError]:
-    """All the problems of a space (empty when it is valid)."""
-    return _parse(space)[1]
+def check_space(space: dict[str, Any], sections: dict[str, Any]) -> list[SpaceError]:
+    """All the problems of a space against the config's ``sections`` (empty when valid)."""
+    return _parse(space, sections)[1]
 
 
-def _parse(space: dict[str, Any]) -> tuple[list[Param], list[SpaceError]]:
-    sections = _sections()
+def _parse(space: dict[str, Any], sections: dict[str, Any]) -> tuple[list[Param], list[SpaceError]]:
     params: list[Param] = []
     problems: list[SpaceError] = []
     for key, spec in space.items():
@@ -281,7 +277,7 @@ def _parse_param(key: str, spec: Any, sections: dict[str, Any]) -> Param:
             raise SpaceError(
                 key, f"per_layer is for {', '.join(PER_LAYER_KEYS)}; use each for other lists"
             )
-        adapter = _adapter(section, name, item=True)
+        adapter = _adapter(sections, section, name, item=True)
         if isinstance(items, dict) and form == "per_layer":
             dist = parse_dist(key, items)
             _check_values(key, dist, adapter, key)
@@ -297,7 +293,7 @@ def _parse_param(key: str, spec: Any, sections: dict[str, Any]) -> Param:
             return Param(key, each=tuple(dists))
         return Param(key, per_layer=tuple(dists))
     dist = parse_dist(key, spec)
-    _check_values(key, dist, _adapter(section, name), key)
+    _check_values(key, dist, _adapter(sections, section, name), key)
     if key == LAYERS_KEY and dist.values() is None:
         raise SpaceError(key, "the layer count is a choice or an integer quniform")
     return Param(key, dist=dist)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from heartcli.config import ResampleConfig
-from heartcli.dataset import BeatSet
+from heartcli.data.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
 
 SYNTHETIC = ("smote", "adasyn", "smote_tomek")

@@ -1,6 +1,6 @@
 """ANSI/AAMI EC57 beat-by-beat comparison of two annotation sets, as WFDB's ``bxb`` does it.
 
-Pure numpy and Python: no files, no printing. :mod:`heartcli.ec57_records` reads the
+Pure numpy and Python: no files, no printing. :mod:`heartcli.evaluate.records` reads the
 records and runs the model; this module matches the beats and derives the figures.
 
 What is followed (WFDB 10.7, ``app/bxb.c`` rev. 27 April 2020 and ``app/sumstats.c``,

@@ -333,3 +333,16 @@ def load_split(
     _check_part(data_dir, manifest, split, part)
     beats = read_beats(path, classes=list(manifest.get("classes", AAMI_CLASSES)))
     return apply_classes(beats, classes or {})
+
+
+def training_lead(manifest: dict[str, Any], fallback: str) -> str:
+    """The lead the run's dataset was built from, as its data manifest records it."""
+    data_dir = (manifest.get("data") or {}).get("dir")
+    if data_dir:
+        try:
+            lead = (read_manifest(data_dir).get("parameters") or {}).get("lead")
+        except DataError:
+            lead = None
+        if lead in ("channel0", "MLII"):
+            return str(lead)
+    return fallback

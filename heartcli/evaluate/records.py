@@ -3,17 +3,13 @@ and `heart predict --format wfdb`: a record's beats as a WFDB annotation file.
 
 For each record the model labels every beat heart finds (detected R-peaks, or the .atr's
 own beats with ``--peaks annotations``, cut and classified exactly as `heart predict`
-does), and :mod:`heartcli.ec57` compares those beats with the record's reference ``.atr``
+does), and :mod:`heartcli.evaluate.ec57` compares those beats with the record's reference ``.atr``
 in the record's own samples and sampling rate. The paced records 102, 104, 107 and 217
 are left out by default (EC57's reporting rules), and named in the result.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from heartcli import ec57
 from heartcli.errors import DataError, UsageError
+from heartcli.evaluate import ec57
+from heartcli.predict.wfdb import Header, read_header, test_labels
 
-ANNOTATOR = "heart"
 PEAKS = ("detect", "annotations")
 
 
@@ -80,25 +76,6 @@ def select_records(
     return Selection(keep, [p.name for p in paced], [p.name for p in missing])
 
 
-@dataclass
-class Header:
-    fs: float
-    length: int  # samples in the record
-
-
-def read_header(path: Path) -> Header:
-    import wfdb
-
-    try:
-        header = wfdb.rdheader(str(path))
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise DataError(f"{path}.hea: cannot read the record header ({exc})") from None
-    fs = float(header.fs or 0)
-    if fs <= 0:
-        raise DataError(f"{path}.hea: sampling frequency {fs:g} Hz is not positive")
-    return Header(fs, int(header.sig_len or 0))
-
-
 def read_beats(path: Path, extension: str, header: Header) -> ec57.BeatAnnotations:
     """The beats of ``PATH.<extension>``; an empty file, or beats past the signal's end,
     is one DataError naming the file."""
@@ -121,18 +98,6 @@ def read_beats(path: Path, extension: str, header: Header) -> ec57.BeatAnnotatio
     return beats
 
 
-def test_labels(classes: list[str]) -> np.ndarray:
-    """Model class index -> EC57 class index (N S V F Q); a model with other classes
-    cannot be scored by EC57 (exit 2)."""
-    unknown = [c for c in classes if c not in ec57.CLASSES]
-    if unknown:
-        raise UsageError(
-            f"the model's classes {', '.join(unknown)} are not AAMI classes (N, S, V, F, Q); "
-            "EC57 scoring and WFDB annotations need a model trained on them"
-        )
-    return np.asarray([ec57.CLASSES.index(c) for c in classes], dtype=np.int64)
-
-
 # --------------------------------------------------------------------------- scoring
 
 
@@ -153,7 +118,7 @@ def score_records(
 
     Every record's header and .atr are read and checked before the model runs on any;
     ``progress(entry, i, n)`` is called after each record is scored."""
-    from heartcli.predict import load_model
+    from heartcli.predict.load import load_model
 
     if peaks not in PEAKS:
         raise UsageError(f"--peaks {peaks}: use detect or annotations")
@@ -166,7 +131,7 @@ def score_records(
     for path in selection.records:
         header = read_header(path)
         references.append((path, header, read_beats(path, "atr", header)))
-    from heartcli.segment import DETECTOR, DETECTORS
+    from heartcli.predict.segment import DETECTOR, DETECTORS
 
     detector = detector or DETECTOR
     if detector not in DETECTORS:
@@ -226,7 +191,7 @@ def classify_record(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A record's beats as `heart predict` finds and labels them: R-peak samples at the
     record's own rate, predicted class indices, probabilities."""
-    from heartcli.predict import check_range, read_input
+    from heartcli.predict.inputs import check_range, read_input
 
     beats = read_input(path, model, lead=lead, peaks=peaks, detector=detector)
     check_range(model, beats.x, path)
@@ -260,56 +225,3 @@ def write_csv(document: dict[str, Any], out: str | Path) -> Path:
     writer.writerow(["Average"] + [""] * (len(ec57.BXB_COLUMNS) - 9) + line[-8:])
     write_text(out, buffer.getvalue())
     return out
-
-
-# ------------------------------------------------------------------ WFDB annotations out
-
-_ANNOTATOR = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-def check_annotator(name: str) -> str:
-    if not _ANNOTATOR.match(name):
-        raise UsageError(
-            f"--annotator {name!r}: use letters, digits or _ (it is the file's extension)"
-        )
-    return name
-
-
-def write_annotations(
-    record: str,
-    sample: np.ndarray,
-    symbols: list[str],
-    aux: list[str],
-    fs: float,
-    out_dir: str | Path,
-    *,
-    annotator: str = ANNOTATOR,
-    force: bool = False,
-) -> Path:
-    """``OUT_DIR/<record>.<annotator>`` by ``wfdb.wrann``, written aside and moved in
-    whole; an existing file is replaced only with ``force``."""
-    import wfdb
-
-    check_annotator(annotator)
-    out_dir = Path(out_dir)
-    target = out_dir / f"{record}.{annotator}"
-    if target.exists() and not force:
-        raise UsageError(f"{target} exists; pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir}: not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".heart-wrann-", dir=out_dir))
-    try:
-        wfdb.wrann(
-            record,
-            annotator,
-            np.asarray(sample, dtype=np.int64),
-            symbol=list(symbols),
-            aux_note=list(aux),
-            fs=fs,
-            write_dir=str(staging),
-        )
-        os.replace(staging / target.name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -231,7 +231,7 @@ def load_run(path: str | Path) -> LoadedRun:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from heartcli.model import build_model
+    from heartcli.model.network import build_model
 
     run_dir = Path(path)
     manifest = read_run_manifest(run_dir)
@@ -239,7 +239,7 @@ def load_run(path: str | Path) -> LoadedRun:
     classes = [str(c) for c in manifest["classes"]]
     input_length = int(manifest["input_length"])
     if manifest.get("ensemble"):  # K member runs as one model (heartcli/ensemble.py)
-        from heartcli.ensemble import ensemble_module, load_ensemble
+        from heartcli.model.ensemble import ensemble_module, load_ensemble
 
         members = [m.model for m in load_ensemble(run_dir, manifest)]
         return LoadedRun(run_dir, config, ensemble_module(members), manifest, classes, input_length)
