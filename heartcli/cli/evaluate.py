@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from heartcli.cli._util import out
+from heartcli.cli._util import Detector, detector_option, out
 from heartcli.errors import UsageError
 
 
@@ -57,12 +57,9 @@ def evaluate(
         ),
     ] = "detect",
     detector: Annotated[
-        Literal["gqrs", "xqrs"] | None,
-        typer.Option(
-            "--detector",
-            help="--records --peaks detect: the R-peak detector (default gqrs), as heart "
-            "predict's.",
-            show_default=False,
+        Detector,
+        detector_option(
+            "--records --peaks detect: the R-peak detector (default gqrs), as heart predict's.",
             rich_help_panel="Whole records (EC57)",
         ),
     ] = None,

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from heartcli.cli._util import out
+from heartcli.cli._util import Detector, detector_option, out
 
 
 def predict(
@@ -61,12 +61,10 @@ def predict(
         ),
     ] = 10,
     detector: Annotated[
-        Literal["gqrs", "xqrs"] | None,
-        typer.Option(
-            "--detector",
-            help="R-peak detector for detected beats: gqrs (default; its marks moved to the "
-            "R-peak) or xqrs (wfdb's XQRS).",
-            show_default=False,
+        Detector,
+        detector_option(
+            "R-peak detector for detected beats: gqrs (default; its marks moved to the "
+            "R-peak) or xqrs (wfdb's XQRS)."
         ),
     ] = None,
     format_: Annotated[
