@@ -303,6 +303,15 @@ SetOption = Annotated[
 ]
 
 
+def closing_lines(notes: Sequence[str] = (), wrote: Sequence[str | Path] = ()) -> None:
+    """A rendered result's last lines: ``note: ...`` per note, then ``wrote A and B``."""
+    console = out().console
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    if wrote:
+        console.print(f"wrote {' and '.join(str(p) for p in wrote)}", highlight=False)
+
+
 Detector = Literal["gqrs", "xqrs"] | None
 
 

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from heartcli.cli._util import Detector, detector_option, out
+from heartcli.cli._util import Detector, closing_lines, detector_option, out
 from heartcli.errors import UsageError
 
 
@@ -160,8 +160,7 @@ def _render(result: dict[str, Any], written: list[Path]) -> None:
     if result.get("aami"):
         per_record = bool(written) and result.get("split") == "inter-patient"
         _render_aami(result["aami"], per_record=per_record)
-    if written:
-        console.print(f"wrote {' and '.join(str(p) for p in written)}", highlight=False)
+    closing_lines(wrote=written)
 
 
 RANDOM_NOTE = (
