@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -301,6 +301,24 @@ SetOption = Annotated[
         help="Override one config key, e.g. --set train.epochs=5 (repeatable).",
     ),
 ]
+
+
+def closing_lines(notes: Sequence[str] = (), wrote: Sequence[str | Path] = ()) -> None:
+    """A rendered result's last lines: ``note: ...`` per note, then ``wrote A and B``."""
+    console = out().console
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    if wrote:
+        console.print(f"wrote {' and '.join(str(p) for p in wrote)}", highlight=False)
+
+
+Detector = Literal["gqrs", "xqrs"] | None
+
+
+def detector_option(help_text: str, **panel: Any) -> Any:
+    """``--detector`` (gqrs or xqrs, no default shown) of `heart predict` and `heart evaluate
+    --records`, with each command's help text."""
+    return typer.Option("--detector", help=help_text, show_default=False, **panel)
 
 
 def resolve_config(config: Path | None, overrides: Sequence[str] | None) -> HeartConfig:

@@ -9,7 +9,8 @@ import typer
 from rich import box
 from rich.table import Table
 
-from heartcli.cli._util import out
+from heartcli.cli._util import Detector, closing_lines, detector_option, out
+from heartcli.errors import UsageError
 
 
 def evaluate(
@@ -56,12 +57,9 @@ def evaluate(
         ),
     ] = "detect",
     detector: Annotated[
-        Literal["gqrs", "xqrs"] | None,
-        typer.Option(
-            "--detector",
-            help="--records --peaks detect: the R-peak detector (default gqrs), as heart "
-            "predict's.",
-            show_default=False,
+        Detector,
+        detector_option(
+            "--records --peaks detect: the R-peak detector (default gqrs), as heart predict's.",
             rich_help_panel="Whole records (EC57)",
         ),
     ] = None,
@@ -108,66 +106,71 @@ def evaluate(
     With --records: whole recordings scored beat by beat (EC57: QRS, VEB and SVEB Se/+P).
     """
     if records is not None or out_csv is not None:
-        from heartcli.cli.ec57_cmd import evaluate_records
-
         if data is not None or split is not None or records is None:
-            from heartcli.errors import UsageError
-
             raise UsageError(
                 "--records scores whole records and takes no --data/--split; --out needs --records"
             )
+        from heartcli.cli.ec57_cmd import evaluate_records
+
         evaluate_records(
             run, records, peaks, learning_period, skip_missing, include_paced, out_csv, detector
         )
         return
-    from heartcli.data.dataset import apply_classes, load_split, read_beats
-    from heartcli.evaluate import evaluate_run
-    from heartcli.model.runs import CONFUSION, EVAL, load_run
+    from heartcli.evaluate import evaluate as run_evaluation
 
-    if run.is_file():
-        from heartcli.cli.evaluate_export import evaluate_file
-
-        evaluate_file(run, data, split)
-        return
-    loaded = load_run(run)
-    source = data if data is not None else Path(loaded.config.data.dir)
-    split_name = split or loaded.config.data.split
-    mapping = loaded.config.data.classes
-    if source.is_file():
-        beats = apply_classes(read_beats(source), mapping)
-        description, split_used = str(source), None
-    else:
-        beats = load_split(source, split_name, "test", classes=mapping)
-        description, split_used = f"{source} (split {split_name}, test part)", split_name
-    result = evaluate_run(loaded, beats, description=description, split=split_used)
-    from heartcli.tracking import log_evaluation
-
+    evaluation = run_evaluation(run, data, split)
     o = out()
-    if result.get("warning"):
-        o.warn(f"warning: {result['warning']}")
-    o.log(log_evaluation(loaded.manifest, result, [loaded.path / EVAL, loaded.path / CONFUSION]))
-    o.result(result, lambda: _render(result, loaded.path / EVAL, loaded.path / CONFUSION))
+    if evaluation.result.get("warning"):
+        o.warn(f"warning: {evaluation.result['warning']}")
+    if evaluation.tracking is not None:
+        o.log(evaluation.tracking)
+    o.result(evaluation.result, lambda: _render(evaluation.result, evaluation.written))
 
 
-def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
+def _render(result: dict[str, Any], written: list[Path]) -> None:
+    """The figures of a run (``written``: its eval.json and confusion.png) or of an exported
+    file (nothing written: no confusion matrix, plain column titles)."""
     from heartcli.data.dataset import AAMI_CLASSES
 
     console = out().console
-    classes = result["classes"]
-    aami = classes == AAMI_CLASSES
     lo, hi = result["macro_f1_ci95"]
-    console.print(f"figures from: {result['data']}, {result['n']:,} beats", highlight=False)
-    if result.get("split") == "random":
+    if not written:
         console.print(
-            "note: random is a beat-level split (the Kaggle protocol): the same patients are in "
-            "train and test; the inter-patient split measures generalisation to new patients",
+            f"{result['model']} ({result['model_kind']}) on {result['data']}, "
+            f"{result['n']:,} beats",
             highlight=False,
         )
+    else:
+        console.print(f"figures from: {result['data']}, {result['n']:,} beats", highlight=False)
+        if result.get("split") == "random":
+            console.print(RANDOM_NOTE, highlight=False)
     console.print(
         f"accuracy {result['accuracy']:.4f}   balanced accuracy {result['balanced_accuracy']:.4f}"
         f"   macro-F1 {result['macro_f1']:.4f} (95% CI {lo:.4f}-{hi:.4f})",
         highlight=False,
     )
+    aami = result["classes"] == AAMI_CLASSES
+    console.print(_class_table(result, aami=aami and bool(written)))
+    if written:
+        _render_confusion(result)
+        if aami:
+            console.print(
+                "Se = sensitivity, +P = positive predictive value (AAMI EC57)", highlight=False
+            )
+    if result.get("aami"):
+        per_record = bool(written) and result.get("split") == "inter-patient"
+        _render_aami(result["aami"], per_record=per_record)
+    closing_lines(wrote=written)
+
+
+RANDOM_NOTE = (
+    "note: random is a beat-level split (the Kaggle protocol): the same patients are in "
+    "train and test; the inter-patient split measures generalisation to new patients"
+)
+
+
+def _class_table(result: dict[str, Any], *, aami: bool) -> Table:
+    """Precision, recall, F1 and support per class (``aami``: titled +P and Se)."""
     table = Table(title="per class")
     table.add_column("class")
     for title in (
@@ -177,7 +180,7 @@ def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
         "support",
     ):
         table.add_column(title, justify="right")
-    for name in classes:
+    for name in result["classes"]:
         c = result["per_class"][name]
         table.add_row(
             name,
@@ -186,22 +189,19 @@ def _render(result: dict[str, Any], eval_path: Path, png: Path) -> None:
             f"{c['f1']:.4f}",
             f"{c['support']:,}",
         )
-    console.print(table)
+    return table
+
+
+def _render_confusion(result: dict[str, Any]) -> None:
+    console = out().console
     console.print("confusion matrix (rows: true, columns: predicted)", highlight=False)
     matrix = Table()
     matrix.add_column("")
-    for name in classes:
+    for name in result["classes"]:
         matrix.add_column(name, justify="right")
-    for name, row in zip(classes, result["confusion_matrix"], strict=True):
+    for name, row in zip(result["classes"], result["confusion_matrix"], strict=True):
         matrix.add_row(name, *[f"{v:,}" for v in row])
     console.print(matrix)
-    if aami:
-        console.print(
-            "Se = sensitivity, +P = positive predictive value (AAMI EC57)", highlight=False
-        )
-    if result.get("aami"):
-        _render_aami(result["aami"], per_record=result.get("split") == "inter-patient")
-    console.print(f"wrote {eval_path} and {png}", highlight=False)
 
 
 def _render_aami(figures: dict[str, Any], *, per_record: bool) -> None:

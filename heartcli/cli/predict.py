@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from heartcli.cli._util import out
+from heartcli.cli._util import Detector, closing_lines, detector_option, out
 
 
 def predict(
@@ -61,12 +61,10 @@ def predict(
         ),
     ] = 10,
     detector: Annotated[
-        Literal["gqrs", "xqrs"] | None,
-        typer.Option(
-            "--detector",
-            help="R-peak detector for detected beats: gqrs (default; its marks moved to the "
-            "R-peak) or xqrs (wfdb's XQRS).",
-            show_default=False,
+        Detector,
+        detector_option(
+            "R-peak detector for detected beats: gqrs (default; its marks moved to the "
+            "R-peak) or xqrs (wfdb's XQRS)."
         ),
     ] = None,
     format_: Annotated[
@@ -184,7 +182,4 @@ def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
             f"peaks detected (PPV {det['ppv']:.2%})",
             highlight=False,
         )
-    for note in summary["notes"]:
-        console.print(f"note: {note}", highlight=False)
-    if summary.get("out"):
-        console.print(f"wrote {summary['out']}", highlight=False)
+    closing_lines(summary["notes"], [summary["out"]] if summary.get("out") else [])

@@ -7,31 +7,41 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
 from heartcli.errors import UsageError
+from heartcli.progress import Progress
 
 
-class RichProgress:
+class RichProgress(Progress):
     """A progress bar per epoch on stderr and one table row per epoch (* = best so far).
 
     Columns: epoch, train loss, val loss, val macro-F1, val recall (sensitivity) per class,
-    learning rate, training beats per second.
+    learning rate, training beats per second. Each run (a fold, the final run) starts its
+    own table; ``stage`` lines (the folds of --folds) are logs, ``note`` a warning.
     """
 
     def __init__(self) -> None:
         self.o = out()
         # Rows are part of the result on stdout, unless stdout carries the JSON summary.
         self.rows = self.o.err if self.o.json else self.o.console
-        self.bar: Progress | None = None
-        self.task: Any = None
+        self.bar: RichBar | None = None
+        self.bar_task: Any = None
         self.classes: list[str] = []
         self.header = True
 
+    def note(self, text: str) -> None:
+        self.o.warn(f"warning: {text}")
+
+    def stage(self, text: str) -> None:
+        self.o.log(text)
+
     def start(self, summary: dict[str, Any]) -> None:
         self.classes = summary["classes"]
+        self.header = True
         counts = ", ".join(
             f"{c} {summary['train_counts'][c]}->{summary['resampled_counts'][c]}"
             for c in self.classes
@@ -52,28 +62,32 @@ class RichProgress:
         if summary["start_epoch"] > 1:
             self.o.log(f"resuming at epoch {summary['start_epoch']} of {summary['epochs']}")
 
-    def start_epoch(self, epoch: int, steps: int) -> None:
+    def task(self, name: str, total: int | None = None) -> None:
         if not self.o.err.is_terminal:
             return
-        self.bar = Progress(
-            TextColumn(f"epoch {epoch}"),
+        self.bar = RichBar(
+            TextColumn(name),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self.o.err,
             transient=True,
         )
-        self.task = self.bar.add_task("train", total=steps)
+        self.bar_task = self.bar.add_task("train", total=total)
         self.bar.start()
 
-    def advance(self, steps: int) -> None:
+    def advance(self, n: int = 1) -> None:
         if self.bar is not None:
-            self.bar.advance(self.task, steps)
+            self.bar.advance(self.bar_task, n)
 
-    def end_epoch(self, info: Any) -> None:
+    def done(self, name: str, result: Any = None) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+        self.rows.print(self._row(result))
+
+    def _row(self, info: Any) -> Table:
+        """One epoch's figures as a one-row table (the header above the first)."""
         table = Table(
             box=None,
             show_header=self.header,
@@ -107,7 +121,7 @@ class RichProgress:
             f"{info.beats_per_s:.0f}",
             "*" if info.best else "",
         )
-        self.rows.print(table)
+        return table
 
 
 def _budget_override(max_minutes: str | None) -> list[str]:
@@ -171,148 +185,124 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the [model] CNN on the training split; the test split is never read."""
-    from tomlkit import TOMLDocument
+    from heartcli.training import train_command
+    from heartcli.training.crossval import CrossValResult
 
-    from heartcli import training
-    from heartcli.model import runs
-    from heartcli.model.ensemble import check_ensemble_request
-    from heartcli.tracking import reachable_config
-
-    base: TOMLDocument | None
     set_ = [*(set_ or ()), *_budget_override(max_minutes)]
+    _check_options(config, name, resume, folds)
+    resolved, base = None, None
+    if resume is None:
+        from heartcli.config import load_document
 
+        resolved = resolve_config(config, set_)
+        base = load_document(config) if config is not None else None
+    result = train_command(
+        resolved,
+        name=name,
+        resume=resume,
+        overrides=set_,
+        folds=folds,
+        config_base=base,
+        progress=RichProgress(),
+    )
+    if isinstance(result, CrossValResult):
+        out().result(result.summary(), lambda: _render_folds(result))
+        final = result.final
+    else:
+        out().result(result.summary(), lambda: _render_run(result))
+        final = result
+    if final.status == "interrupted":
+        raise typer.Exit(130)
+
+
+def _check_options(
+    config: Path | None, name: str | None, resume: Path | None, folds: int | None
+) -> None:
+    """--folds and --resume go with which other options."""
     if folds is not None and (folds < 2 or resume is not None):
         raise UsageError(
             f"--folds {folds}: use 2 or more folds"
             if folds < 2
             else "--folds trains a new run; it cannot --resume one"
         )
-    if resume is not None:
-        if config is not None or name is not None:
-            raise UsageError(
-                "--resume continues a run with its own config.toml; drop --config/--name "
-                "(use --set to change keys)"
-            )
-        from heartcli.config import load_document
-
-        manifest = runs.read_run_manifest(resume)
-        runs.check_run_config(resume, manifest)  # a cut or edited config.toml is refused
-        resolved = runs.read_run_config(resume, list(set_ or ()))
-        base = load_document(resume / runs.CONFIG)
-        run_dir = resume
-    else:
-        from heartcli.config import load_document
-
-        resolved = resolve_config(config, set_)
-        check_ensemble_request(resolved.train.final, folds)
-        base = load_document(config) if config is not None else None
-        run_dir = runs.new_run_dir(resolved, name)
-        resolved, note = reachable_config(resolved)  # seconds, not MLflow's minutes of retries
-        if note:
-            out().warn(f"warning: {note}")
-        run_dir = runs.claim_run_dir(run_dir)
-    if folds is not None:
-        return _cross_validate(resolved, run_dir, folds, base)
-    try:
-        result = training.train(
-            resolved, run_dir, resume=resume is not None, progress=RichProgress(), config_base=base
+    if resume is not None and (config is not None or name is not None):
+        raise UsageError(
+            "--resume continues a run with its own config.toml; drop --config/--name "
+            "(use --set to change keys)"
         )
-    except BaseException:
-        if resume is None:
-            runs.release_run_dir(run_dir)  # failed before its manifest: the name is free again
-        raise
-    o = out()
 
-    def render() -> None:
-        o.console.print(
-            f"{result.status}: best val macro-F1 {result.best_metric:.4f} at epoch "
-            f"{result.best_epoch} ({result.epochs_run} epochs, {result.seconds:.1f} s, "
-            f"{result.seconds_to_best:.1f} s to the best); "
-            f"run saved in {result.run_dir}",
+
+def _render_run(result: Any) -> None:
+    console = out().console
+    console.print(
+        f"{result.status}: best val macro-F1 {result.best_metric:.4f} at epoch "
+        f"{result.best_epoch} ({result.epochs_run} epochs, {result.seconds:.1f} s, "
+        f"{result.seconds_to_best:.1f} s to the best); "
+        f"run saved in {result.run_dir}",
+        highlight=False,
+    )
+    console.print(f"next: heart evaluate {result.run_dir}", highlight=False)
+
+
+FIGURE_NAMES = {
+    "macro_f1": "macro-F1",
+    "sveb_se": "SVEB Se",
+    "sveb_ppv": "SVEB +P",
+    "veb_se": "VEB Se",
+    "veb_ppv": "VEB +P",
+}
+
+
+def _render_folds(result: Any) -> None:
+    """`heart train --folds K`: the folds' figures, the out-of-fold figure, the final run."""
+    console = out().console
+    console.print(_folds_table(result))
+    k, oof, final = len(result.folds), result.oof or {}, result.final
+    if oof:
+        lo, hi = oof["macro_f1_ci95"]
+        console.print(
+            f"out-of-fold macro-F1 {oof['macro_f1']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on "
+            f"{oof['n']:,} beats; F1 " + ", ".join(f"{c} {v:.3f}" for c, v in oof["f1"].items()),
             highlight=False,
         )
-        o.console.print(f"next: heart evaluate {result.run_dir}", highlight=False)
+    what = (
+        f"the {k} fold models as one ensemble (mean probability)"
+        if "ensemble" in final.manifest
+        else f"trained on the whole training split for {result.epochs} epochs (the "
+        "folds' mean best epoch)"
+    )
+    console.print(
+        f"{final.status}: final model {what}, {final.seconds:.1f} s; "
+        f"{result.seconds:.1f} s in all; run saved in {final.run_dir}",
+        highlight=False,
+    )
+    console.print(f"next: heart evaluate {final.run_dir}", highlight=False)
 
-    o.result(result.summary(), render)
-    if result.status == "interrupted":
-        raise typer.Exit(130)
 
+def _folds_table(result: Any) -> Table:
+    from heartcli.training.crossval import FIGURES
 
-def _cross_validate(resolved: Any, run_dir: Path, k: int, base: Any) -> None:
-    """`heart train --folds K`: the folds, their figures, the final run."""
-    from heartcli.model import runs
-    from heartcli.training.crossval import FIGURES, cross_validate
-
-    o = out()
-
-    def progress(fold: int, records: list[str]) -> RichProgress:
-        if fold:
-            where = f"records {', '.join(records)}" if records else "stratified beats"
-            o.log(f"fold {fold} of {k}: validation {where}")
-        else:
-            o.log("final run: the whole training split, no validation")
-        return RichProgress()
-
-    try:
-        result = cross_validate(resolved, run_dir, k, progress=progress, config_base=base)
-    except BaseException:
-        if not (run_dir / runs.MANIFEST).exists():
-            runs.release_run_dir(run_dir)
-        raise
-    summary = result.summary()
-    names = {
-        "macro_f1": "macro-F1",
-        "sveb_se": "SVEB Se",
-        "sveb_ppv": "SVEB +P",
-        "veb_se": "VEB Se",
-        "veb_ppv": "VEB +P",
-    }
-
-    def render() -> None:
-        kind = "record-wise" if any(f.records for f in result.folds) else "stratified"
-        table = Table(title=f"{k}-fold {kind} cross-validation (validation, best epoch)")
-        table.add_column("fold")
-        table.add_column("records" if kind == "record-wise" else "beats")
-        table.add_column("best epoch", justify="right")
-        for key in FIGURES:
-            table.add_column(names[key], justify="right")
-        for f in result.folds:
-            table.add_row(
-                str(f.fold),
-                " ".join(f.records) if f.records else f"{f.beats:,}",
-                str(f.best_epoch),
-                *[f"{f.figures[key]:.4f}" for key in FIGURES],
-            )
-        fig = summary["figures"]
+    kind = "record-wise" if any(f.records for f in result.folds) else "stratified"
+    table = Table(
+        title=f"{len(result.folds)}-fold {kind} cross-validation (validation, best epoch)"
+    )
+    table.add_column("fold")
+    table.add_column("records" if kind == "record-wise" else "beats")
+    table.add_column("best epoch", justify="right")
+    for key in FIGURES:
+        table.add_column(FIGURE_NAMES[key], justify="right")
+    for f in result.folds:
         table.add_row(
-            "mean ± sd",
-            "",
-            f"{fig['best_epoch']['mean']:.1f} ± {fig['best_epoch']['std']:.1f}",
-            *[f"{fig[key]['mean']:.4f} ± {fig[key]['std']:.4f}" for key in FIGURES],
+            str(f.fold),
+            " ".join(f.records) if f.records else f"{f.beats:,}",
+            str(f.best_epoch),
+            *[f"{f.figures[key]:.4f}" for key in FIGURES],
         )
-        o.console.print(table)
-        oof, final = result.oof or {}, result.final
-        if oof:
-            lo, hi = oof["macro_f1_ci95"]
-            o.console.print(
-                f"out-of-fold macro-F1 {oof['macro_f1']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on "
-                f"{oof['n']:,} beats; F1 "
-                + ", ".join(f"{c} {v:.3f}" for c, v in oof["f1"].items()),
-                highlight=False,
-            )
-        what = (
-            f"the {k} fold models as one ensemble (mean probability)"
-            if "ensemble" in final.manifest
-            else f"trained on the whole training split for {result.epochs} epochs (the "
-            "folds' mean best epoch)"
-        )
-        o.console.print(
-            f"{final.status}: final model {what}, {final.seconds:.1f} s; "
-            f"{result.seconds:.1f} s in all; run saved in {final.run_dir}",
-            highlight=False,
-        )
-        o.console.print(f"next: heart evaluate {final.run_dir}", highlight=False)
-
-    o.result(summary, render)
-    if result.final.status == "interrupted":
-        raise typer.Exit(130)
+    fig = result.figures()
+    table.add_row(
+        "mean ± sd",
+        "",
+        f"{fig['best_epoch']['mean']:.1f} ± {fig['best_epoch']['std']:.1f}",
+        *[f"{fig[key]['mean']:.4f} ± {fig[key]['std']:.4f}" for key in FIGURES],
+    )
+    return table

@@ -1,12 +1,17 @@
 """`heart evaluate` of a run: its best model on a split's test part (or a beat file), the
-figures of :mod:`heartcli.metrics`, written to the run as eval.json and confusion.png.
+figures of :mod:`heartcli.metrics`, written to the run as eval.json and confusion.png and
+added to the run's MLflow run.
 
-The other two ways in: an exported file (:mod:`heartcli.evaluate.exported`) and whole
-records scored as EC57 prescribes (:mod:`heartcli.evaluate.records`, :mod:`heartcli.evaluate.ec57`).
+:func:`evaluate` is the service behind `heart evaluate RUN|FILE`: it picks the data
+(:func:`held_out_beats`), scores a run folder here or an exported file with
+:mod:`heartcli.evaluate.exported`, and returns what the CLI renders. Whole records scored
+as EC57 prescribes are :mod:`heartcli.evaluate.records` and :mod:`heartcli.evaluate.ec57`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,22 +27,81 @@ if TYPE_CHECKING:
 
 
 def check_data(run: LoadedRun, data: BeatSet, description: str) -> None:
-    """The data must fit the model: same beat length, same class set, finite values."""
-    if data.length != run.input_length:
+    """The data must fit the run's model (:func:`check_beats`)."""
+    check_beats(data, description, f"the model of {run.path}", run.input_length, run.classes)
+
+
+def check_beats(
+    data: BeatSet,
+    description: str,
+    model: str,
+    length: int,
+    classes: Sequence[str],
+    *,
+    name_row: bool = True,
+) -> None:
+    """The data must fit the model: same beat length, same class set, finite values.
+
+    ``model`` names the model in the messages; ``name_row``: say which row is not finite.
+    """
+    if data.length != length:
         raise DataError(
-            f"{description}: beats have {data.length} samples but the model of {run.path} "
-            f"takes {run.input_length}; use data built like its training data"
+            f"{description}: beats have {data.length} samples but {model} takes {length}; "
+            "use data built like its training data"
         )
-    if list(data.classes) != list(run.classes):
+    if list(data.classes) != list(classes):
         raise DataError(
             f"{description}: classes {','.join(data.classes)} differ from the model's "
-            f"{','.join(run.classes)}; use data with the model's class set"
+            f"{','.join(classes)}; use data with the model's class set"
         )
     if len(data) == 0:
         raise DataError(f"{description}: no beats to evaluate")
     if not np.all(np.isfinite(data.x)):
         row = int(np.argwhere(~np.isfinite(data.x))[0][0])
-        raise DataError(f"{description}: row {row} has a NaN or infinite value; drop or repair it")
+        where = f"row {row}" if name_row else "a beat"
+        raise DataError(f"{description}: {where} has a NaN or infinite value; drop or repair it")
+
+
+def held_out_beats(source: Path, split: str, classes: Any) -> tuple[BeatSet, str, str | None]:
+    """The beats to score: a beat file as it is, or a dataset folder's ``split`` test part,
+    with ``[data] classes`` applied: (beats, where they come from, the split or None)."""
+    from heartcli.data.dataset import apply_classes, load_split, read_beats
+
+    if source.is_file():
+        return apply_classes(read_beats(source), classes), str(source), None
+    beats = load_split(source, split, "test", classes=classes)
+    return beats, f"{source} (split {split}, test part)", split
+
+
+@dataclass
+class Evaluation:
+    """What `heart evaluate` shows: the figures, the files written, the MLflow line."""
+
+    result: dict[str, Any]
+    written: list[Path] = field(default_factory=list)  # eval.json, confusion.png of a run
+    tracking: str | None = None  # where the figures went in MLflow (a run), or why not
+
+
+def evaluate(target: Path, data: Path | None = None, split: str | None = None) -> Evaluation:
+    """`heart evaluate`: a run folder's best model, or an exported .onnx / .pte, on the test
+    part of ``data`` (default: the run's, or the card's, dataset) and ``split``, or on the
+    beat file ``data``. A run gets eval.json and confusion.png and its MLflow run the
+    figures; an exported file's evaluation writes nothing."""
+    from heartcli.model.runs import CONFUSION, EVAL, load_run
+    from heartcli.tracking import log_evaluation
+
+    if target.is_file():
+        from heartcli.evaluate.exported import evaluate_export
+
+        return Evaluation(evaluate_export(target, data, split))
+    run = load_run(target)
+    source = data if data is not None else Path(run.config.data.dir)
+    beats, description, split_used = held_out_beats(
+        source, split or run.config.data.split, run.config.data.classes
+    )
+    result = evaluate_run(run, beats, description=description, split=split_used)
+    written = [run.path / EVAL, run.path / CONFUSION]
+    return Evaluation(result, written, log_evaluation(run.manifest, result, written))
 
 
 FINISHED = ("completed", "early_stopped", "budget", "pruned")

@@ -147,24 +147,16 @@ def score_records(
             model, path, peaks=peaks, lead=lead, detector=detector
         )
         t1 = time.perf_counter()
-        test = ec57.BeatAnnotations(sample, to_ec57[predicted])
-        comparison = ec57.compare(
+        entry, note = score_record(
+            path,
+            header,
             reference,
-            test,
-            fs=header.fs,
-            start_s=learning_period_s,
-            end=header.length or None,
-            window_s=window_s,
+            ec57.BeatAnnotations(sample, to_ec57[predicted]),
+            learning_period_s,
+            window_s,
         )
-        entry = ec57.record_entry(path.name, comparison, header.fs)
-        entry["fs"] = header.fs
         entries.append(entry)
-        if entry["qrs_tp"] + entry["qrs_fn"] == 0:
-            notes.append(
-                f"{path.name}: no reference beat after the learning period "
-                f"({learning_period_s:g} s; the record is {header.length / header.fs:.0f} s): "
-                "nothing scored; lower -f/--learning-period"
-            )
+        notes.extend([note] if note else [])
         seconds["predict"] += t1 - t0
         seconds["score"] += time.perf_counter() - t1
         if progress is not None:
@@ -184,6 +176,35 @@ def score_records(
         "notes": notes,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
+
+
+def score_record(
+    path: Path,
+    header: Header,
+    reference: ec57.BeatAnnotations,
+    test: ec57.BeatAnnotations,
+    learning_period_s: float,
+    window_s: float,
+) -> tuple[dict[str, Any], str | None]:
+    """One record's EC57 entry (bxb's matching of ``test`` against ``reference``), and a
+    note when nothing of it was scored."""
+    comparison = ec57.compare(
+        reference,
+        test,
+        fs=header.fs,
+        start_s=learning_period_s,
+        end=header.length or None,
+        window_s=window_s,
+    )
+    entry = ec57.record_entry(path.name, comparison, header.fs)
+    entry["fs"] = header.fs
+    if entry["qrs_tp"] + entry["qrs_fn"] == 0:
+        return entry, (
+            f"{path.name}: no reference beat after the learning period "
+            f"({learning_period_s:g} s; the record is {header.length / header.fs:.0f} s): "
+            "nothing scored; lower -f/--learning-period"
+        )
+    return entry, None
 
 
 def classify_record(

@@ -29,6 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 MANIFEST = "manifest.json"
 HISTORY = "history.csv"
 CURVES = "curves.png"
+VAL_CONFUSION = "val_confusion.png"  # the best epoch's validation confusion
 EVAL = "eval.json"
 CONFUSION = "confusion.png"
 MANIFEST_KEYS = ("format", "classes", "input_length", "status")

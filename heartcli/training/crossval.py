@@ -21,7 +21,6 @@ with its bootstrap 95% interval (:mod:`heartcli.training.oof`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,9 @@ from heartcli.data.dataset import BeatSet, load_split
 from heartcli.errors import UsageError
 from heartcli.metrics import aami, macro_f1_from_confusion
 from heartcli.model import runs
+from heartcli.progress import Progress
 from heartcli.training.folds import check_rhythm
-from heartcli.training.loop import TrainProgress, TrainResult, train
+from heartcli.training.loop import TrainResult, train
 from heartcli.training.oof import fold_groups, fold_proba, oof_figures, record_wise, save_oof
 
 FOLDS_DIR = "folds"
@@ -120,7 +120,7 @@ def cross_validate(
     run_dir: Path,
     k: int,
     *,
-    progress: Callable[[int, list[str]], TrainProgress] | None = None,
+    progress: Progress | None = None,
     config_base: Any = None,
     beats: BeatSet | None = None,
     tracking_parent: str | None = None,
@@ -128,12 +128,14 @@ def cross_validate(
 ) -> CrossValResult:
     """K record-wise folds, then the final run on the whole training split into ``run_dir``.
 
-    ``progress(fold, val_records)`` gives the display of each run (fold 0: the final run).
+    ``progress`` is told each run as :func:`heartcli.training.train` tells it, after a
+    ``stage`` line that names the fold (its validation records) or the final run.
     The final run is an MLflow run (nested under ``tracking_parent`` when given) that also
     gets the folds' figures as ``cv_*`` metrics; the fold runs are MLflow runs of their own
     unless ``track_folds`` is off (a search trial: one MLflow run per trial).
     """
     started = time.perf_counter()
+    progress = progress or Progress()
     check_crossval(config)
     if beats is None:
         beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
@@ -143,7 +145,7 @@ def cross_validate(
     fold_config.tracking.enabled = config.tracking.enabled and track_folds
     probas: list[np.ndarray] = []
     results = [
-        run_fold(fold_config, run_dir, beats, i, val, progress, config_base, probas)
+        run_fold(fold_config, run_dir, beats, (i, k), val, progress, config_base, probas)
         for i, val in enumerate(groups, start=1)
     ]
     save_oof(run_dir, groups, beats.y, probas)
@@ -154,10 +156,11 @@ def cross_validate(
     else:
         final_config = config.model_copy(deep=True)
         final_config.train.epochs = epochs
+        progress.stage("final run: the whole training split, no validation")
         final = train(
             final_config,
             run_dir,
-            progress=progress(0, []) if progress else None,
+            progress=progress,
             config_base=config_base,
             train_data=beats,
             validation=False,
@@ -176,24 +179,28 @@ def run_fold(
     config: HeartConfig,
     run_dir: Path,
     beats: BeatSet,
-    fold: int,
+    of: tuple[int, int],
     val: np.ndarray,
-    progress: Callable[[int, list[str]], TrainProgress] | None,
+    progress: Progress,
     config_base: Any,
     probas: list[np.ndarray] | None = None,
 ) -> FoldResult:
-    """Train on every beat outside fold ``fold``, validate on its beats (whole records for
-    the inter-patient split); its best weights' probabilities on the fold go to ``probas``."""
+    """Train on every beat outside fold ``fold`` of ``k`` (``of``), validate on its beats
+    (whole records for the inter-patient split); its best weights' probabilities on the
+    fold go to ``probas``."""
     t0 = time.perf_counter()
+    fold, k = of
     mask = np.ones(len(beats), dtype=bool)
     mask[val] = False
     val_beats = beats.subset(val)
     records = sorted({str(r) for r in val_beats.record}) if record_wise(config.data.split) else []
     fold_dir = run_dir / FOLDS_DIR / f"fold-{fold}"
+    where = f"records {', '.join(records)}" if records else "stratified beats"
+    progress.stage(f"fold {fold} of {k}: validation {where}")
     result = train(
         config,
         fold_dir,
-        progress=progress(fold, records) if progress else None,
+        progress=progress,
         config_base=config_base,
         train_data=beats.subset(np.flatnonzero(mask)),
         val_data=val_beats,

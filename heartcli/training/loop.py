@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from heartcli import __version__
 from heartcli.config import RHYTHM_FEATURES, HeartConfig
+from heartcli.data.dataset import MANIFEST as DATA_MANIFEST
 from heartcli.data.dataset import BeatSet, read_manifest
 from heartcli.errors import DataError, HeartError, UsageError
 from heartcli.io import sha256_file, write_text
@@ -38,6 +39,7 @@ from heartcli.metrics import confusion_matrix, macro_f1_from_confusion
 from heartcli.model import runs
 from heartcli.model.inference import torch_logits, uses_rhythm
 from heartcli.model.network import build_model, count_parameters
+from heartcli.progress import Progress
 from heartcli.threads import ThreadPolicy
 from heartcli.training.ema import WeightAverage
 from heartcli.training.folds import Folds, prepare_folds
@@ -107,31 +109,6 @@ class TrainResult:
             "tracking_run_id": self.tracking_run_id,
             "history": self.history,
         }
-
-
-class TrainProgress(Protocol):
-    """What the CLI's progress display gets told; every call is optional work for it."""
-
-    def start(self, summary: dict[str, Any]) -> None: ...
-    def start_epoch(self, epoch: int, steps: int) -> None: ...
-    def advance(self, steps: int) -> None: ...
-    def end_epoch(self, info: EpochInfo) -> None: ...
-
-
-class NoProgress:
-    """The progress display of a run nobody watches (tune trials, notebooks)."""
-
-    def start(self, summary: dict[str, Any]) -> None:
-        pass
-
-    def start_epoch(self, epoch: int, steps: int) -> None:
-        pass
-
-    def advance(self, steps: int) -> None:
-        pass
-
-    def end_epoch(self, info: EpochInfo) -> None:
-        pass
 
 
 @dataclass
@@ -399,7 +376,7 @@ def start_manifest(
     data_sha = None
     with contextlib.suppress(DataError):
         data_manifest = read_manifest(config.data.dir)
-        data_sha = sha256_file(Path(config.data.dir) / "manifest.json")
+        data_sha = sha256_file(Path(config.data.dir) / DATA_MANIFEST)
     return {
         "format": runs.FORMAT,
         "name": run_dir.name,
@@ -437,17 +414,12 @@ def start_manifest(
 def start_run(
     config: HeartConfig,
     run_dir: Path,
-    setup: Setup,
-    folds: Folds,
-    state: LoopState,
     old_manifest: dict[str, Any],
     tracking_parent: str | None,
     config_base: Any,
-) -> tuple[Any, dict[str, Any]]:
-    """Write config.toml, open the MLflow run and write the running manifest.
-
-    Returns (tracker, manifest). A resumed run keeps its MLflow run and parent.
-    """
+) -> tuple[Any, dict[str, Any], str]:
+    """Write config.toml and open the MLflow run: (tracker, the manifest's ``tracking``,
+    config.toml's SHA-256). A resumed run keeps its MLflow run and parent."""
     from heartcli.tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -461,14 +433,11 @@ def start_run(
         "run_id": tracker.run_id,
         "parent_run_id": tracking_parent or old_tracking.get("parent_run_id"),
     }
-    manifest = start_manifest(config, run_dir, setup, folds, state, old_manifest, tracking)
-    manifest["config_sha256"] = config_sha  # a resume refuses a config.toml that differs
-    runs.write_manifest(run_dir, manifest)
-    return tracker, manifest
+    return tracker, tracking, config_sha
 
 
 def train_epoch(
-    setup: Setup, seed: int, epoch: int, progress: TrainProgress
+    setup: Setup, seed: int, epoch: int, progress: Progress
 ) -> tuple[float, int, float]:
     """One epoch of forward, backward and step: (mean train loss, beats seen, seconds)."""
     # Draws, augmentation and dropout are seeded per epoch: resuming replays the same epochs.
@@ -593,7 +562,7 @@ def finish(
         plots.confusion(
             np.asarray(state.best_cm),
             setup.classes,
-            run_dir / "val_confusion.png",
+            run_dir / runs.VAL_CONFUSION,
             f"{run_dir.name}: validation, epoch {state.best_epoch}",
         )
     best_row = next((h for h in history if h["epoch"] == state.best_epoch), {})
@@ -624,7 +593,7 @@ def finish(
     tracker.set_tags({"heart.best_epoch": str(state.best_epoch)})
     if state.best_metric >= 0:
         tracker.log_metrics({"best_val_macro_f1": state.best_metric}, step=state.best_epoch)
-    for name in (runs.CONFIG, runs.CURVES, "val_confusion.png", runs.HISTORY, runs.MANIFEST):
+    for name in (runs.CONFIG, runs.CURVES, runs.VAL_CONFUSION, runs.HISTORY, runs.MANIFEST):
         tracker.log_artifact(run_dir / name)
     tracker.end(state.status)
 
@@ -638,7 +607,7 @@ def train(
     *,
     resume: bool = False,
     on_epoch: Callable[[EpochInfo], bool | None] | None = None,
-    progress: TrainProgress | None = None,
+    progress: Progress | None = None,
     tracking_parent: str | None = None,
     train_data: BeatSet | None = None,
     val_data: BeatSet | None = None,
@@ -647,54 +616,36 @@ def train(
 ) -> TrainResult:
     """Train ``config`` into ``run_dir``; ``resume`` continues from its checkpoint.pt.
 
-    ``on_epoch`` returning True stops the run (status "pruned"). ``train_data`` /
-    ``val_data`` replace the split named by ``[data]`` (a tuner loads it once).
-    ``config_base`` is the user's TOML document, whose comments config.toml keeps.
-    ``validation=False`` trains on the whole training split for ``[train] epochs`` and keeps
-    the last epoch's weights (no validation, no early stopping).
+    ``on_epoch`` returning True stops the run (status "pruned"). ``progress`` is told the
+    run's summary, each epoch as a task of ``steps`` and its figures (an :class:`EpochInfo`)
+    when done. ``train_data`` / ``val_data`` replace the split named by ``[data]`` (a tuner
+    loads it once). ``config_base`` is the user's TOML document, whose comments config.toml
+    keeps. ``validation=False`` trains on the whole training split for ``[train] epochs``
+    and keeps the last epoch's weights (no validation, no early stopping).
     """
     # Before the first parallel torch op, so that torch's worker threads inherit it.
     flush_subnormals()
     started = time.perf_counter()
     threads = ThreadPolicy(config.train.threads)  # measures from here
     run_dir = Path(run_dir)
-    cfg = config.train
-    progress = progress or NoProgress()
+    progress = progress or Progress()
 
     checkpoint, old_manifest = open_run(run_dir, resume)
     folds = prepare_folds(config, train_data, val_data, validation=validation)
-    if resume and (
-        old_manifest["classes"] != folds.train.classes
-        or old_manifest["input_length"] != folds.train.length
-    ):
-        raise DataError(f"{run_dir}: the data's classes or beat length differ from the run's")
+    if resume:
+        check_resumed_data(run_dir, old_manifest, folds)
     setup = build_setup(config, folds, threads)
     state = restore_state(setup, checkpoint, run_dir)
 
-    tracker, manifest = start_run(
-        config, run_dir, setup, folds, state, old_manifest, tracking_parent, config_base
+    tracker, tracking, config_sha = start_run(
+        config, run_dir, old_manifest, tracking_parent, config_base
     )
-    progress.start(
-        {
-            "run_dir": str(run_dir),
-            "parameters": setup.parameters,
-            "device": str(setup.device),
-            "precision": setup.precision,
-            "threads": setup.threads.choice.threads,
-            "threads_text": setup.threads.choice.describe(),
-            "threads_warning": setup.threads.choice.warning(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
-            "classes": setup.classes,
-            "train_counts": folds.before,
-            "resampled_counts": folds.after,
-            "val_counts": folds.val.counts(),
-            "start_epoch": state.epoch + 1,
-            "epochs": cfg.epochs,
-            "steps": setup.steps,
-            "batch_size": cfg.batch_size,
-        }
-    )
+    manifest = start_manifest(config, run_dir, setup, folds, state, old_manifest, tracking)
+    manifest["config_sha256"] = config_sha  # a resume refuses a config.toml that differs
+    runs.write_manifest(run_dir, manifest)
+    progress.start(start_summary(config, run_dir, setup, folds, state))
 
+    cfg = config.train
     try:
         if state.since_best >= cfg.patience and state.epoch < cfg.epochs:
             state.status = "early_stopped"  # a resumed run that had already stopped
@@ -728,6 +679,39 @@ def train(
     )
 
 
+def check_resumed_data(run_dir: Path, old_manifest: dict[str, Any], folds: Folds) -> None:
+    """A resumed run trains on data of its own classes and beat length."""
+    if (
+        old_manifest["classes"] != folds.train.classes
+        or old_manifest["input_length"] != folds.train.length
+    ):
+        raise DataError(f"{run_dir}: the data's classes or beat length differ from the run's")
+
+
+def start_summary(
+    config: HeartConfig, run_dir: Path, setup: Setup, folds: Folds, state: LoopState
+) -> dict[str, Any]:
+    """What :meth:`Progress.start` is told: the run, its arithmetic, threads and data."""
+    return {
+        "run_dir": str(run_dir),
+        "parameters": setup.parameters,
+        "device": str(setup.device),
+        "precision": setup.precision,
+        "threads": setup.threads.choice.threads,
+        "threads_text": setup.threads.choice.describe(),
+        "threads_warning": setup.threads.choice.warning(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "classes": setup.classes,
+        "train_counts": folds.before,
+        "resampled_counts": folds.after,
+        "val_counts": folds.val.counts(),
+        "start_epoch": state.epoch + 1,
+        "epochs": config.train.epochs,
+        "steps": setup.steps,
+        "batch_size": config.train.batch_size,
+    }
+
+
 def _failed(run_dir: Path, manifest: dict[str, Any], tracker: Any) -> None:
     """Record a run that failed (a full disk included) as "failed", never left "running"."""
     runs.mark_failed(run_dir, manifest)
@@ -742,14 +726,14 @@ def _epochs(
     state: LoopState,
     started: float,
     tracker: Any,
-    progress: TrainProgress,
+    progress: Progress,
     on_epoch: Callable[[EpochInfo], bool | None] | None,
 ) -> None:
     """Epoch after epoch until the last, a stop rule, or ``on_epoch`` says stop."""
     cfg = config.train
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         lr = setup.optimizer.param_groups[0]["lr"]
-        progress.start_epoch(epoch, setup.steps)
+        progress.task(f"epoch {epoch}", setup.steps)
         t0 = time.perf_counter()
         train_loss, seen, train_seconds = train_epoch(setup, cfg.seed, epoch, progress)
 
@@ -795,7 +779,7 @@ def _epochs(
             },
             step=epoch,
         )
-        progress.end_epoch(info)
+        progress.done(f"epoch {epoch}", info)
         setup.threads.recheck()  # "auto": another program may have started or stopped
         if on_epoch is not None and on_epoch(info):
             state.status = "pruned"
