@@ -166,7 +166,9 @@ def test_services_import_no_typer_or_rich_and_never_print(module: str) -> None:
     prints = [
         f"line {node.lineno}: print()"
         for node in ast.walk(TREES[module])
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
     ]
     writes = [
         f"line {node.lineno}: sys.{node.value.attr}"
