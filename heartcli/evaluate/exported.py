@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from heartcli.errors import DataError, UsageError
-from heartcli.evaluate import check_beats, held_out_beats
+from heartcli.evaluate.held_out import check_beats, held_out_beats
 
 
 def evaluate_export(path: Path, data: Path | None, split: str | None) -> dict[str, Any]:
