@@ -29,6 +29,8 @@ from heartcli.data.dataset import (
     PARTS,
     RHYTHM_COLUMNS,
     BeatSet,
+    part_name,
+    split_path,
     write_beats,
 )
 from heartcli.data.mitdb import DS1, DS2, RECORDS, record_files
@@ -302,7 +304,7 @@ def _write_locked(
         _staging_lock(staging, out_dir),
     ):
         jobs = [
-            (staging / name / f"{part}.parquet", beats)
+            (split_path(staging, name, part), beats)
             for name, pair in splits.items()
             for part, beats in zip(PARTS, pair, strict=True)
         ]
@@ -316,7 +318,7 @@ def _write_locked(
                 "test": {"total": len(test), **test.counts()},
             }
         files = {
-            f"{name}/{part}.parquet": sha256_file(staging / name / f"{part}.parquet")
+            part_name(name, part): sha256_file(split_path(staging, name, part))
             for name in splits
             for part in PARTS
         }

@@ -204,10 +204,10 @@ def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / "manifest.json"
+    path = Path(data_dir) / MANIFEST
     if not path.exists():
         raise DataError(
-            f"{data_dir}: no dataset here (manifest.json missing); "
+            f"{data_dir}: no dataset here ({MANIFEST} missing); "
             "build one with `heart fetch` or point [data] dir at one"
         )
     manifest = read_json(path, "rebuild it with `heart fetch`")
@@ -216,8 +216,13 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def part_name(split: str, part: str) -> str:
+    """A split part's file, relative to the dataset folder (as the manifest lists it)."""
+    return f"{split}/{part}.parquet"
+
+
 def split_path(data_dir: str | Path, split: str, part: str) -> Path:
-    return Path(data_dir) / split / f"{part}.parquet"
+    return Path(data_dir) / part_name(split, part)
 
 
 DROP = "drop"
@@ -280,7 +285,7 @@ def changed_files(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
 def _check_part(data_dir: str | Path, manifest: dict[str, Any], split: str, part: str) -> None:
     """A split part must be the file its manifest lists: never train on a half-swapped set."""
     listed = manifest.get("files")
-    name = f"{split}/{part}.parquet"
+    name = part_name(split, part)
     if not isinstance(listed, dict) or name not in listed:
         raise DataError(
             f'{Path(data_dir) / MANIFEST}: lists no SHA-256 for {name} (no "files"); '

@@ -14,7 +14,13 @@ from typing import Any
 
 from heartcli import __version__
 from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging, dataset_lock
-from heartcli.data.dataset import PARTS, RHYTHM_COLUMNS, changed_files, read_manifest
+from heartcli.data.dataset import (
+    PARTS,
+    RHYTHM_COLUMNS,
+    changed_files,
+    part_name,
+    read_manifest,
+)
 from heartcli.data.download import download, file_url, part_path, short
 from heartcli.data.events import CUTTING, DOWNLOADS, FetchResult
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
@@ -119,7 +125,7 @@ def current_manifest(
     if any(sources.get(name) != pinned[name] for name in expected):
         return None
     listed = manifest.get("files") or {}
-    wanted_files = {f"{split}/{part}.parquet" for split in SPLITS for part in PARTS}
+    wanted_files = {part_name(split, part) for split in SPLITS for part in PARTS}
     if not wanted_files <= set(listed) or changed_files(out_dir, manifest):
         return None  # the files on disk are not the ones the manifest lists
     return manifest

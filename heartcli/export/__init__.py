@@ -34,7 +34,7 @@ import numpy as np
 from heartcli.config import ExportConfig
 from heartcli.data.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
-from heartcli.export.card import CARD_JSON, CARD_MD, build_card, card_markdown
+from heartcli.export.card import build_card, card_markdown
 from heartcli.export.edge import (
     check_request,
     measure_costs,
@@ -51,7 +51,7 @@ from heartcli.export.formats import (
     export_torchscript,
     probability_module,
 )
-from heartcli.export.guard import check_replaceable
+from heartcli.export.guard import CARD_JSON, CARD_MD, SUMS, check_replaceable
 from heartcli.export.parity import (
     ParityError,
     check_parity,
@@ -69,8 +69,6 @@ if TYPE_CHECKING:
     from heartcli.model.runs import LoadedRun
 
 __all__ = ["ExportResult", "ParityError", "export_run", "parse_formats"]
-
-SUMS = "SHA256SUMS"
 
 
 @dataclass

@@ -42,13 +42,6 @@ RHYTHM_INPUT = "rhythm"
 OUTPUT_NAME = "probabilities"
 
 
-def input_names(model: nn.Module) -> list[str]:
-    """The exported inputs, in order: beats, and rhythm for a rhythm model."""
-    from heartcli.model.inference import uses_rhythm
-
-    return [INPUT_NAME, RHYTHM_INPUT] if uses_rhythm(model) else [INPUT_NAME]
-
-
 def _dynamic(names: list[str]) -> dict[str, Any]:
     import torch
 
