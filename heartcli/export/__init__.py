@@ -153,7 +153,7 @@ def _place(tmp: Path, out: Path, force: bool) -> None:
 
 @dataclass
 class _Export:
-    """What the steps of one export share: the run, the module, the parity beats."""
+    """What the steps of one export share: the request, the module, the parity beats."""
 
     run: LoadedRun
     out_dir: Path
@@ -161,14 +161,15 @@ class _Export:
     formats: list[str]
     mode: str | None
     data: Path | None
+    say: Callable[[str], None]
     module: Any
-    example: tuple[Any, ...]
+    example: tuple[Any, ...]  # two beats (and their rhythm) to trace the module with
+    reference: np.ndarray  # PyTorch's probabilities on the parity beats
+    # what parity_beats returns: the parity beats as inputs and their source, the test part
     inputs: list[np.ndarray]
-    reference: np.ndarray
     source: str
     test: BeatSet
     test_source: str
-    say: Callable[[str], None]
     notes: list[str] = field(default_factory=list)
 
 
@@ -194,23 +195,13 @@ def _prepare(
     check_replaceable(out_dir, force)
     mode = quantize_mode(quantize)
     check_request(formats, mode)
-    inputs, source, test, test_source = parity_beats(run, config.parity_beats, data)
+    beats = parity_beats(run, config.parity_beats, data)
     module = probability_module(run.model)
+    inputs = beats[0]
+    example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)
+    reference = run_batches(exported_runner(module), inputs)
     job = _Export(
-        run=run,
-        out_dir=out_dir,
-        config=config,
-        formats=formats,
-        mode=mode,
-        data=data,
-        module=module,
-        example=tuple(torch.from_numpy(a[:2].copy()) for a in inputs),
-        inputs=inputs,
-        reference=run_batches(exported_runner(module), inputs),
-        source=source,
-        test=test,
-        test_source=test_source,
-        say=say,
+        run, out_dir, config, formats, mode, data, say, module, example, reference, *beats
     )
     if len(inputs[0]) < config.parity_beats:
         job.notes.append(
