@@ -1,4 +1,6 @@
-"""Small file helpers: every file heart writes goes through a temp file and a rename."""
+"""Small file helpers: every file heart writes goes through a temp file and a rename, and
+every folder it builds (a dataset, an export, annotation files) through a staging folder
+beside its target (:func:`staged_dir`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -53,6 +56,68 @@ def write_failed(target: str | Path, exc: BaseException) -> HeartError:
     return HeartError(
         f"cannot write {target}: {why[:200]}; free some space or choose a writable folder"
     )
+
+
+def unwritable(folder: str | Path, exc: OSError, remedy: str | None = None) -> HeartError:
+    """The one line for a folder heart cannot write into: ``cannot write to FOLDER: REASON``,
+    then ``; remedy`` when given."""
+    tail = f"; {remedy}" if remedy else ""
+    return HeartError(f"cannot write to {folder}: {exc.strerror}{tail}")
+
+
+def _mkdir_mode() -> int:
+    """The permissions ``mkdir`` gives a new folder under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+@contextlib.contextmanager
+def staged_dir(
+    target: str | Path, *, prefix: str | None = None, remedy: str | None = None
+) -> Iterator[Path]:
+    """A fresh hidden folder beside ``target`` (in its parent, made if missing) to build in.
+
+    The block writes everything there, then moves what it built into place: the whole
+    folder onto ``target`` (:func:`place_dir`), or its files one by one (the dataset's
+    swap, a WFDB annotation file). When the block ends, however it ends, the folder and
+    whatever is left in it are removed, so a failed build leaves nothing behind (a process
+    killed with SIGKILL leaves the folder; its name starts with ``prefix``, by default
+    ``.TARGET.tmp-``). A folder that cannot be made is one :func:`unwritable` line naming
+    the parent, ending in ``remedy``.
+    """
+    target = Path(target)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}.tmp-", dir=parent))
+    except OSError as exc:
+        raise unwritable(parent, exc, remedy) from None
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def place_dir(staged: str | Path, target: str | Path) -> None:
+    """Rename the folder ``staged`` (from :func:`staged_dir`) onto ``target`` whole.
+
+    The caller has decided ``target`` may go: an empty folder there is removed; anything
+    else is first moved into a hidden folder beside it and deleted after the rename. The
+    placed folder gets the permissions ``mkdir`` would give it (a staging folder is 0700).
+    """
+    staged, target = Path(staged), Path(target)
+    old: Path | None = None
+    if target.exists():
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+    staged.chmod(_mkdir_mode())
+    os.replace(staged, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _is_write_error(exc: BaseException) -> bool:

@@ -6,7 +6,6 @@ import contextlib
 import fcntl
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,12 +29,14 @@ from heartcli.data.dataset import (
     PARTS,
     RHYTHM_COLUMNS,
     BeatSet,
+    part_name,
+    split_path,
     write_beats,
 )
 from heartcli.data.mitdb import DS1, DS2, RECORDS, record_files
 from heartcli.data.rhythm import DEFINITIONS, MIN_BEATS
 from heartcli.errors import DataError, HeartError
-from heartcli.io import sha256_file, write_json
+from heartcli.io import sha256_file, staged_dir, unwritable, write_json
 
 SPLITS = ("random", "inter-patient")
 
@@ -139,6 +140,7 @@ def inter_patient_split(beats: BeatSet) -> tuple[BeatSet, BeatSet]:
 
 
 STAGING_PREFIX = ".heart-build-"
+WRITABLE = "choose a writable folder with --out"
 LOCK = ".lock"
 
 
@@ -177,9 +179,7 @@ def _take_lock(out_dir: Path, path: Path) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
         except OSError as exc:
-            raise HeartError(
-                f"cannot write to {out_dir}: {exc.strerror}; choose a writable folder with --out"
-            ) from None
+            raise unwritable(out_dir, exc, WRITABLE) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -197,19 +197,19 @@ def _take_lock(out_dir: Path, path: Path) -> int:
     raise HeartError(f"{out_dir}: cannot take the dataset lock {path}; try again")
 
 
-def _staging_dir(out_dir: Path) -> tuple[Path, int]:
-    """A fresh staging folder inside ``out_dir``, locked (flock) for this build's life."""
+@contextlib.contextmanager
+def _staging_lock(staging: Path, out_dir: Path) -> Iterator[None]:
+    """Lock (flock) the staging folder for this build's life: another fetch's
+    :func:`clean_stale_staging` leaves a locked folder alone."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_staging(out_dir)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out_dir))
         fd = os.open(staging / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise HeartError(
-            f"cannot write to {out_dir}: {exc.strerror}; choose a writable folder with --out"
-        ) from None
+        raise unwritable(out_dir, exc, WRITABLE) from None
     fcntl.flock(fd, fcntl.LOCK_EX)
-    return staging, fd
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def clean_stale_staging(out_dir: Path) -> list[Path]:
@@ -294,10 +294,17 @@ def write_dataset(
 def _write_locked(
     out_dir: Path, splits: dict[str, tuple[BeatSet, BeatSet]], manifest: dict[str, Any]
 ) -> dict[str, Any]:
-    staging, lock = _staging_dir(out_dir)
     try:
+        clean_stale_staging(out_dir)
+    except OSError as exc:
+        raise unwritable(out_dir, exc, WRITABLE) from None
+    # The staging folder lies beside the dataset's files, in the dataset folder itself.
+    with (
+        staged_dir(out_dir / MANIFEST, prefix=STAGING_PREFIX, remedy=WRITABLE) as staging,
+        _staging_lock(staging, out_dir),
+    ):
         jobs = [
-            (staging / name / f"{part}.parquet", beats)
+            (split_path(staging, name, part), beats)
             for name, pair in splits.items()
             for part, beats in zip(PARTS, pair, strict=True)
         ]
@@ -311,16 +318,13 @@ def _write_locked(
                 "test": {"total": len(test), **test.counts()},
             }
         files = {
-            f"{name}/{part}.parquet": sha256_file(staging / name / f"{part}.parquet")
+            part_name(name, part): sha256_file(split_path(staging, name, part))
             for name in splits
             for part in PARTS
         }
         manifest = {**manifest, "splits": counts, "files": files}
         write_json(staging / MANIFEST, manifest)
         _swap_in(out_dir, staging, list(splits))
-    finally:
-        os.close(lock)
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

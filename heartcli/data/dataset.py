@@ -15,6 +15,7 @@ when unknown) and, for datasets built from records, the rhythm columns ``RHYTHM_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,18 +123,16 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
     value_cols.sort(key=int)
     if [int(c) for c in value_cols] != list(range(len(value_cols))):
         raise DataError(f'{path}: beat columns must be "0".."{len(value_cols) - 1}" without gaps')
-    text = [c for c in [*value_cols, "target"] if not _numeric(table.schema.field(c).type)]
+    text = _text_column(table, [*value_cols, "target"])
     if text:
         raise DataError(
-            f'{path}: column "{text[0]}" holds {table.schema.field(text[0]).type}, not numbers; '
+            f'{path}: column "{text}" holds {table.schema.field(text).type}, not numbers; '
             "fix the file"
         )
-    x = np.empty((table.num_rows, len(value_cols)), dtype=np.float32)
-    for i, c in enumerate(value_cols):
-        x[:, i] = table.column(c).to_numpy()
+    x = _float32(table, value_cols)
     target = table.column("target").to_numpy()
-    if not np.all(np.isfinite(x)):
-        row = int(np.argwhere(~np.isfinite(x))[0][0])
+    row = _non_finite_row(x)
+    if row is not None:
         raise DataError(f"{path}: row {row} has a NaN or infinite value; drop or repair it")
     if np.issubdtype(target.dtype, np.floating) and (
         not np.all(np.isfinite(target)) or np.any(target != np.round(target))
@@ -171,10 +170,29 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
     return BeatSet(x, y, record, sample, list(classes), _read_rhythm(path, table))
 
 
-def _numeric(kind: pa.DataType) -> bool:
+def _text_column(table: pa.Table, columns: Sequence[str]) -> str | None:
+    """The first of ``columns`` that does not hold numbers (floats or integers), if any."""
     import pyarrow.types as pat
 
-    return bool(pat.is_floating(kind) or pat.is_integer(kind))
+    for name in columns:
+        kind = table.schema.field(name).type
+        if not (pat.is_floating(kind) or pat.is_integer(kind)):
+            return name
+    return None
+
+
+def _float32(table: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """``columns`` side by side as one float32 [rows, columns] array."""
+    values = np.empty((table.num_rows, len(columns)), dtype=np.float32)
+    for i, name in enumerate(columns):
+        values[:, i] = table.column(name).to_numpy()
+    return values
+
+
+def _non_finite_row(values: np.ndarray) -> int | None:
+    """The first row holding a NaN or an infinite value, if any."""
+    bad = ~np.isfinite(values)
+    return int(np.argwhere(bad)[0][0]) if bad.any() else None
 
 
 def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
@@ -188,26 +206,24 @@ def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
             f"{path}: rhythm columns incomplete (missing {', '.join(missing)}); "
             "rebuild the dataset with `heart fetch`"
         )
-    text = [c for c in RHYTHM_COLUMNS if not _numeric(table.schema.field(c).type)]
+    text = _text_column(table, RHYTHM_COLUMNS)
     if text:
         raise DataError(
-            f"{path}: rhythm column {text[0]} holds {table.schema.field(text[0]).type}, not "
+            f"{path}: rhythm column {text} holds {table.schema.field(text).type}, not "
             "floats; rebuild the dataset with `heart fetch`"
         )
-    rhythm = np.empty((table.num_rows, len(RHYTHM_COLUMNS)), dtype=np.float32)
-    for i, c in enumerate(RHYTHM_COLUMNS):
-        rhythm[:, i] = table.column(c).to_numpy()
-    if not np.all(np.isfinite(rhythm)):
-        row = int(np.argwhere(~np.isfinite(rhythm))[0][0])
+    rhythm = _float32(table, RHYTHM_COLUMNS)
+    row = _non_finite_row(rhythm)
+    if row is not None:
         raise DataError(f"{path}: row {row} has a NaN or infinite rhythm value; rebuild it")
     return rhythm
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / "manifest.json"
+    path = Path(data_dir) / MANIFEST
     if not path.exists():
         raise DataError(
-            f"{data_dir}: no dataset here (manifest.json missing); "
+            f"{data_dir}: no dataset here ({MANIFEST} missing); "
             "build one with `heart fetch` or point [data] dir at one"
         )
     manifest = read_json(path, "rebuild it with `heart fetch`")
@@ -216,8 +232,13 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def part_name(split: str, part: str) -> str:
+    """A split part's file, relative to the dataset folder (as the manifest lists it)."""
+    return f"{split}/{part}.parquet"
+
+
 def split_path(data_dir: str | Path, split: str, part: str) -> Path:
-    return Path(data_dir) / split / f"{part}.parquet"
+    return Path(data_dir) / part_name(split, part)
 
 
 DROP = "drop"
@@ -280,7 +301,7 @@ def changed_files(data_dir: str | Path, manifest: dict[str, Any]) -> list[str]:
 def _check_part(data_dir: str | Path, manifest: dict[str, Any], split: str, part: str) -> None:
     """A split part must be the file its manifest lists: never train on a half-swapped set."""
     listed = manifest.get("files")
-    name = f"{split}/{part}.parquet"
+    name = part_name(split, part)
     if not isinstance(listed, dict) or name not in listed:
         raise DataError(
             f'{Path(data_dir) / MANIFEST}: lists no SHA-256 for {name} (no "files"); '

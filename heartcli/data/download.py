@@ -13,12 +13,12 @@ import os
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 from heartcli import __version__
 from heartcli.errors import DataError, HeartError
-from heartcli.io import sha256_file
+from heartcli.io import sha256_file, unwritable
+from heartcli.progress import Progress
 
 CHUNK = 1 << 16
 TIMEOUT_S = 30.0
@@ -85,22 +85,22 @@ def download(
     target: str | Path,
     sha256: str,
     *,
-    on_bytes: Callable[[int, int | None], None] | None = None,
+    progress: Progress | None = None,
     retries: int = RETRIES,
 ) -> None:
     """Fetch ``url`` into ``target``, resuming ``target.part``; raise DataError on failure.
 
-    ``on_bytes(n, total)`` is called as data arrives (``total``: the file's size when the
-    server says it, counting bytes already in the ``.part``).
+    ``progress`` hears ``task(NAME, total)`` for each response (``total``: the file's size
+    when the server says it, counting bytes already in the ``.part``) and ``advance(n)``
+    as data arrives (first the bytes a resumed ``.part`` already holds).
     """
+    progress = progress or Progress()
     target = Path(target)
     part = part_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise HeartError(
-            f"cannot write to {target.parent}: {exc.strerror}; choose a writable records folder"
-        ) from None
+        raise unwritable(target.parent, exc, "choose a writable records folder") from None
     for attempt in range(retries + 1):
         offset = part.stat().st_size if part.exists() else 0
         try:
@@ -114,15 +114,15 @@ def download(
                 offset = 0  # the server ignored Range and sends the whole file
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
-            if on_bytes is not None and offset:
-                on_bytes(offset, total)
+            progress.task(target.name, total)
+            if offset:
+                progress.advance(offset)
             interrupted = False
             try:
                 with open(part, "ab" if offset else "wb") as fh:
                     while block := response.read(CHUNK):
                         fh.write(block)
-                        if on_bytes is not None:
-                            on_bytes(len(block), total)
+                        progress.advance(len(block))
             except _INTERRUPTED:
                 interrupted = True  # the .part keeps what arrived; resume from there
             except OSError as exc:

@@ -1,7 +1,15 @@
-"""What `heart fetch` tells its caller: the progress hooks and the result.
+"""What `heart fetch` tells its caller: the names of its progress tasks, and the result.
 
-Kept apart from the build (numpy, pyarrow, wfdb) so that the CLI can name these types
-without loading what the build needs.
+Progress goes through the shared :class:`heartcli.progress.Progress`: ``stage`` and
+``note`` lines; ``task(DOWNLOADS, n)`` before ``n`` files are downloaded, then for each
+file ``task(name)`` when it starts, ``task(name, total)`` once its size is known (the same
+name: only the total changes), ``advance(bytes)`` as data arrives and ``done(name)`` once
+it is verified and in place; ``task(CUTTING, 48)`` before the build, then ``advance(1)``
+per record cut into beats. ``heart fetch --import`` says ``stage(f"reading {path}")`` per
+file.
+
+Kept apart from the build (numpy, pyarrow, wfdb) so that the CLI can name these without
+loading what the build needs.
 """
 
 from __future__ import annotations
@@ -10,30 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class FetchListener:
-    """Progress hooks of `fetch`; the CLI draws them, Python callers may ignore them."""
-
-    def stage(self, text: str) -> None:
-        """A new step starts (verifying, downloading, building)."""
-
-    def note(self, text: str) -> None:
-        """Something worth telling the user that is not an error."""
-
-    def downloads(self, names: list[str]) -> None:
-        """These files are about to be downloaded."""
-
-    def file_start(self, name: str) -> None:
-        """Downloading ``name`` starts."""
-
-    def file_bytes(self, n: int, total: int | None) -> None:
-        """``n`` more bytes of the current file arrived (``total``: its size, if known)."""
-
-    def file_done(self, name: str) -> None:
-        """``name`` is downloaded, verified and in place."""
-
-    def record_built(self, record: str) -> None:
-        """A record has been cut into beats."""
+DOWNLOADS = "downloading"  # the task of the files to download; each file is a task of its own
+CUTTING = "cutting beats"  # the task of the records cut into beats
 
 
 @dataclass

@@ -14,14 +14,21 @@ from typing import Any
 
 from heartcli import __version__
 from heartcli.data.build import SPLITS, build_dataset, clean_stale_staging, dataset_lock
-from heartcli.data.dataset import PARTS, RHYTHM_COLUMNS, changed_files, read_manifest
+from heartcli.data.dataset import (
+    PARTS,
+    RHYTHM_COLUMNS,
+    changed_files,
+    part_name,
+    read_manifest,
+)
 from heartcli.data.download import download, file_url, part_path, short
-from heartcli.data.events import FetchListener, FetchResult
+from heartcli.data.events import CUTTING, DOWNLOADS, FetchResult
 from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.rhythm import DEFINITIONS
 from heartcli.data.sample import make_sample
-from heartcli.errors import DataError, HeartError
-from heartcli.io import sha256_file
+from heartcli.errors import DataError
+from heartcli.io import sha256_file, unwritable
+from heartcli.progress import Progress
 
 SAMPLE_SEED = 0  # the seed data/sample was drawn with
 
@@ -37,7 +44,7 @@ def ensure_writable(folder: Path, hint: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise HeartError(f"cannot write to {folder}: {exc.strerror}; {hint}") from None
+        raise unwritable(folder, exc, hint) from None
 
 
 def mismatch(path: Path, expected: str, got: str) -> str:
@@ -65,7 +72,7 @@ def verify_source(source: Path) -> None:
             )
 
 
-def download_records(records_dir: Path, url: str, listener: FetchListener) -> list[str]:
+def download_records(records_dir: Path, url: str, progress: Progress) -> list[str]:
     """Download every missing or corrupt record file; returns the names downloaded."""
     pinned = pinned_sha256()
     todo = []
@@ -76,20 +83,19 @@ def download_records(records_dir: Path, url: str, listener: FetchListener) -> li
             continue
         got = sha256_file(path)
         if got != pinned[name]:
-            listener.note(f"{mismatch(path, pinned[name], got)}: it will be re-downloaded")
+            progress.note(f"{mismatch(path, pinned[name], got)}: it will be re-downloaded")
             todo.append(name)
     if not todo:
         return []
-    listener.stage(f"downloading {len(todo)} files from {url}")
-    listener.downloads(todo)
+    progress.stage(f"downloading {len(todo)} files from {url}")
+    progress.task(DOWNLOADS, len(todo))
     for name in todo:
-        listener.file_start(name)
+        progress.task(name)
         if part_path(records_dir / name).exists():
-            listener.note(f"{name}: resuming an interrupted download")
-        download(
-            file_url(url, name), records_dir / name, pinned[name], on_bytes=listener.file_bytes
-        )
-        listener.file_done(name)
+            progress.note(f"{name}: resuming an interrupted download")
+        download(file_url(url, name), records_dir / name, pinned[name], progress=progress)
+        progress.done(name)
+    progress.done(DOWNLOADS)
     return todo
 
 
@@ -119,7 +125,7 @@ def current_manifest(
     if any(sources.get(name) != pinned[name] for name in expected):
         return None
     listed = manifest.get("files") or {}
-    wanted_files = {f"{split}/{part}.parquet" for split in SPLITS for part in PARTS}
+    wanted_files = {part_name(split, part) for split in SPLITS for part in PARTS}
     if not wanted_files <= set(listed) or changed_files(out_dir, manifest):
         return None  # the files on disk are not the ones the manifest lists
     return manifest
@@ -135,7 +141,7 @@ def fetch(
     test_fraction: float = 0.2,
     seed: int = 42,
     sample_out: str | Path | None = None,
-    listener: FetchListener | None = None,
+    progress: Progress | None = None,
 ) -> FetchResult:
     """Get the records (from ``url`` into ``records_dir``, or verified in ``source``) and build.
 
@@ -154,7 +160,7 @@ def fetch(
             test_fraction,
             seed,
             sample_out,
-            listener or FetchListener(),
+            progress or Progress(),
         )
 
 
@@ -167,7 +173,7 @@ def _fetch_locked(
     test_fraction: float,
     seed: int,
     sample_out: str | Path | None,
-    listener: FetchListener,
+    progress: Progress,
 ) -> FetchResult:
     clean_stale_staging(out_dir)  # left by a build killed mid-way, even if nothing is rebuilt
     if sample_out is not None:
@@ -175,30 +181,32 @@ def _fetch_locked(
     downloaded: list[str] = []
     if source is not None:
         records_dir = Path(source)
-        listener.stage(f"verifying the records in {records_dir}")
+        progress.stage(f"verifying the records in {records_dir}")
         verify_source(records_dir)
     else:
         records_dir = Path(records_dir)
         ensure_writable(records_dir, "choose a writable records folder (data.records)")
-        listener.stage(f"verifying the records in {records_dir}")
-        downloaded = download_records(records_dir, url, listener)
+        progress.stage(f"verifying the records in {records_dir}")
+        downloaded = download_records(records_dir, url, progress)
 
     manifest = current_manifest(out_dir, lead=lead, test_fraction=test_fraction, seed=seed)
     status = "up to date"
     if manifest is None:
-        listener.stage(f"building the dataset in {out_dir}")
+        progress.stage(f"building the dataset in {out_dir}")
+        progress.task(CUTTING, len(RECORDS))
         manifest = build_dataset(
             records_dir,
             out_dir,
             lead=lead,
             test_fraction=test_fraction,
             seed=seed,
-            on_record=listener.record_built,
+            on_record=lambda _record: progress.advance(),
         )
+        progress.done(CUTTING)
         status = "built"
     result = FetchResult(status, out_dir, records_dir, manifest, downloaded)
     if sample_out is not None:
-        listener.stage(f"writing the sample to {sample_out}")
+        progress.stage(f"writing the sample to {sample_out}")
         result.sample_dir = Path(sample_out)
         result.sample = make_sample(out_dir, sample_out, seed=SAMPLE_SEED)
     return result

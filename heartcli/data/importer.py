@@ -37,15 +37,22 @@ import pyarrow.parquet as pq
 from heartcli import __version__
 from heartcli.data.beats import BEAT_LENGTH, RATE_HZ
 from heartcli.data.build import dataset_lock, random_split, write_dataset
-from heartcli.data.dataset import AAMI_CLASSES, BeatSet, load_split, read_manifest
+from heartcli.data.dataset import (
+    AAMI_CLASSES,
+    MANIFEST,
+    PARTS,
+    BeatSet,
+    load_split,
+    read_manifest,
+)
 from heartcli.errors import DataError, UsageError
 from heartcli.io import sha256_file
+from heartcli.progress import Progress
 
 SOURCE = "imported files (heart fetch --import)"
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parq", ".parquet")
 MAX_CLASSES = 100
-PARTS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -304,12 +311,16 @@ def import_files(
     *,
     test_fraction: float = 0.2,
     seed: int = 42,
-    on_file: Callable[[Path], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Validate ``paths`` and write them in the dataset layout into ``out_dir``; the manifest."""
+    """Validate ``paths`` and write them in the dataset layout into ``out_dir``; the manifest.
+    ``progress`` hears ``stage(f"reading {path}")`` before each file is read."""
     out_dir = Path(out_dir)
     with dataset_lock(out_dir):  # the earlier import read below is the one replaced
-        return _import_locked(paths, out_dir, test_fraction, seed, on_file)
+        return _import_locked(paths, out_dir, test_fraction, seed, progress or Progress())
+
+
+Found = dict[str, dict[str, list[tuple[Path, np.ndarray, np.ndarray]]]]
 
 
 def _import_locked(
@@ -317,25 +328,52 @@ def _import_locked(
     out_dir: Path,
     test_fraction: float,
     seed: int,
-    on_file: Callable[[Path], None] | None,
+    progress: Progress,
 ) -> dict[str, Any]:
     groups = plan(paths)
     previous = _previous_import(out_dir)
+    read = _read_all(groups, progress)
+    splits, imported, classes = _splits(read, test_fraction, seed)
+    if previous is not None:
+        _keep_previous(out_dir, previous, classes, splits, imported)
+    family = family_of(next(iter(read)))
+    manifest: dict[str, Any] = {
+        "heart_version": __version__,
+        "source": SOURCE,
+        "classes": classes,
+        "input_length": BEAT_LENGTH,
+        "sampling_rate_hz": family.rate_hz if len({family_of(s).name for s in read}) == 1 else None,
+        "parameters": {"test_fraction": test_fraction, "seed": seed},
+        "imported": imported,
+        "rhythm": None,
+        "rhythm_note": "no rhythm columns: imported beat files carry no beat timing "
+        "(build from the records with `heart fetch` for rr_pre, rr_post, ...)",
+    }
+    return write_dataset(out_dir, splits, manifest)
 
-    read: dict[str, dict[str, list[tuple[Path, np.ndarray, np.ndarray]]]] = {}
+
+def _read_all(groups: dict[str, dict[str, list[Path]]], progress: Progress) -> Found:
+    """Every file read and its labels checked, grouped by split and part."""
+    read: Found = {}
     for split, parts in groups.items():
         family = family_of(split)
         for part, files in parts.items():
             for path in files:
-                if on_file is not None:
-                    on_file(path)
+                progress.stage(f"reading {path}")
                 x, y_raw, where = read_file(path)
                 assert y_raw is not None  # labelled files only: read_file raised otherwise
                 if len(x) == 0:
                     raise DataError(f"{path}: the file holds no rows")
                 y = check_labels(path, y_raw, where, family)
                 read.setdefault(split, {}).setdefault(part, []).append((path, x, y))
+    return read
 
+
+def _splits(
+    read: Found, test_fraction: float, seed: int
+) -> tuple[dict[str, tuple[BeatSet, BeatSet]], dict[str, Any], list[str]]:
+    """The train and test parts of each split, what the manifest says of its files, and
+    the classes every split shares."""
     splits: dict[str, tuple[BeatSet, BeatSet]] = {}
     imported: dict[str, Any] = {}
     classes: list[str] | None = None
@@ -367,41 +405,35 @@ def _import_locked(
             splits[split] = (_beats(found["train"], names), _beats(found["test"], names))
             info["split_by"] = "the files' own train/test"
         imported[split] = info
-
     assert classes is not None
-    if previous is not None:
-        # Keep the splits of an earlier import into this folder (same classes only).
-        if list(previous.get("classes", [])) != classes:
-            raise UsageError(
-                f"{out_dir}: holds an earlier import with classes {previous.get('classes')}, "
-                f"these files have {classes}; import them into another folder with --out"
+    return splits, imported, classes
+
+
+def _keep_previous(
+    out_dir: Path,
+    previous: dict[str, Any],
+    classes: list[str],
+    splits: dict[str, tuple[BeatSet, BeatSet]],
+    imported: dict[str, Any],
+) -> None:
+    """Keep the splits of an earlier import into this folder (same classes only)."""
+    if list(previous.get("classes", [])) != classes:
+        raise UsageError(
+            f"{out_dir}: holds an earlier import with classes {previous.get('classes')}, "
+            f"these files have {classes}; import them into another folder with --out"
+        )
+    for split, info in (previous.get("imported") or {}).items():
+        if split not in splits:
+            splits[split] = (
+                load_split(out_dir, split, "train"),
+                load_split(out_dir, split, "test"),
             )
-        for split, info in (previous.get("imported") or {}).items():
-            if split not in splits:
-                splits[split] = (
-                    load_split(out_dir, split, "train"),
-                    load_split(out_dir, split, "test"),
-                )
-                imported[split] = info
-    family = family_of(next(iter(read)))
-    manifest: dict[str, Any] = {
-        "heart_version": __version__,
-        "source": SOURCE,
-        "classes": classes,
-        "input_length": BEAT_LENGTH,
-        "sampling_rate_hz": family.rate_hz if len({family_of(s).name for s in read}) == 1 else None,
-        "parameters": {"test_fraction": test_fraction, "seed": seed},
-        "imported": imported,
-        "rhythm": None,
-        "rhythm_note": "no rhythm columns: imported beat files carry no beat timing "
-        "(build from the records with `heart fetch` for rr_pre, rr_post, ...)",
-    }
-    return write_dataset(out_dir, splits, manifest)
+            imported[split] = info
 
 
 def _previous_import(out_dir: Path) -> dict[str, Any] | None:
     """The manifest of an earlier import into ``out_dir``; refuse a folder `heart fetch` built."""
-    if not (out_dir / "manifest.json").exists():
+    if not (out_dir / MANIFEST).exists():
         return None
     manifest = read_manifest(out_dir)
     if manifest.get("source") != SOURCE:

@@ -24,7 +24,7 @@ import torch
 from mads_datasets.base import AbstractDatasetFactory, BaseDatastreamer
 from mads_datasets.settings import DatasetSettings
 
-from heartcli.data.dataset import BeatSet, load_split, read_manifest
+from heartcli.data.dataset import MANIFEST, BeatSet, load_split, read_manifest
 
 MITDB_URL = "https://physionet.org/files/mitdb/1.0.0/"
 
@@ -74,7 +74,7 @@ class HeartBeatsFactory(AbstractDatasetFactory[DatasetSettings]):
     ) -> None:
         settings = DatasetSettings(
             dataset_url=MITDB_URL,
-            filename=Path("manifest.json"),
+            filename=Path(MANIFEST),
             name=split,
             unzip=False,
         )

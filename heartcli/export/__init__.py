@@ -23,9 +23,6 @@ flagged, not refused). Every card carries the costs (:mod:`heartcli.export.costs
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +34,7 @@ import numpy as np
 from heartcli.config import ExportConfig
 from heartcli.data.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
-from heartcli.export.card import CARD_JSON, CARD_MD, build_card, card_markdown
+from heartcli.export.card import build_card, card_markdown
 from heartcli.export.edge import (
     check_request,
     measure_costs,
@@ -54,7 +51,7 @@ from heartcli.export.formats import (
     export_torchscript,
     probability_module,
 )
-from heartcli.export.guard import check_replaceable
+from heartcli.export.guard import CARD_JSON, CARD_MD, SUMS, check_replaceable
 from heartcli.export.parity import (
     ParityError,
     check_parity,
@@ -66,14 +63,12 @@ from heartcli.export.parity import (
     run_batches,
     test_inputs,
 )
-from heartcli.io import sha256_file, write_json, write_text
+from heartcli.io import place_dir, sha256_file, staged_dir, write_json, write_text
 
 if TYPE_CHECKING:
     from heartcli.model.runs import LoadedRun
 
 __all__ = ["ExportResult", "ParityError", "export_run", "parse_formats"]
-
-SUMS = "SHA256SUMS"
 
 
 @dataclass
@@ -152,19 +147,171 @@ def _export_pte(module: Any, example: tuple[Any, ...], path: Path) -> dict[str, 
 
 def _place(tmp: Path, out: Path, force: bool) -> None:
     """Move the verified folder onto ``out`` (replacing it only with ``force``)."""
-    old: Path | None = None
     check_replaceable(out, force)  # again: something may have been put there meanwhile
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        elif force:
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        else:
-            raise UsageError(f"{out} already exists; pass --force to replace it or choose --out")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    place_dir(tmp, out)
+
+
+@dataclass
+class _Export:
+    """What the steps of one export share: the request, the module, the parity beats."""
+
+    run: LoadedRun
+    out_dir: Path
+    config: ExportConfig
+    formats: list[str]
+    mode: str | None
+    data: Path | None
+    say: Callable[[str], None]
+    module: Any
+    example: tuple[Any, ...]  # two beats (and their rhythm) to trace the module with
+    reference: np.ndarray  # PyTorch's probabilities on the parity beats
+    # what parity_beats returns: the parity beats as inputs and their source, the test part
+    inputs: list[np.ndarray]
+    source: str
+    test: BeatSet
+    test_source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _prepare(
+    run_path: str | Path,
+    out: str | Path | None,
+    formats: list[str],
+    config: ExportConfig,
+    quantize: bool | str | None,
+    data: Path | None,
+    force: bool,
+    say: Callable[[str], None],
+) -> _Export:
+    """Load the run, check the request and ``--out``, and run PyTorch on the parity beats."""
+    import torch
+
+    from heartcli.model.runs import load_run
+
+    run = load_run(run_path)
+    out_dir = Path(out) if out is not None else Path(run.path) / "export"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir}: a file is in the way; choose a folder")
+    check_replaceable(out_dir, force)
+    mode = quantize_mode(quantize)
+    check_request(formats, mode)
+    beats = parity_beats(run, config.parity_beats, data)
+    module = probability_module(run.model)
+    inputs = beats[0]
+    example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)
+    reference = run_batches(exported_runner(module), inputs)
+    job = _Export(
+        run, out_dir, config, formats, mode, data, say, module, example, reference, *beats
+    )
+    if len(inputs[0]) < config.parity_beats:
+        job.notes.append(
+            f"only {len(inputs[0]):,} real beats were available for the parity check "
+            f"(export.parity_beats = {config.parity_beats:,})"
+        )
+    return job
+
+
+def _write_files(job: _Export, tmp: Path) -> dict[str, dict[str, Any]]:
+    """Every requested file, and the int8 ones of ``--quantize``, into ``tmp``."""
+    module, example = job.module, job.example
+    exporters = {
+        "onnx": lambda p: export_onnx(module, example, p, job.config.opset),
+        "pt2": lambda p: export_pt2(module, example, p),
+        "torchscript": lambda p: export_torchscript(module, example, p),
+        "pte": lambda p: _export_pte(module, example, p),
+    }
+    info: dict[str, dict[str, Any]] = {}
+    for fmt in job.formats:
+        job.say(f"exporting {FILENAMES[fmt]}")
+        try:
+            info[fmt] = exporters[fmt](tmp / FILENAMES[fmt])
+        except HeartError:
+            raise
+        except Exception as exc:
+            raise HeartError(
+                f"{fmt} export failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            ) from None
+        if info[fmt].get("note"):
+            job.notes.append(info[fmt]["note"])
+    if job.mode:
+        written, _calibration = write_int8(
+            tmp, job.formats, job.mode, module, example, job.run, job.config, job.data, job.say
+        )
+        info.update(written)
+    return info
+
+
+def _check_files(
+    job: _Export, tmp: Path, info: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Each file reloaded in its runtime: the float ones held to ``atol``, the int8 ones
+    scored on the test part. Returns the files' entries, the card's ``quantized`` and
+    ``int8``."""
+    files: list[dict[str, Any]] = []
+    for fmt in job.formats:
+        job.say(f"checking {FILENAMES[fmt]} on {len(job.inputs[0]):,} real beats")
+        parity = check_parity(fmt, tmp / FILENAMES[fmt], job.inputs, job.reference, job.config.atol)
+        files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "parity": parity})
+    quantized = None
+    if job.mode == "dynamic":
+        job.say("scoring the int8 model")
+        quantized = _quantized_report(
+            tmp, job.inputs, job.reference, job.test, job.run, job.test_source
+        )
+    int8: list[dict[str, Any]] = []
+    int8_formats: list[str] = [f for f in ("onnx-int8", "pte-int8") if f in info]
+    if int8_formats:
+        job.say("scoring the int8 model(s) on the test part")
+        xt = test_inputs(job.run, job.test, job.test_source)
+        int8 = score_int8_files(
+            tmp,
+            int8_formats,
+            run_batches(exported_runner(job.module), xt),
+            xt,
+            job.test,
+            len(job.run.classes),
+            job.config.int8_tolerance,
+        )
+        if job.mode == "static":
+            method = info[int8_formats[0]]["exporter"]
+            quantized = {**int8[0], "method": method, "test_source": job.test_source}
+    for fmt in int8_formats:
+        runner = reload_runner(fmt, tmp / FILENAMES[fmt])
+        agreement = compare(job.reference, run_batches(runner, job.inputs))
+        files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "agreement": agreement})
+    return files, quantized, int8
+
+
+def _write_card(
+    job: _Export,
+    tmp: Path,
+    files: list[dict[str, Any]],
+    quantized: dict[str, Any] | None,
+    int8: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The files' sizes and SHA-256, their costs, the model card and SHA256SUMS."""
+    for entry in files:
+        path = tmp / entry["file"]
+        entry["bytes"] = path.stat().st_size
+        entry["sha256"] = sha256_file(path)
+    parity_info = {
+        "beats": len(job.inputs[0]),
+        "source": job.source,
+        "atol": job.config.atol,
+        "passed": [f["file"] for f in files if "parity" in f],
+    }
+    model_costs = measure_costs(
+        tmp, files, job.module, job.inputs, job.config.latency_threads, job.say
+    )
+    card = build_card(job.run, files, parity_info, quantized, job.notes)
+    card["int8"] = int8
+    card["costs"] = model_costs
+    write_json(tmp / CARD_JSON, card)
+    write_text(tmp / CARD_MD, card_markdown(card))
+    names = [f["file"] for f in files] + [CARD_JSON, CARD_MD]
+    write_text(tmp / SUMS, "".join(f"{sha256_file(tmp / n)}  {n}\n" for n in names))
+    return card
 
 
 def export_run(
@@ -179,133 +326,14 @@ def export_run(
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export, verify and describe a run; see the module docstring."""
-    import torch
-
-    from heartcli.model.runs import load_run
-
     started = time.perf_counter()
     say = log or (lambda _msg: None)
-    run = load_run(run_path)
-    out_dir = Path(out) if out is not None else Path(run.path) / "export"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir}: a file is in the way; choose a folder")
-    check_replaceable(out_dir, force)
-    mode = quantize_mode(quantize)
-    check_request(formats, mode)
-
-    inputs, source, test, test_source = parity_beats(
-        run, config.parity_beats, Path(data) if data else None
-    )
-    x = inputs[0]
-    module = probability_module(run.model)
-    reference = run_batches(exported_runner(module), inputs)
-    example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)
-    notes: list[str] = []
-    if len(x) < config.parity_beats:
-        notes.append(
-            f"only {len(x):,} real beats were available for the parity check "
-            f"(export.parity_beats = {config.parity_beats:,})"
-        )
-
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; give the folder mkdir's permissions
-    except OSError as exc:
-        raise HeartError(f"cannot write to {out_dir.parent}: {exc.strerror}") from None
-    try:
-        info: dict[str, dict[str, Any]] = {}
-        exporters = {
-            "onnx": lambda p: export_onnx(module, example, p, config.opset),
-            "pt2": lambda p: export_pt2(module, example, p),
-            "torchscript": lambda p: export_torchscript(module, example, p),
-            "pte": lambda p: _export_pte(module, example, p),
-        }
-        for fmt in formats:
-            say(f"exporting {FILENAMES[fmt]}")
-            try:
-                info[fmt] = exporters[fmt](tmp / FILENAMES[fmt])
-            except HeartError:
-                raise
-            except Exception as exc:
-                raise HeartError(
-                    f"{fmt} export failed ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
-                ) from None
-            if info[fmt].get("note"):
-                notes.append(info[fmt]["note"])
-        int8: list[dict[str, Any]] = []
-        if mode:
-            written, _calibration = write_int8(
-                tmp,
-                formats,
-                mode,
-                module,
-                example,
-                run,
-                config,
-                Path(data) if data else None,
-                say,
-            )
-            info.update(written)
-
-        files: list[dict[str, Any]] = []
-        for fmt in formats:
-            say(f"checking {FILENAMES[fmt]} on {len(x):,} real beats")
-            parity = check_parity(fmt, tmp / FILENAMES[fmt], inputs, reference, config.atol)
-            files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "parity": parity})
-        quantized = None
-        if mode == "dynamic":
-            say("scoring the int8 model")
-            quantized = _quantized_report(tmp, inputs, reference, test, run, test_source)
-        int8_formats: list[str] = [f for f in ("onnx-int8", "pte-int8") if f in info]
-        if int8_formats:
-            say("scoring the int8 model(s) on the test part")
-            xt = test_inputs(run, test, test_source)
-            int8 = score_int8_files(
-                tmp,
-                int8_formats,
-                run_batches(exported_runner(module), xt),
-                xt,
-                test,
-                len(run.classes),
-                config.int8_tolerance,
-            )
-            if mode == "static":
-                quantized = {
-                    **int8[0],
-                    "method": info[int8_formats[0]]["exporter"],
-                    "test_source": test_source,
-                }
-        for fmt in int8_formats:
-            agreement = compare(
-                reference, run_batches(reload_runner(fmt, tmp / FILENAMES[fmt]), inputs)
-            )
-            files.append(
-                {"file": FILENAMES[fmt], "format": fmt, **info[fmt], "agreement": agreement}
-            )
-        for entry in files:
-            path = tmp / entry["file"]
-            entry["bytes"] = path.stat().st_size
-            entry["sha256"] = sha256_file(path)
-        parity_info = {
-            "beats": len(x),
-            "source": source,
-            "atol": config.atol,
-            "passed": [f["file"] for f in files if "parity" in f],
-        }
-        model_costs = measure_costs(tmp, files, module, inputs, config.latency_threads, say)
-        card = build_card(run, files, parity_info, quantized, notes)
-        card["int8"] = int8
-        card["costs"] = model_costs
-        write_json(tmp / CARD_JSON, card)
-        write_text(tmp / CARD_MD, card_markdown(card))
-        names = [f["file"] for f in files] + [CARD_JSON, CARD_MD]
-        write_text(tmp / SUMS, "".join(f"{sha256_file(tmp / n)}  {n}\n" for n in names))
-        _place(tmp, out_dir, force)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(Path(run.path), out_dir, files, card, time.perf_counter() - started, notes)
+    data_path = Path(data) if data else None
+    job = _prepare(run_path, out, formats, config, quantize, data_path, force, say)
+    with staged_dir(job.out_dir) as tmp:
+        info = _write_files(job, tmp)
+        files, quantized, int8 = _check_files(job, tmp, info)
+        card = _write_card(job, tmp, files, quantized, int8)
+        _place(tmp, job.out_dir, force)
+    seconds = time.perf_counter() - started
+    return ExportResult(Path(job.run.path), job.out_dir, files, card, seconds, job.notes)

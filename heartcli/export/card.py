@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 from heartcli import __version__
 from heartcli.errors import DataError
 from heartcli.export.formats import INPUT_NAME, OUTPUT_NAME, RHYTHM_INPUT
+from heartcli.export.guard import CARD_FORMAT
 from heartcli.io import read_json
 from heartcli.metrics.aami import ROWS as AAMI_ROWS
 
 if TYPE_CHECKING:
     from heartcli.model.runs import LoadedRun
 
-CARD_JSON = "model_card.json"
-CARD_MD = "MODEL_CARD.md"
 RECIPE = [
     "one ECG lead in raw ADC units, no filtering (MLII: channel 0 of the MIT-BIH records, "
     "heart predict picks the lead named MLII)",
@@ -45,7 +44,9 @@ AAMI_DESCRIPTIONS = {
 
 
 def evaluation_summary(run: LoadedRun) -> dict[str, Any]:
-    path = Path(run.path) / "eval.json"
+    from heartcli.model.runs import EVAL, WEIGHTS
+
+    path = Path(run.path) / EVAL
     if not path.is_file():
         return {"status": "not evaluated", "note": f"run `heart evaluate {run.path}`, then export"}
     try:
@@ -67,7 +68,7 @@ def evaluation_summary(run: LoadedRun) -> dict[str, Any]:
         name: {k: c.get(k) for k in ("precision", "recall", "f1", "support")}
         for name, c in (figures.get("per_class") or {}).items()
     }
-    weights = Path(run.path) / "model.safetensors"
+    weights = Path(run.path) / WEIGHTS
     if weights.exists() and path.stat().st_mtime < weights.stat().st_mtime:
         result["status"] = "stale"
         result["note"] = "eval.json is older than the weights; run `heart evaluate` again"
@@ -86,7 +87,7 @@ def build_card(
     data = run.manifest.get("data") or {}
     k = len(run.classes)
     return {
-        "format": "heart-model-card/1",
+        "format": CARD_FORMAT,
         "name": Path(run.path).name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "heart_version": __version__,
@@ -204,9 +205,42 @@ def _ensemble_lines(ensemble: dict[str, Any] | None) -> list[str]:
     ]
 
 
+USE = [
+    "",
+    "## Use",
+    "",
+    "```",
+    "heart predict model.onnx path/to/record   # a WFDB record without extension",
+    "heart predict model.onnx beats.parquet --out predictions.csv",
+    "heart evaluate model.onnx   # its figures on the card's test part (also a .pte)",
+    "```",
+    "",
+]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
-    inp, out, tr, ev = card["input"], card["output"], card["training"], card["evaluation"]
+    """MODEL_CARD.md: the card's JSON as a page, section by section."""
+    from heartcli.export.card_edge import costs_markdown, int8_markdown
+
     lines = [
+        *_model_lines(card),
+        *_training_lines(card),
+        *_ensemble_lines(card.get("ensemble")),
+        *_evaluation_lines(card["evaluation"]),
+        *_files_lines(card),
+        *_dynamic_int8_lines(card),
+        *int8_markdown(card),
+        *costs_markdown(card),
+    ]
+    if card["notes"]:
+        lines += ["", "## Notes", "", *[f"- {md(n)}" for n in card["notes"]]]
+    return "\n".join(lines + USE)
+
+
+def _model_lines(card: dict[str, Any]) -> list[str]:
+    """The title, the classes, the input and output, the preprocessing."""
+    inp, out = card["input"], card["output"]
+    return [
         f"# Model card: {md(card['name'])}",
         "",
         f"{card['task']}. Exported by heart {card['heart_version']} on {card['created']}.",
@@ -232,6 +266,12 @@ def card_markdown(card: dict[str, Any]) -> str:
         "",
         *[f"{i}. {step}" for i, step in enumerate(card["preprocessing"], start=1)],
         "",
+    ]
+
+
+def _training_lines(card: dict[str, Any]) -> list[str]:
+    tr = card["training"]
+    return [
         "## Training data",
         "",
         f"- dataset: {code(tr['data_dir'])}, split {code(tr['split'])} "
@@ -243,33 +283,39 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"- {tr['epochs_run']} epochs, best at epoch {tr['best_epoch']}; "
         f"{tr['parameters']} parameters",
         "",
-        *_ensemble_lines(card.get("ensemble")),
-        "## Evaluation",
-        "",
     ]
+
+
+def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
+    """The figures of eval.json, or why there are none."""
+    lines = ["## Evaluation", ""]
     if ev["status"] == "not evaluated":
-        lines += [f"Not evaluated: {md(ev['note'])}.", ""]
-    else:
-        lo, hi = ev.get("macro_f1_ci95") or [float("nan"), float("nan")]
-        if ev["status"] == "stale":
-            lines += [f"**Stale**: {md(ev['note'])}.", ""]
-        lines += [
-            f"On {md(ev['data'])}, {ev['n']} beats: accuracy {_fmt(ev['accuracy'])}, balanced "
-            f"accuracy {_fmt(ev['balanced_accuracy'])}, macro-F1 {_fmt(ev['macro_f1'])} "
-            f"(95% bootstrap CI {_fmt(lo)}-{_fmt(hi)}).",
-            "",
-            "| class | precision (+P) | recall (Se) | F1 | support |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {md(c)} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | "
-                f"{v['support']} |"
-                for c, v in ev["per_class"].items()
-            ],
-            "",
-            *aami_markdown(ev.get("aami")),
-        ]
+        return [*lines, f"Not evaluated: {md(ev['note'])}.", ""]
+    lo, hi = ev.get("macro_f1_ci95") or [float("nan"), float("nan")]
+    if ev["status"] == "stale":
+        lines += [f"**Stale**: {md(ev['note'])}.", ""]
+    return [
+        *lines,
+        f"On {md(ev['data'])}, {ev['n']} beats: accuracy {_fmt(ev['accuracy'])}, balanced "
+        f"accuracy {_fmt(ev['balanced_accuracy'])}, macro-F1 {_fmt(ev['macro_f1'])} "
+        f"(95% bootstrap CI {_fmt(lo)}-{_fmt(hi)}).",
+        "",
+        "| class | precision (+P) | recall (Se) | F1 | support |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {md(c)} | {_fmt(v['precision'])} | {_fmt(v['recall'])} | {_fmt(v['f1'])} | "
+            f"{v['support']} |"
+            for c, v in ev["per_class"].items()
+        ],
+        "",
+        *aami_markdown(ev.get("aami")),
+    ]
+
+
+def _files_lines(card: dict[str, Any]) -> list[str]:
+    """The files with their size, SHA-256 and agreement with PyTorch."""
     par = card["parity"]
-    lines += [
+    lines = [
         "## Files",
         "",
         f"Each file was reloaded and checked against the PyTorch model on {par['beats']:,} real "
@@ -285,34 +331,23 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"| {md(f['file'])} | {md(f['format'])} | {f['bytes']:,} | `{f['sha256']}` | "
             f"{p.get('max_abs_diff', float('nan')):.2e} | {p.get('argmax_agreement', 0):.2%} |"
         )
-    q = card.get("quantized")
-    if q and not card.get("int8"):
-        lines += [
-            "",
-            "## Int8 (dynamic quantisation)",
-            "",
-            f"`{q['file']}` is not held to the parity tolerance. On {q['test_beats']:,} test "
-            f"beats ({md(q['test_source'])}): macro-F1 {q['macro_f1_int8']:.4f} (int8) vs "
-            f"{q['macro_f1_float']:.4f} (float); the same class as the float model for "
-            f"{q['agreement']:.2%} of the beats.",
-        ]
-    from heartcli.export.card_edge import costs_markdown, int8_markdown
+    return lines
 
-    lines += int8_markdown(card) + costs_markdown(card)
-    if card["notes"]:
-        lines += ["", "## Notes", "", *[f"- {md(n)}" for n in card["notes"]]]
-    lines += [
+
+def _dynamic_int8_lines(card: dict[str, Any]) -> list[str]:
+    """``--quantize dynamic``: the int8 copy's scores (static int8 has its own section)."""
+    q = card.get("quantized")
+    if not q or card.get("int8"):
+        return []
+    return [
         "",
-        "## Use",
+        "## Int8 (dynamic quantisation)",
         "",
-        "```",
-        "heart predict model.onnx path/to/record   # a WFDB record without extension",
-        "heart predict model.onnx beats.parquet --out predictions.csv",
-        "heart evaluate model.onnx   # its figures on the card's test part (also a .pte)",
-        "```",
-        "",
+        f"`{q['file']}` is not held to the parity tolerance. On {q['test_beats']:,} test "
+        f"beats ({md(q['test_source'])}): macro-F1 {q['macro_f1_int8']:.4f} (int8) vs "
+        f"{q['macro_f1_float']:.4f} (float); the same class as the float model for "
+        f"{q['agreement']:.2%} of the beats.",
     ]
-    return "\n".join(lines)
 
 
 def rhythm_input(run: LoadedRun) -> dict[str, Any] | None:

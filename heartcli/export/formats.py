@@ -42,13 +42,6 @@ RHYTHM_INPUT = "rhythm"
 OUTPUT_NAME = "probabilities"
 
 
-def input_names(model: nn.Module) -> list[str]:
-    """The exported inputs, in order: beats, and rhythm for a rhythm model."""
-    from heartcli.model.inference import uses_rhythm
-
-    return [INPUT_NAME, RHYTHM_INPUT] if uses_rhythm(model) else [INPUT_NAME]
-
-
 def _dynamic(names: list[str]) -> dict[str, Any]:
     import torch
 
@@ -114,39 +107,29 @@ def export_onnx(
     import torch
 
     names = [INPUT_NAME, RHYTHM_INPUT][: len(example)]
-    common: dict[str, Any] = {
-        "input_names": names,
-        "output_names": [OUTPUT_NAME],
-        "opset_version": opset,
-    }
-    exporter = "torch.onnx.export(dynamo=True)"
-    try:
+
+    def to_onnx(**how: Any) -> None:
         with quiet():
             torch.onnx.export(
                 module,
                 example,
                 str(path),
-                dynamic_shapes=_dynamic(names),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                **common,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                **how,
             )
+
+    exporter = "torch.onnx.export(dynamo=True)"
+    try:
+        to_onnx(dynamic_shapes=_dynamic(names), dynamo=True, external_data=False, verbose=False)
     except Exception as first:  # the new exporter raises many types; fall back once
         exporter = (
             f"torch.onnx.export(dynamo=False) (dynamo exporter failed: {type(first).__name__})"
         )
         path.unlink(missing_ok=True)
         try:
-            with quiet():
-                torch.onnx.export(
-                    module,
-                    example,
-                    str(path),
-                    dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT_NAME]},
-                    dynamo=False,
-                    **common,
-                )
+            to_onnx(dynamic_axes={n: {0: "batch"} for n in [*names, OUTPUT_NAME]}, dynamo=False)
         except Exception as exc:
             raise HeartError(
                 f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"

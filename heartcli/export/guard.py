@@ -13,7 +13,8 @@ from pathlib import Path
 from heartcli.errors import DataError, UsageError
 from heartcli.io import read_bounded, read_json
 
-CARD_JSON = "model_card.json"
+CARD_JSON = "model_card.json"  # the names of an export's files that are not models
+CARD_MD = "MODEL_CARD.md"
 SUMS = "SHA256SUMS"
 CARD_FORMAT = "heart-model-card/1"
 MAX_SUMS_BYTES = 1 << 20
@@ -22,7 +23,7 @@ MAX_SUMS_BYTES = 1 << 20
 def _listed(folder: Path) -> set[str] | None:
     """The names SHA256SUMS lists, or None when it is not a heart export's."""
     try:
-        text = read_bounded(folder / SUMS, MAX_SUMS_BYTES, "SHA256SUMS").decode("utf-8")
+        text = read_bounded(folder / SUMS, MAX_SUMS_BYTES, SUMS).decode("utf-8")
         card = read_json(folder / CARD_JSON, "")
     except (DataError, UnicodeDecodeError):
         return None

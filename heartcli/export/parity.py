@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heartcli.data.dataset import BeatSet, apply_classes, load_split, read_beats
+from heartcli.data.dataset import (
+    MANIFEST,
+    BeatSet,
+    apply_classes,
+    load_split,
+    read_beats,
+    split_path,
+)
 from heartcli.errors import DataError, HeartError
 from heartcli.export.formats import quiet
 from heartcli.model.inference import (
@@ -68,14 +75,14 @@ def parity_beats(
         parts = [(beats, test_source)]
     else:
         folder = data if data is not None else _dataset_dir(run)
-        if data is None and not (folder / "manifest.json").exists():
-            if not (REPO_SAMPLE / "manifest.json").exists():
+        if data is None and not (folder / MANIFEST).exists():
+            if not (REPO_SAMPLE / MANIFEST).exists():
                 raise DataError(
                     f"{folder}: the run's dataset is not here; pass --data DIR with real beats "
                     "for the parity check"
                 )
             folder = REPO_SAMPLE
-        if not (folder / split / "test.parquet").exists() and (folder / "manifest.json").exists():
+        if not split_path(folder, split, "test").exists() and (folder / MANIFEST).exists():
             from heartcli.data.dataset import read_manifest
 
             split = next(iter(read_manifest(folder).get("splits") or {split: 0}), split)

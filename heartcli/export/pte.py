@@ -24,7 +24,7 @@ import copy
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,10 +82,80 @@ def device_module(module: nn.Module) -> nn.Module:
     a 2-D conv with ``1 x length`` filters. One unsqueeze in, so XNNPACK runs the features as
     one partition instead of one per layer.
     """
-    import torch
+    from torch import nn
+
+    to_4d, twin_of = _twins()
+    copied = copy.deepcopy(module).eval()
+    net = getattr(copied, "net", copied)
+    if not hasattr(net, "features") or not hasattr(net, "pool"):
+        return copied
+    for name, child in list(net.named_modules()):
+        if not name.startswith(("features", "pool")):
+            continue
+        twin = twin_of(child)
+        if twin is not None:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent_name), attr, twin)
+    features: nn.Module = net.features  # type: ignore[assignment]
+    net.features = nn.Sequential(to_4d(), *features.children())
+    return copied.eval()
+
+
+def _twins() -> tuple[type[nn.Module], Callable[[nn.Module], nn.Module | None]]:
+    """The module that turns the input 4-D, and the 4-D twin of a layer (None: kept)."""
     from torch import nn
 
     from heartcli.model.network import AveragePool, SqueezeExcite
+
+    to_4d, global_squeeze_excite, conv_average_pool = _modules_4d()
+
+    def twin_of(child: nn.Module) -> nn.Module | None:
+        if isinstance(child, nn.Conv1d):
+            return _conv2d(child)
+        if isinstance(child, nn.BatchNorm1d):
+            twin = nn.BatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum)
+            twin.load_state_dict(child.state_dict())
+            return twin
+        if isinstance(child, nn.MaxPool1d):
+            return nn.MaxPool2d((1, 2), (1, 2))
+        if isinstance(child, nn.AvgPool1d):
+            return nn.AvgPool2d((1, 2), (1, 2))
+        if isinstance(child, SqueezeExcite):
+            return global_squeeze_excite(child.gate)
+        if isinstance(child, AveragePool):
+            return conv_average_pool(child.weight)
+        return None
+
+    return to_4d, twin_of
+
+
+def _conv2d(c: nn.Conv1d) -> nn.Conv2d:
+    """The ``1 x k`` 2-D twin of a 1-D conv, with its weights."""
+    import torch
+    from torch import nn
+
+    twin = nn.Conv2d(
+        c.in_channels,
+        c.out_channels,
+        (1, c.kernel_size[0]),
+        stride=(1, c.stride[0]),
+        padding=c.padding if isinstance(c.padding, str) else (0, c.padding[0]),
+        dilation=(1, c.dilation[0]),
+        groups=c.groups,
+        bias=c.bias is not None,
+    )
+    with torch.no_grad():
+        twin.weight.copy_(c.weight.unsqueeze(2))
+        if c.bias is not None and twin.bias is not None:
+            twin.bias.copy_(c.bias)
+    return twin
+
+
+def _modules_4d() -> tuple[type[nn.Module], Any, Any]:
+    """The modules with no 1-D twin in torch: the unsqueeze in, the squeeze-excite on a 4-D
+    view, the adaptive average pool as a conv (defined here: torch is imported lazily)."""
+    import torch
+    from torch import nn
 
     class To4d(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -114,57 +184,7 @@ def device_module(module: nn.Module) -> nn.Module:
             pooled = self.conv(x.transpose(1, 2))  # [b, P, c, 1]
             return pooled.squeeze(3).transpose(1, 2)  # [b, c, P]
 
-    def conv2d(c: nn.Conv1d) -> nn.Conv2d:
-        twin = nn.Conv2d(
-            c.in_channels,
-            c.out_channels,
-            (1, c.kernel_size[0]),
-            stride=(1, c.stride[0]),
-            padding=c.padding if isinstance(c.padding, str) else (0, c.padding[0]),
-            dilation=(1, c.dilation[0]),
-            groups=c.groups,
-            bias=c.bias is not None,
-        )
-        with torch.no_grad():
-            twin.weight.copy_(c.weight.unsqueeze(2))
-            if c.bias is not None and twin.bias is not None:
-                twin.bias.copy_(c.bias)
-        return twin
-
-    def norm2d(b: nn.BatchNorm1d) -> nn.BatchNorm2d:
-        twin = nn.BatchNorm2d(b.num_features, eps=b.eps, momentum=b.momentum)
-        twin.load_state_dict(b.state_dict())
-        return twin
-
-    def twin_of(child: nn.Module) -> nn.Module | None:
-        if isinstance(child, nn.Conv1d):
-            return conv2d(child)
-        if isinstance(child, nn.BatchNorm1d):
-            return norm2d(child)
-        if isinstance(child, nn.MaxPool1d):
-            return nn.MaxPool2d((1, 2), (1, 2))
-        if isinstance(child, nn.AvgPool1d):
-            return nn.AvgPool2d((1, 2), (1, 2))
-        if isinstance(child, SqueezeExcite):
-            return GlobalSqueezeExcite(child.gate)
-        if isinstance(child, AveragePool):
-            return ConvAveragePool(child.weight)
-        return None
-
-    copied = copy.deepcopy(module).eval()
-    net = getattr(copied, "net", copied)
-    if not hasattr(net, "features") or not hasattr(net, "pool"):
-        return copied
-    for name, child in list(net.named_modules()):
-        if not name.startswith(("features", "pool")):
-            continue
-        twin = twin_of(child)
-        if twin is not None:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(net.get_submodule(parent_name), attr, twin)
-    features: nn.Module = net.features  # type: ignore[assignment]
-    net.features = nn.Sequential(To4d(), *features.children())
-    return copied.eval()
+    return To4d, GlobalSqueezeExcite, ConvAveragePool
 
 
 def _dynamic(count: int) -> tuple[dict[int, Any], ...]:

@@ -41,7 +41,7 @@ def calibration_beats(
     run: LoadedRun, count: int, data: Path | None = None
 ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """``count`` training beats drawn per class, as the model's inputs, and a description."""
-    from heartcli.data.dataset import load_split
+    from heartcli.data.dataset import load_split, split_path
     from heartcli.export.parity import REPO_SAMPLE, _dataset_dir
     from heartcli.model.inference import model_inputs, uses_rhythm
 
@@ -53,7 +53,7 @@ def calibration_beats(
         )
     split = str((run.manifest.get("data") or {}).get("split") or run.config.data.split)
     folder = data if data is not None and data.is_dir() else _dataset_dir(run)
-    if not (folder / split / "train.parquet").exists():
+    if not split_path(folder, split, "train").exists():
         folder = REPO_SAMPLE
     train = load_split(folder, split, "train", classes=dict(run.config.data.classes))
     chosen = _draw(train, count, k, int(run.config.train.seed))

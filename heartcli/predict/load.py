@@ -17,10 +17,9 @@ import numpy as np
 from heartcli.config import RHYTHM_FEATURES
 from heartcli.data.dataset import training_lead
 from heartcli.errors import DataError, UsageError
+from heartcli.export.guard import CARD_JSON
 from heartcli.io import read_json, sha256_file
 from heartcli.model.inference import Runner, batched, onnx_runner, onnx_session
-
-CARD_NAME = "model_card.json"
 
 
 @dataclass
@@ -105,10 +104,10 @@ def _load_run_model(path: Path) -> Model:
 
 
 def read_card(model_path: Path) -> dict[str, Any]:
-    card_path = model_path.parent / CARD_NAME
+    card_path = model_path.parent / CARD_JSON
     if not card_path.is_file():
         raise DataError(
-            f"{model_path}: no {CARD_NAME} beside it; use the folder `heart export` wrote"
+            f"{model_path}: no {CARD_JSON} beside it; use the folder `heart export` wrote"
         )
     card = read_json(card_path, "export the model again")
     if not isinstance(card, dict) or not isinstance(card.get("classes"), list):
@@ -118,7 +117,7 @@ def read_card(model_path: Path) -> dict[str, Any]:
 
 def check_card_entry(path: Path, card: dict[str, Any]) -> None:
     """The exported file must be one the card lists, with the SHA-256 the card gives it."""
-    card_path = path.parent / CARD_NAME
+    card_path = path.parent / CARD_JSON
     entry = next((f for f in card.get("files", []) if f.get("file") == path.name), None)
     if entry is None:
         raise DataError(f"{card_path} does not list {path.name}; use the card exported with it")
@@ -134,7 +133,7 @@ def load_onnx(path: Path) -> Model:
     card = read_card(path)
     session = onnx_session(path)
     check_card_entry(path, card)
-    card_path = path.parent / CARD_NAME
+    card_path = path.parent / CARD_JSON
     classes = [str(c) for c in card["classes"]]
     length = int((card.get("input") or {}).get("length", -1))
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -167,7 +166,7 @@ def load_pte(path: Path) -> Model:
     require_executorch()
     card = read_card(path)
     check_card_entry(path, card)
-    card_path = path.parent / CARD_NAME
+    card_path = path.parent / CARD_JSON
     classes = [str(c) for c in card["classes"]]
     length = int((card.get("input") or {}).get("length", -1))
     rhythm = bool(card.get("rhythm_input"))

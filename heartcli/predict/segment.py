@@ -89,10 +89,6 @@ class SegmentedRecord:
     rhythm: np.ndarray | None = None  # float32 [n, 9]: the rhythm columns of every beat
 
 
-def record_name(path: str | Path) -> str:
-    return Path(path).name
-
-
 def is_record(path: str | Path) -> bool:
     """A WFDB record is named without extension: PATH.hea exists."""
     return Path(f"{path}.hea").is_file()

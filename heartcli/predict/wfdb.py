@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from heartcli.errors import DataError, UsageError
+from heartcli.io import staged_dir
 
 ANNOTATOR = "heart"
 SYMBOLS = ("N", "S", "V", "F", "Q")  # the AAMI classes, as EC57 and the annotation symbols
@@ -84,9 +83,7 @@ def write_annotations(
         raise UsageError(f"{target} exists; pass --force to replace it")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".heart-wrann-", dir=out_dir))
-    try:
+    with staged_dir(target, prefix=".heart-wrann-", remedy="choose a writable --out") as staging:
         wfdb.wrann(
             record,
             annotator,
@@ -97,6 +94,4 @@ def write_annotations(
             write_dir=str(staging),
         )
         os.replace(staging / target.name, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
