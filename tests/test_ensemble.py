@@ -17,7 +17,7 @@ from conftest import EXAMPLES, SAMPLE
 
 from heartcli.data.dataset import load_split
 from heartcli.model.inference import model_inputs, torch_proba
-from heartcli.model.runs import load_run
+from heartcli.model.load import load_run
 
 TINY = (
     "--config", EXAMPLES / "quickstart.toml",

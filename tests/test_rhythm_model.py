@@ -13,7 +13,7 @@ import pytest
 from conftest import EXAMPLES, SAMPLE
 
 from heartcli.data.dataset import RHYTHM_COLUMNS, load_split
-from heartcli.model.runs import load_run
+from heartcli.model.load import load_run
 
 TINY = (
     "--config", EXAMPLES / "quickstart.toml",

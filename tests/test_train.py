@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from heartcli.config import load_config
-from heartcli.model.runs import load_run
+from heartcli.model.load import load_run
 from heartcli.training import TrainingDiverged, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

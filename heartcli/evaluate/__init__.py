@@ -39,7 +39,8 @@ def evaluate(target: Path, data: Path | None = None, split: str | None = None) -
     part of ``data`` (default: the run's, or the card's, dataset) and ``split``, or on the
     beat file ``data``. A run gets eval.json and confusion.png and its MLflow run the
     figures; an exported file's evaluation writes nothing."""
-    from heartcli.model.runs import CONFUSION, EVAL, load_run
+    from heartcli.model.load import load_run
+    from heartcli.model.runs import CONFUSION, EVAL
     from heartcli.tracking import log_evaluation
 
     if target.is_file():

@@ -186,7 +186,7 @@ def _prepare(
     """Load the run, check the request and ``--out``, and run PyTorch on the parity beats."""
     import torch
 
-    from heartcli.model.runs import load_run
+    from heartcli.model.load import load_run
 
     run = load_run(run_path)
     out_dir = Path(out) if out is not None else Path(run.path) / "export"

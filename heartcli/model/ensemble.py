@@ -7,7 +7,7 @@ folders, relative to the ensemble's folder) with the SHA-256 of their weights an
 (``RUN/folds/fold-<i>``); `heart tune` with ``[search] ensemble = k`` makes one of its top
 k trials (``SEARCH/ensemble``).
 
-:func:`load_ensemble` (through :func:`heartcli.model.runs.load_run`) checks every member against
+:func:`heartcli.model.load.load_ensemble` (through ``load_run``) checks every member against
 its checksums, so a member missing or changed on disk is one DataError line naming it, and
 returns :class:`Ensemble`: an ``nn.Module`` whose output is the log of the members' mean
 probability. Every consumer applies a softmax to a model's output; the softmax of
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from heartcli.model.runs import LoadedRun
 
 COMBINE = "mean of the members' softmax probabilities"
 FLOOR = 1e-30  # the mean probability is floored here before its log (no -inf in a graph)
@@ -102,27 +101,6 @@ def check_member(ensemble_dir: Path, entry: dict[str, Any]) -> Path:
                 f"match its checksum in {runs.MANIFEST}); {how}"
             )
     return member_dir
-
-
-def load_ensemble(run_dir: Path, manifest: dict[str, Any]) -> list[LoadedRun]:
-    """Every member of the ensemble in ``run_dir``, checked, loaded, with the same classes."""
-    from heartcli.model.runs import load_run
-
-    entries = (manifest.get("ensemble") or {}).get("members") or []
-    if not entries:
-        raise DataError(f"{run_dir}: the manifest's ensemble lists no members; retrain the run")
-    members = []
-    for entry in entries:
-        member = load_run(check_member(run_dir, entry))
-        if member.classes != list(manifest["classes"]) or member.input_length != int(
-            manifest["input_length"]
-        ):
-            raise DataError(
-                f"{run_dir}: ensemble member {entry.get('name')} has other classes or beat "
-                "length than the ensemble; make the ensemble again"
-            )
-        members.append(member)
-    return members
 
 
 def write_ensemble(

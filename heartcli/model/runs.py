@@ -4,6 +4,10 @@
 weights), ``checkpoint.pt`` (last epoch: weights, optimizer, scheduler, epoch, best so far;
 loads with ``torch.load(weights_only=True)``), ``manifest.json``, ``history.csv``,
 ``curves.png``; after `heart evaluate`: ``eval.json``, ``confusion.png``.
+
+The layout, names, claims, manifests and checkpoints only: loading a run's model is
+:mod:`heartcli.model.load`. torch is imported inside the functions that need it, so the
+file names here cost an ONNX-only `heart predict` nothing.
 """
 
 from __future__ import annotations
@@ -14,14 +18,14 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
 from heartcli.io import atomic_path, read_json, sha256_file, write_json, write_text
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CONFIG = "config.toml"
 WEIGHTS = "model.safetensors"
@@ -140,6 +144,8 @@ def save_weights(model: nn.Module, path: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -148,6 +154,8 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CHECKPOINT
     if not path.exists():
         raise DataError(f"{run_dir}: no {CHECKPOINT} to resume from; start a new run instead")
+    import torch
+
     try:
         return dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:  # torch raises many types for a damaged pickle/zip
@@ -225,57 +233,3 @@ class LoadedRun:
     manifest: dict[str, Any]
     classes: list[str]
     input_length: int
-
-
-def load_run(path: str | Path) -> LoadedRun:
-    """Load a run folder; any damage is one DataError line naming the file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from heartcli.model.network import build_model
-
-    run_dir = Path(path)
-    manifest = read_run_manifest(run_dir)
-    config = read_run_config(run_dir)
-    classes = [str(c) for c in manifest["classes"]]
-    input_length = int(manifest["input_length"])
-    if manifest.get("ensemble"):  # K member runs as one model (heartcli/ensemble.py)
-        from heartcli.model.ensemble import ensemble_module, load_ensemble
-
-        members = [m.model for m in load_ensemble(run_dir, manifest)]
-        return LoadedRun(run_dir, config, ensemble_module(members), manifest, classes, input_length)
-    weights = run_dir / WEIGHTS
-    if not weights.exists():
-        raise DataError(
-            f"{run_dir}: no {WEIGHTS} (no epoch finished); "
-            f"continue it with `heart train --resume {run_dir}`"
-        )
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(f"{weights}: truncated or unreadable ({exc}); retrain the run") from None
-    try:
-        model = build_model(config.model, input_length, len(classes))
-    except HeartError as exc:
-        raise DataError(f"{run_dir / CONFIG}: {exc}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        detail = (
-            f"shape of {shapes[0]} is {tuple(state[shapes[0]].shape)}, "
-            f"config gives {tuple(expected[shapes[0]].shape)}"
-            if shapes
-            else f"{len(missing)} missing and {len(unexpected)} unexpected tensors"
-        )
-        raise DataError(
-            f"{weights}: weights do not match the model section of {CONFIG} ({detail}); "
-            "restore the run's config.toml or retrain"
-        )
-    model.load_state_dict(state)
-    model.eval()
-    vars(model)["heart_source"] = str(run_dir)  # named in inference's one-line errors
-    return LoadedRun(run_dir, config, model, manifest, classes, input_length)

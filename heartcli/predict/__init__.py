@@ -118,10 +118,10 @@ def check_out_target(out: str | Path | None, *inputs: str | Path) -> None:
         p = Path(given)
         if target in {p.resolve(), *(Path(f"{p}{ext}").resolve() for ext in (".hea", ".atr"))}:
             raise UsageError(f"--out {out}: is the input {given}; write the predictions elsewhere")
-    # The names of heartcli.model.runs, spelled here: runs imports torch, which an ONNX
-    # predict never loads (tests/test_threads.py).
-    run_files = {"manifest.json", "config.toml", "model.safetensors", "checkpoint.pt", "eval.json"}
-    if out.name in run_files and (out.parent / "manifest.json").is_file():
+    from heartcli.model.runs import CHECKPOINT, CONFIG, EVAL, MANIFEST, WEIGHTS
+
+    run_files = {MANIFEST, CONFIG, WEIGHTS, CHECKPOINT, EVAL}
+    if out.name in run_files and (out.parent / MANIFEST).is_file():
         raise UsageError(f"--out {out}: a file of the run folder {out.parent}; choose another path")
 
 

@@ -83,7 +83,7 @@ def load_model(path: str | Path) -> Model:
 
 def _load_run_model(path: Path) -> Model:
     from heartcli.model.inference import torch_runner, uses_rhythm
-    from heartcli.model.runs import load_run
+    from heartcli.model.load import load_run
 
     run = load_run(path)
     run.model.eval()

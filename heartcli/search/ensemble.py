@@ -69,7 +69,7 @@ def _val_probas(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The search's one validation fold and every trial's probabilities on it."""
     from heartcli.model.inference import model_inputs, torch_proba, uses_rhythm
-    from heartcli.model.runs import load_run
+    from heartcli.model.load import load_run
     from heartcli.search.trial import shared_folds
 
     _, val = shared_folds(config, config.search.parsed_space())

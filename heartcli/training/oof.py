@@ -75,7 +75,7 @@ def fold_groups(split: str, beats: BeatSet, k: int, seed: int) -> list[np.ndarra
 def fold_proba(fold_dir: Path, beats: BeatSet) -> np.ndarray:
     """The probabilities of a fold run's best weights on ``beats`` (its own fold)."""
     from heartcli.model.inference import model_inputs, torch_proba, uses_rhythm
-    from heartcli.model.runs import load_run
+    from heartcli.model.load import load_run
 
     run = load_run(fold_dir)
     inputs = model_inputs(beats.x, beats.rhythm, uses_rhythm(run.model), str(fold_dir))
