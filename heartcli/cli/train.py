@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -110,21 +109,6 @@ class RichProgress:
         self.rows.print(table)
 
 
-def _budget_override(max_minutes: str | None) -> list[str]:
-    """``--max-minutes M`` as the ``--set`` it stands for; M must be a positive number."""
-    if max_minutes is None:
-        return []
-    try:
-        minutes = float(max_minutes)
-    except ValueError:
-        minutes = math.nan
-    if not math.isfinite(minutes) or minutes <= 0:
-        raise UsageError(
-            f"--max-minutes {max_minutes!r}: expected a positive number of minutes, e.g. 15"
-        )
-    return [f"train.max_minutes={minutes}"]
-
-
 def train(
     config: ConfigOption = None,
     name: Annotated[
@@ -174,12 +158,13 @@ def train(
     from tomlkit import TOMLDocument
 
     from heartcli import training
+    from heartcli.config import option_overrides
     from heartcli.model import runs
     from heartcli.model.ensemble import check_ensemble_request
     from heartcli.tracking import reachable_config
 
     base: TOMLDocument | None
-    set_ = [*(set_ or ()), *_budget_override(max_minutes)]
+    set_ = [*(set_ or ()), *option_overrides(train_max_minutes=max_minutes)]
 
     if folds is not None and (folds < 2 or resume is not None):
         raise UsageError(
