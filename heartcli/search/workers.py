@@ -198,21 +198,24 @@ def stop_all(workers: list[Worker], timeout: float = 10.0) -> None:
     """Ask every worker to exit, wait ``timeout`` seconds for all of them together, then
     SIGTERM the rest, and SIGKILL whatever is still there after KILL_GRACE_S: no wait
     without a limit, even for a worker stopped with SIGSTOP."""
-    import time
-
     for w in workers:
         w.send(("exit",))
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    _join_all(workers, timeout)
     for w in workers:
         if w.process.is_alive():
             w.process.terminate()
-    deadline = time.monotonic() + KILL_GRACE_S
-    for w in workers:
-        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    _join_all(workers, KILL_GRACE_S)
     for w in workers:
         if w.process.is_alive():
             w.process.kill()
             w.process.join(timeout=KILL_GRACE_S)
         w.conn.close()
+
+
+def _join_all(workers: list[Worker], seconds: float) -> None:
+    """Wait for the workers to end, ``seconds`` for all of them together."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
