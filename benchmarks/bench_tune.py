@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from heartcli.config import load_config  # noqa: E402
+from heartcli.search.spec import Search  # noqa: E402
 from heartcli.search.state import new_search  # noqa: E402
 from heartcli.search.tpe import run_search  # noqa: E402
 
@@ -50,8 +51,9 @@ def search(work: Path, name: str, overrides: list[str], jobs: int) -> dict[str, 
         ],
     )
     started = time.perf_counter()
-    search_dir, lock = new_search(config, name)
-    result = run_search(search_dir, jobs=jobs, lock=lock)
+    search = Search.plan(config, name)
+    lock = new_search(search)
+    result = run_search(search, jobs=jobs, lock=lock)
     seconds = time.perf_counter() - started
     statuses: dict[str, int] = {}
     for r in result.records:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,21 +123,6 @@ class RichProgress(Progress):
         return table
 
 
-def _budget_override(max_minutes: str | None) -> list[str]:
-    """``--max-minutes M`` as the ``--set`` it stands for; M must be a positive number."""
-    if max_minutes is None:
-        return []
-    try:
-        minutes = float(max_minutes)
-    except ValueError:
-        minutes = math.nan
-    if not math.isfinite(minutes) or minutes <= 0:
-        raise UsageError(
-            f"--max-minutes {max_minutes!r}: expected a positive number of minutes, e.g. 15"
-        )
-    return [f"train.max_minutes={minutes}"]
-
-
 def train(
     config: ConfigOption = None,
     name: Annotated[
@@ -185,10 +169,11 @@ def train(
     set_: SetOption = None,
 ) -> None:
     """Train the [model] CNN on the training split; the test split is never read."""
+    from heartcli.config import option_overrides
     from heartcli.training import train_command
     from heartcli.training.crossval import CrossValResult
 
-    set_ = [*(set_ or ()), *_budget_override(max_minutes)]
+    set_ = [*(set_ or ()), *option_overrides(train_max_minutes=max_minutes)]
     _check_options(config, name, resume, folds)
     resolved, base = None, None
     if resume is None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
 from heartcli.errors import UsageError
+from heartcli.progress import Progress
 
 if TYPE_CHECKING:  # the search package loads torch: imported when a search runs
     from heartcli.search import SearchResult, TrialRecord
@@ -26,8 +27,12 @@ COLUMNS = [
 ]
 
 
-class LiveTable:
-    """One row per finished trial (stdout; stderr with --json), a spinner while one runs."""
+class LiveTable(Progress):
+    """One row per finished trial (stdout; stderr with --json), a spinner while one runs.
+
+    The search tells it (heartcli/search/state.py): ``task("trial-NNN")`` as a trial starts,
+    ``done(name, figures)`` after each of its epochs, ``done("trial-NNN", record)`` as it ends.
+    """
 
     def __init__(self) -> None:
         self.o = out()
@@ -37,11 +42,16 @@ class LiveTable:
         self.metric = "val_macro_f1"
         self.keys: list[str] = []
         self.evals = 0
+        self.best: TrialRecord | None = None  # the best trial so far
         self.running: dict[int, str] = {}  # trial number -> its progress text (--jobs)
 
     def start(self, summary: dict[str, Any]) -> None:
+        from heartcli.search import TrialRecord
+
         self.metric = summary["metric"]
         self.keys = summary["keys"]
+        self.evals = summary["evals"]
+        self.best = TrialRecord(**summary["best"]) if summary.get("best") else None
         self.o.log(
             f"search {summary['search_dir']}: {summary['evals']} trials "
             f"({summary['done']} done), maximising {self.metric}"
@@ -63,22 +73,36 @@ class LiveTable:
             self.status.stop()
             self.status = None
 
-    def trial_start(self, record: TrialRecord, evals: int) -> None:
-        self.evals = evals
-        self.running[record.number] = f"trial {record.number}/{evals}: starting"
+    def task(self, name: str, total: int | None = None) -> None:
+        number = int(name.removeprefix("trial-"))
+        self.running[number] = f"trial {number}/{self.evals}: starting"
         self._show()
 
-    def epoch(self, record: TrialRecord, epoch: int, epochs: int, value: float) -> None:
-        self.running[record.number] = (
-            f"trial {record.number}/{self.evals}: epoch {epoch}/{epochs}, {self.metric} {value:.4f}"
-        )
-        self._show()
+    def done(self, name: str, result: Any = None) -> None:
+        if isinstance(result, dict):  # an epoch of a trial
+            n, value = result["trial"], result["value"]
+            self.running[n] = (
+                f"trial {n}/{self.evals}: epoch {result['epoch']}/{result['epochs']}, "
+                f"{self.metric} {value:.4f}"
+            )
+            self._show()
+        else:
+            self._trial_end(result)
 
-    def trial_end(self, record: TrialRecord, best: TrialRecord | None) -> None:
+    def _trial_end(self, record: TrialRecord) -> None:
+        from heartcli.search import best_of
+
+        maximise = not self.metric.endswith("loss")
+        self.best = best = best_of([r for r in (self.best, record) if r is not None], maximise)
         self.running.pop(record.number, None)
         if self.status is not None:  # rows print between spinner updates
             self.status.stop()
             self.status = None
+        self.rows.print(self._row(record, best), highlight=False)
+        self._show()
+
+    def _row(self, record: TrialRecord, best: TrialRecord | None) -> Table:
+        """The table of one finished trial (the header above the first)."""
         table = Table(box=None, show_header=self.header, pad_edge=False, header_style="bold")
         self.header = False
         for title, w, justify in COLUMNS:
@@ -104,8 +128,7 @@ class LiveTable:
             f"{record.seconds:.1f}s",
             params,
         )
-        self.rows.print(table, highlight=False)
-        self._show()
+        return table
 
 
 def render(result: SearchResult) -> None:
@@ -122,17 +145,19 @@ def render(result: SearchResult) -> None:
     if best is None:
         o.console.print("no trial finished with a score")
         return
+    from heartcli.search import describe, trial_name
+
     o.console.print(
-        f"best: trial-{best.number:03d}  {result.metric} {best.metric:.4f}  "
+        f"best: {trial_name(best.number)}  {result.metric} {best.metric:.4f}  "
         f"(epoch {best.best_epoch} of {best.epochs_run})",
         highlight=False,
     )
-    from heartcli.search import describe
 
     o.console.print(f"  {describe(best.params, result.keys)}", highlight=False)
-    o.console.print(f"best run:    {result.search_dir / 'best'}", highlight=False)
+    best_dir = result.summary()["best_dir"]
+    o.console.print(f"best run:    {best_dir}", highlight=False)
     o.console.print(f"best config: {result.best_config}", highlight=False)
-    o.console.print(f"next: heart evaluate {result.search_dir / 'best'}", highlight=False)
+    o.console.print(f"next: heart evaluate {best_dir}", highlight=False)
     for note in result.notes:
         o.console.print(f"note: {note}", highlight=False)
 
@@ -246,7 +271,7 @@ def tune_cmd(
     With --backend ray the trials run on a Ray cluster (--address); they need nothing from
     this machine's disk, and their folders and MLflow runs come back here.
     """
-    from heartcli.config import load_document
+    from heartcli.config import load_document, option_overrides
     from heartcli.model.runs import check_name
     from heartcli.search import report, tune
 
@@ -260,21 +285,27 @@ def tune_cmd(
         data = report(resume)
         out().result(data, lambda: render_report(data))
         return
-    resolved = resolve_config(config, set_) if resume is None else None
-    chosen = backend or (resolved.search.backend if resolved is not None else "hyperopt")
-    if address is not None and chosen != "ray" and resume is None:
-        raise UsageError("--address: only with --backend ray")
-    base = load_document(config) if config is not None else None
-    result = tune(
-        resolved,
-        name=name,
-        resume=resume,
-        evals=evals,
-        max_minutes=max_minutes,
-        config_base=base,
-        reporter=LiveTable(),
-        backend=backend,
-        address=address,
-        jobs=jobs,
+    # The options that are config keys: --set items after the user's own (search/tune()).
+    options = option_overrides(
+        search_evals=evals, search_max_minutes=max_minutes, search_backend=backend
     )
+    if resume is not None:  # the search's own config, this invocation's budget
+        result = tune(
+            None,
+            resume=resume,
+            evals=evals,
+            max_minutes=max_minutes,
+            progress=LiveTable(),
+            backend=backend,
+            address=address,
+            jobs=jobs,
+        )
+    else:
+        resolved = resolve_config(config, [*(set_ or ()), *options])
+        if address is not None and resolved.search.backend != "ray":
+            raise UsageError("--address: only with --backend ray")
+        base = load_document(config) if config is not None else None
+        result = tune(
+            resolved, name=name, config_base=base, progress=LiveTable(), address=address, jobs=jobs
+        )
     out().result(result.summary(), lambda: render(result))

@@ -9,6 +9,7 @@ each: ``FILE:LINE section.key: message (expected ..., got ...)``.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +22,8 @@ from pydantic import (
     ValidationError,
 )
 
-from heartcli.config.schema import SECTIONS, HeartConfig
-from heartcli.errors import ConfigError, DataError
+from heartcli.config.schema import MAX_MINUTES, SECTIONS, HeartConfig
+from heartcli.errors import ConfigError, DataError, UsageError
 from heartcli.io import read_bounded, write_text
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; a bigger file is a mistake, not a config
@@ -204,6 +205,56 @@ def parse_override(item: str) -> tuple[tuple[str, str], Any]:
     except tomlkit.exceptions.TOMLKitError:
         value = raw
     return (parts[0], parts[1]), value
+
+
+def option_overrides(**options: Any) -> list[str]:
+    """Command-line options that stand for config keys, as the ``--set`` items they mean.
+
+    One precedence for every command: defaults < the config file < ``--set`` < these
+    options (the CLI puts their items after the ``--set`` ones, and the last item of a key
+    wins). An option is named ``section_key`` (``train_max_minutes`` is
+    ``train.max_minutes``); None means not given and gives no item.
+
+    ``max_minutes`` is checked here, each command keeping its own meaning of 0:
+
+    - ``train_max_minutes`` (`heart train --max-minutes`, given as text): a positive
+      finite number; 0 is refused (no budget is no option);
+    - ``search_max_minutes`` (`heart tune --max-minutes`): a finite number from 0 to
+      MAX_MINUTES, 0 = no budget.
+    """
+    items: list[str] = []
+    for name, value in options.items():
+        if value is None:
+            continue
+        section, key = name.split("_", 1)
+        if name == "train_max_minutes":
+            value = _positive_minutes(value)
+        elif name == "search_max_minutes":
+            value = _search_minutes(float(value))
+        if isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = f'"{value}"' if isinstance(value, str) else str(value)
+        items.append(f"{section}.{key}={text}")
+    return items
+
+
+def _positive_minutes(raw: Any) -> float:
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise UsageError(f"--max-minutes {raw!r}: expected a positive number of minutes, e.g. 15")
+    return minutes
+
+
+def _search_minutes(minutes: float) -> float:
+    if not (math.isfinite(minutes) and 0 <= minutes <= MAX_MINUTES):
+        raise UsageError(
+            f"--max-minutes {minutes}: give minutes from 0 (no budget) to {MAX_MINUTES:,}"
+        )
+    return minutes
 
 
 def read_config_text(path: str | Path) -> str:

@@ -2,45 +2,52 @@
 
 Files, by what they do:
 
+- ``spec.py``: the one :class:`Search` object (folder, config, its text, parsed space),
+  read once by :func:`tune` and handed to every part below;
 - ``state.py``: trial records, the JSON state, claiming a search folder, the best trial's
-  links (``best``, ``best.toml``, ``runs/best``);
+  links (``best``, ``best.toml``, ``runs/best``), what the search tells its Progress;
 - ``pruners.py``: stopping poor trials early (ASHA, the median stopping rule);
-- ``trial.py``: one trial, a `heart train` run that asks after each epoch whether to go on;
+- ``trial.py``: the one trial runner of both backends (train, or ``[search] folds``
+  cross-validation, scored into its record), with a backend's hooks;
 - ``workers.py``: trials in worker processes (``--jobs``);
 - ``tpe.py``: the hyperopt backend, TPE and the search loop;
 - ``ray.py``: the Ray Tune backend (the same space and ``[search]`` keys), with
   ``cluster.py`` (joining a cluster), ``ray_trial.py`` (what runs on a node) and
   ``ray_results.py`` (the driver's record: trial folders, MLflow, search.json);
-- ``report.py``: the top trials and the successive-halving picture.
+- ``report.py``: the top trials and the successive-halving picture; a search's end;
+- ``ensemble.py``: ``[search] ensemble = k``, the top trials as one model.
 """
 
 from __future__ import annotations
 
-import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from heartcli.config import HeartConfig
 from heartcli.errors import HeartError, UsageError
+from heartcli.progress import Progress
 from heartcli.search.report import build_report, write_report
+from heartcli.search.spec import Search
 from heartcli.search.state import (
-    SearchReporter,
     SearchResult,
     TrialRecord,
+    best_of,
     describe,
-    new_search,
     read_state,
-    search_config,
+    trial_name,
 )
 from heartcli.search.workers import resolve_jobs
 
 __all__ = [
-    "SearchReporter",
+    "Search",
     "SearchResult",
     "TrialRecord",
+    "best_of",
     "describe",
     "report",
+    "trial_name",
     "tune",
 ]
 
@@ -54,33 +61,33 @@ def tune(
     max_minutes: float | None = None,
     jobs: str | int | None = None,
     config_base: Any = None,
-    reporter: SearchReporter | None = None,
+    progress: Progress | None = None,
     backend: str | None = None,
     address: str | None = None,
 ) -> SearchResult:
     """Start a new search from ``config``, or continue the one in ``resume``; with
     ``[search] ensemble = k``, then the top k trials as one model (``search/ensemble.py``).
-    A search whose every trial failed is a HeartError (exit 1) naming the first failure."""
-    from heartcli.search.ensemble import check_ensemble, ensemble_note, make_ensemble
+    A search whose every trial failed is a HeartError (exit 1) naming the first failure.
 
-    check_minutes(max_minutes)
-    if config is not None:
-        hold_credentials(config)
-        if evals is not None:
-            config.search.evals = evals
-        check_ensemble(config)
-    result = _search(
-        config,
-        name=name,
-        resume=resume,
-        evals=evals,
-        max_minutes=max_minutes,
-        jobs=jobs,
-        config_base=config_base,
-        reporter=reporter,
-        backend=backend,
-        address=address,
-    )
+    A new search runs its config as it is: its budget and backend are config keys, which
+    `heart tune`'s options set as ``--set`` items (:func:`heartcli.config.option_overrides`).
+    ``evals``, ``max_minutes`` and ``backend`` are for ``resume``: this invocation's
+    budget (0 minutes: none) and backend. ``jobs``: trials at once (the Ray backend's
+    ``[search] concurrency``). ``progress`` is told how it goes (search/state.py)."""
+    from heartcli.search.ensemble import ensemble_note, make_ensemble
+
+    progress = progress or Progress()
+    if resume is not None:
+        search, result = _resume(Path(resume), evals, max_minutes, jobs, backend, address, progress)
+    elif config is None:
+        raise UsageError("tune: give a config, or a search folder to resume")
+    else:
+        if evals is not None or max_minutes is not None or backend is not None:
+            raise UsageError(
+                "evals/max_minutes/backend continue a search; a new one takes them from its "
+                "config ([search] evals, max_minutes, backend)"
+            )
+        search, result = _start(config, name, config_base, jobs, address, progress)
     failed = [r for r in result.records if r.status == "failed"]
     if result.records and len(failed) == len(result.records):
         raise HeartError(
@@ -88,22 +95,11 @@ def tune(
             f"{failed[0].number}: {failed[0].reason}); fix the cause and continue with "
             f"`heart tune --resume {result.search_dir}`"
         )
-    ran = search_config(result.search_dir)
-    if ran.search.ensemble:
-        info = make_ensemble(result.search_dir, ran, result.records)
+    if search.s.ensemble:
+        info = make_ensemble(replace(search, folder=result.search_dir), result.records)
         result.ensemble = info
         result.notes.append(ensemble_note(info))
     return result
-
-
-def check_minutes(minutes: float | None) -> None:
-    """``--max-minutes``: a finite number of minutes in 0..MAX_MINUTES (0 = no budget)."""
-    from heartcli.config import MAX_MINUTES
-
-    if minutes is not None and not (math.isfinite(minutes) and 0 <= minutes <= MAX_MINUTES):
-        raise UsageError(
-            f"--max-minutes {minutes}: give minutes from 0 (no budget) to {MAX_MINUTES:,}"
-        )
 
 
 def hold_credentials(config: HeartConfig) -> None:
@@ -116,60 +112,68 @@ def hold_credentials(config: HeartConfig) -> None:
         os.environ.setdefault("MLFLOW_TRACKING_URI", uri)
 
 
-def _search(
-    config: HeartConfig | None,
-    *,
+def _start(
+    config: HeartConfig,
     name: str | None,
-    resume: Path | None,
+    config_base: Any,
+    jobs: str | int | None,
+    address: str | None,
+    progress: Progress,
+) -> tuple[Search, SearchResult]:
+    """A new search: planned (checked) once, then claimed and run by its backend."""
+    from heartcli.search.ensemble import check_ensemble
+    from heartcli.search.state import new_search
+    from heartcli.search.tpe import run_search
+
+    hold_credentials(config)
+    check_ensemble(config)
+    on_ray = config.search.backend == "ray"
+    n_jobs = resolve_jobs(jobs, cluster=on_ray)
+    if jobs is not None and on_ray:
+        config.search.concurrency = n_jobs
+    search = Search.plan(config, name, config_base)
+    if on_ray:
+        from heartcli.search.ray import start_ray
+
+        return search, start_ray(search, address=address, progress=progress)
+    lock = new_search(search)
+    return search, run_search(search, jobs=n_jobs, progress=progress, lock=lock)
+
+
+def _resume(
+    folder: Path,
     evals: int | None,
     max_minutes: float | None,
     jobs: str | int | None,
-    config_base: Any,
-    reporter: SearchReporter | None,
     backend: str | None,
     address: str | None,
-) -> SearchResult:
+    progress: Progress,
+) -> tuple[Search, SearchResult]:
+    """Continue the search in ``folder`` with its own config, read once."""
     from heartcli.search.tpe import run_search
 
-    on_ray = backend == "ray" or (
-        backend is None and config is not None and config.search.backend == "ray"
+    n_jobs = resolve_jobs(jobs, cluster=backend == "ray")
+    read_state(folder)
+    search = Search.read(folder)
+    if (backend or search.s.backend) == "ray":
+        from heartcli.search.ray import resume_ray
+
+        if evals is not None or max_minutes is not None:
+            raise UsageError(
+                "--evals/--max-minutes: a Ray search continues with its own budget; drop them"
+            )
+        return search, resume_ray(search, address=address, progress=progress)
+    if address is not None:
+        raise UsageError("--address: only with --backend ray")
+    result = run_search(
+        search, evals=evals, max_minutes=max_minutes, jobs=n_jobs, progress=progress
     )
-    n_jobs = resolve_jobs(jobs, cluster=on_ray)
-    if resume is not None:
-        search_dir = Path(resume)
-        read_state(search_dir)
-        if (backend or search_config(search_dir).search.backend) == "ray":
-            from heartcli.search.ray import resume_ray
-
-            if evals is not None or max_minutes is not None:
-                raise UsageError(
-                    "--evals/--max-minutes: a Ray search continues with its own budget; drop them"
-                )
-            return resume_ray(search_dir, address=address, reporter=reporter)
-        if address is not None:
-            raise UsageError("--address: only with --backend ray")
-        return run_search(
-            search_dir, evals=evals, max_minutes=max_minutes, jobs=n_jobs, reporter=reporter
-        )
-    assert config is not None
-    if evals is not None:
-        config.search.evals = evals
-    if max_minutes is not None:
-        config.search.max_minutes = max_minutes
-    if backend is not None:
-        config.search.backend = backend  # type: ignore[assignment]
-    if jobs is not None and config.search.backend == "ray":
-        config.search.concurrency = n_jobs
-    if config.search.backend == "ray":
-        from heartcli.search.ray import start_ray
-
-        return start_ray(config, name, config_base, address=address, reporter=reporter)
-    search_dir, lock = new_search(config, name, config_base)
-    return run_search(search_dir, jobs=n_jobs, reporter=reporter, lock=lock)
+    return search, result
 
 
 def report(search_dir: Path) -> dict[str, Any]:
     """The report of a finished or running search; report.json and report.png rewritten."""
-    data = build_report(Path(search_dir))
+    state = read_state(Path(search_dir))
+    data = build_report(Search.read(Path(search_dir)), state)
     write_report(Path(search_dir), data)
     return data

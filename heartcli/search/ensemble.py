@@ -18,7 +18,8 @@ import numpy as np
 
 from heartcli.config import HeartConfig
 from heartcli.errors import DataError, UsageError
-from heartcli.search.state import TrialRecord, maximize
+from heartcli.search.spec import Search
+from heartcli.search.state import TrialRecord, maximize, trial_name
 
 ENSEMBLE = "ensemble"
 
@@ -64,15 +65,13 @@ def _oof_probas(trials: list[TrialRecord]) -> tuple[np.ndarray, list[np.ndarray]
     return first["y"], [p["proba"] for p in parts]
 
 
-def _val_probas(
-    trials: list[TrialRecord], config: HeartConfig
-) -> tuple[np.ndarray, list[np.ndarray]]:
+def _val_probas(trials: list[TrialRecord], search: Search) -> tuple[np.ndarray, list[np.ndarray]]:
     """The search's one validation fold and every trial's probabilities on it."""
     from heartcli.model.inference import model_inputs, torch_proba, uses_rhythm
     from heartcli.model.load import load_run
     from heartcli.search.trial import shared_folds
 
-    _, val = shared_folds(config, config.search.parsed_space())
+    _, val = shared_folds(search)
     if val is None:
         raise UsageError(
             "search.ensemble: the space changes the validation fold (data keys or "
@@ -87,17 +86,16 @@ def _val_probas(
     return val.y, probas
 
 
-def make_ensemble(
-    search_dir: Path, config: HeartConfig, records: list[TrialRecord]
-) -> dict[str, Any]:
+def make_ensemble(search: Search, records: list[TrialRecord]) -> dict[str, Any]:
     """Write ``SEARCH/ensemble`` and return its scores (ensemble and best single trial)."""
     from heartcli.model.ensemble import write_ensemble
-    from heartcli.model.runs import read_run_manifest
+    from heartcli.model.runs import CONFIG, read_run_manifest
     from heartcli.training.oof import oof_figures
 
+    config, search_dir = search.config, search.folder
     trials = top_trials(records, config)
     on = "out-of-fold" if config.search.folds else "validation"
-    y, probas = _oof_probas(trials) if config.search.folds else _val_probas(trials, config)
+    y, probas = _oof_probas(trials) if config.search.folds else _val_probas(trials, search)
     classes = [str(c) for c in read_run_manifest(Path(trials[0].run_dir))["classes"]]
     ensemble = oof_figures(y, np.mean(probas, axis=0), classes)
     single = oof_figures(y, probas[0], classes)
@@ -110,10 +108,10 @@ def make_ensemble(
         "best_trial_macro_f1_ci95": single["macro_f1_ci95"],
         "n": ensemble["n"],
     }
-    best_text = (Path(trials[0].run_dir) / "config.toml").read_text(encoding="utf-8")
+    best_text = (Path(trials[0].run_dir) / CONFIG).read_text(encoding="utf-8")
     write_ensemble(
         Path(search_dir) / ENSEMBLE,
-        [(f"trial-{t.number:03d}", Path(t.run_dir)) for t in trials],
+        [(trial_name(t.number), Path(t.run_dir)) for t in trials],
         best_text,
         source=f"the top {len(trials)} trials of the search by {config.search.metric}",
         scores=scores,

@@ -30,27 +30,27 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from heartcli.config import HeartConfig, SearchConfig
-from heartcli.config.space import Space, to_hyperopt
+from heartcli.config import SearchConfig
+from heartcli.config.space import to_hyperopt
 from heartcli.errors import HeartError, UsageError
+from heartcli.progress import Progress
 from heartcli.search.cluster import connect, disconnect
-from heartcli.search.report import build_report, write_report
+from heartcli.search.report import finish
+from heartcli.search.spec import Search
 from heartcli.search.state import (
-    SearchReporter,
+    SearchLock,
     SearchResult,
     TrialRecord,
-    check_search,
     link_best,
-    max_trial_epochs,
-    maximize,
     new_search,
     read_state,
     records_of,
     save_state,
-    search_config,
+    start_summary,
     trial_config,
 )
 from heartcli.search.trial import shared_folds
@@ -77,124 +77,109 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def start_ray(
-    config: HeartConfig,
-    name: str | None,
-    config_base: Any,
-    *,
-    address: str | None = None,
-    reporter: SearchReporter | None = None,
+    search: Search, *, address: str | None = None, progress: Progress | None = None
 ) -> SearchResult:
-    """A new Ray search: join the cluster first, then claim ``runs/NAME`` and run it."""
-    name = check_search(config, name)
+    """A new Ray search (planned, not claimed): join the cluster first, then claim its
+    folder and run it."""
     with ray_session(address):
-        datasets = trial_datasets(config, config.search.parsed_space())
-        search_dir, lock = new_search(config, name, config_base)
+        datasets = trial_datasets(search)
+        lock = new_search(search)
         try:
-            return run_ray(search_dir, reporter=reporter, datasets=datasets)
+            return run_ray(search, progress=progress, datasets=datasets)
         finally:
             lock.release()
 
 
 def resume_ray(
-    search_dir: Path, *, address: str | None = None, reporter: SearchReporter | None = None
+    search: Search, *, address: str | None = None, progress: Progress | None = None
 ) -> SearchResult:
     """Continue an interrupted Ray search where Ray's experiment state left it."""
-    from heartcli.search.state import SearchLock
-
-    if not (Path(search_dir) / EXPERIMENT / "tuner.pkl").exists():
+    if not (search.folder / EXPERIMENT / "tuner.pkl").exists():
         raise UsageError(
-            f"{search_dir}: Ray never saved this search's state (it stopped before its first "
+            f"{search.folder}: Ray never saved this search's state (it stopped before its first "
             "trial); start it again under a new --name"
         )
     with ray_session(address):
-        lock = SearchLock(Path(search_dir))
+        lock = SearchLock(search.folder)
         lock.acquire()
         try:
-            return run_ray(Path(search_dir), reporter=reporter, resume=True)
+            return run_ray(search, progress=progress, resume=True)
         finally:
             lock.release()
 
 
 def run_ray(
-    search_dir: Path,
+    search: Search,
     *,
-    reporter: SearchReporter | None = None,
+    progress: Progress | None = None,
     resume: bool = False,
     datasets: dict[str, tuple[Any, Any]] | None = None,
 ) -> SearchResult:
-    """Run (or continue) the search in ``search_dir`` through Ray Tune on the joined cluster.
+    """Run (or continue) ``search`` through Ray Tune on the joined cluster.
 
     ``datasets`` are what trials train on (see :func:`trial_datasets`; loaded when None).
     """
     from heartcli.search.ray_results import activate
 
     begun = time.perf_counter()
-    search_dir = Path(search_dir).resolve()
-    config = search_config(search_dir)
-    space = config.search.parsed_space()
+    search = replace(search, folder=search.folder.resolve())
     if datasets is None:
-        datasets = trial_datasets(config, space)
-    book, parent = _open_book(search_dir, config, reporter, resume)
+        datasets = trial_datasets(search)
+    book, parent = _open_book(search, progress or Progress(), resume)
     status = "interrupted"
     activate(book)
     try:
-        _fit(_tuner(search_dir, config, datasets, book.inbox, resume), book)
+        _fit(_tuner(search, datasets, book.inbox, resume), book)
         status = "completed"
     finally:
         activate(None)
         if status != "completed":
             book.interrupt()
         result = SearchResult(
-            search_dir,
-            config.search.metric,
+            search.folder,
+            search.metric,
             sorted(book.records.values(), key=lambda r: r.number),
             tracking_run_id=parent.run_id,
-            keys=space.keys,
-            jobs=config.search.concurrency,
+            keys=search.space.keys,
+            jobs=search.s.concurrency,
         )
         book.save()
-        _wrap_up(search_dir, config, result, parent, status)
+        _wrap_up(search, result, parent, status)
         _kill(book.inbox)
         result.seconds = time.perf_counter() - begun
     return result
 
 
-def _open_book(
-    search_dir: Path, config: HeartConfig, reporter: SearchReporter | None, resume: bool
-) -> tuple[Any, Any]:
+def _open_book(search: Search, progress: Progress, resume: bool) -> tuple[Any, Any]:
     """(the driver's record of the search, its parent MLflow run), the inbox started."""
     from heartcli.search.ray_results import Book
     from heartcli.tracking import Tracker
 
-    state = read_state(search_dir)
-    parent = Tracker(config, search_dir, run_id=state.get("parent_run_id") if resume else None)
+    state = read_state(search.folder)
+    run_id = state.get("parent_run_id") if resume else None
+    parent = Tracker(search.config, search.folder, run_id=run_id)
     state["parent_run_id"] = parent.run_id
     state["ray_started"] = time.time()
     records = records_of(state)
-    save_state(search_dir, state, records)  # the parent run's id: a resume reopens it
-    space = config.search.parsed_space()
+    save_state(search.folder, state, records)  # the parent run's id: a resume reopens it
     book = Book(
-        search_dir,
-        config,
-        space,
+        search,
         state,
         parent.run_id,
         _inbox(records),
-        reporter,
+        progress,
         records={r.key: r for r in records},
     )
-    if reporter is not None:
-        reporter.start(
-            {
-                "search_dir": str(search_dir),
-                "evals": int(state["evals"]),
-                "done": sum(r.finished for r in records),
-                "metric": config.search.metric,
-                "keys": space.keys,
-                "tracking_run_id": parent.run_id,
-                "jobs": config.search.concurrency,
-            }
+    progress.start(
+        start_summary(
+            search,
+            records,
+            evals=int(state["evals"]),
+            done=sum(r.finished for r in records),
+            parent_run_id=parent.run_id,
+            jobs=search.s.concurrency,
         )
+    )
     return book, parent
 
 
@@ -216,7 +201,7 @@ def _fit(tuner: Any, book: Any) -> None:
 # --------------------------------------------------------------------------- the pieces
 
 
-def trial_datasets(config: HeartConfig, space: Space) -> dict[str, tuple[Any, Any]]:
+def trial_datasets(search: Search) -> dict[str, tuple[Any, Any]]:
     """What trials train on, loaded once on the driver for Ray's object store.
 
     The shared training and validation fold; or, when the space changes the validation
@@ -226,7 +211,8 @@ def trial_datasets(config: HeartConfig, space: Space) -> dict[str, tuple[Any, An
     from heartcli.data.dataset import load_split
     from heartcli.search.ray_trial import data_key
 
-    train, val = shared_folds(config, space)
+    config, space = search.config, search.space
+    train, val = shared_folds(search)
     if train is not None:
         return {data_key(config): (train, val)}
     choices: list[list[Any]] = []
@@ -333,13 +319,7 @@ def _searcher(expr: Any, s: SearchConfig, mode: str) -> Any:
     )
 
 
-def _tuner(
-    search_dir: Path,
-    config: HeartConfig,
-    datasets: dict[str, tuple[Any, Any]],
-    inbox: Any,
-    resume: bool,
-) -> Any:
+def _tuner(search: Search, datasets: dict[str, tuple[Any, Any]], inbox: Any, resume: bool) -> Any:
     """Ray Tune's Tuner for the search (or the one Ray saved, to continue it)."""
     from ray import tune
 
@@ -352,30 +332,37 @@ def _tuner(
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     # Ray's experiment state (what --resume restores) at most 5 s old, not "auto" (>= 10 s).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    s = config.search
-    resources: dict[str, float] = {"cpu": 1, "gpu": 1 if config.train.device == "cuda" else 0}
-    text = (search_dir / "search.toml").read_text(encoding="utf-8")
-    wrapped = tune.with_resources(
-        tune.with_parameters(trainable, config_text=text, datasets=datasets, inbox=inbox),
-        resources,
+    s = search.s
+    resources: dict[str, float] = {
+        "cpu": 1,
+        "gpu": 1 if search.config.train.device == "cuda" else 0,
+    }
+    trial = tune.with_parameters(
+        trainable,
+        search_dir=str(search.folder),
+        config_text=search.text,
+        datasets=datasets,
+        inbox=inbox,
     )
+    wrapped = tune.with_resources(trial, resources)
     if resume:
         return tune.Tuner.restore(
-            str(search_dir / EXPERIMENT), trainable=wrapped, resume_unfinished=True
+            str(search.folder / EXPERIMENT), trainable=wrapped, resume_unfinished=True
         )
-    space = s.parsed_space()
-    mode = "max" if maximize(s.metric) else "min"
+    mode = "max" if search.maximise else "min"
     return tune.Tuner(
         wrapped,
         tune_config=tune.TuneConfig(
-            search_alg=_searcher(to_hyperopt(space, config.model.conv_layers), s, mode),
-            scheduler=scheduler(s, max_trial_epochs(config, space), mode),
-            num_samples=config.search.evals,
+            search_alg=_searcher(
+                to_hyperopt(search.space, search.config.model.conv_layers), s, mode
+            ),
+            scheduler=scheduler(s, search.max_epochs, mode),
+            num_samples=s.evals,
             time_budget_s=s.max_minutes * 60 if s.max_minutes > 0 else None,
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
-            storage_path=str(search_dir),  # Ray's experiment state: on the driver's disk
+            storage_path=str(search.folder),  # Ray's experiment state: on the driver's disk
             verbose=0,
             callbacks=[TrialLog()],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
@@ -383,30 +370,8 @@ def _tuner(
     )
 
 
-def _wrap_up(
-    search_dir: Path,
-    config: HeartConfig,
-    result: SearchResult,
-    parent: Any,
-    status: str,
-) -> None:
+def _wrap_up(search: Search, result: SearchResult, parent: Any, status: str) -> None:
     """The best trial's links, the report, and the search's own MLflow run closed."""
-    records = result.records
-    result.best, result.best_config, result.notes = link_best(search_dir, config, records)
-    with contextlib.suppress(Exception):
-        result.report = build_report(search_dir)
-        write_report(search_dir, result.report)
-    metric = config.search.metric
-    if result.best is not None and result.best.metric is not None:
-        parent.log_metrics({f"best_{metric}": result.best.metric}, step=result.best.number)
-        parent.set_tags({"heart.best_trial": f"trial-{result.best.number:03d}"})
-    parent.set_tags(
-        {
-            "heart.trials": str(len(records)),
-            "heart.backend": "ray",
-            "heart.pruner": config.search.pruner,
-        }
-    )
-    for name in ("search.json", "best.toml", "report.json", "report.png"):
-        parent.log_artifact(search_dir / name)
-    parent.end(status)
+    result.best, result.best_config, result.notes = link_best(search, result.records)
+    tags = {"heart.backend": "ray", "heart.pruner": search.s.pruner}
+    finish(search, result, parent, status, tags=tags)

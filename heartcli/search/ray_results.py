@@ -24,19 +24,21 @@ from typing import Any
 from ray.tune import Callback
 
 from heartcli.config import HeartConfig
-from heartcli.config.space import Space, flatten
+from heartcli.config.space import flatten
+from heartcli.data.dataset import MANIFEST as DATA_MANIFEST
 from heartcli.errors import ConfigError, DataError
 from heartcli.io import atomic_path, sha256_file
 from heartcli.model import runs
+from heartcli.progress import Progress
+from heartcli.search.spec import Search
 from heartcli.search.state import (
-    SearchReporter,
     TrialRecord,
-    best_of,
     history,
-    maximize,
     metric_value,
     save_state,
+    tell_epoch,
     trial_config,
+    trial_name,
 )
 from heartcli.tracking import Tracker
 
@@ -55,13 +57,11 @@ ARTIFACTS = (
 class Book:
     """The driver's record of a Ray search while it runs."""
 
-    search_dir: Path
-    config: HeartConfig
-    space: Space
+    search: Search  # its folder absolute
     state: dict[str, Any]
     parent_run_id: str | None
     inbox: Any
-    reporter: SearchReporter | None = None
+    progress: Progress = field(default_factory=Progress)
     records: dict[str, TrialRecord] = field(default_factory=dict)  # by Ray trial id
     trackers: dict[str, Tracker] = field(default_factory=dict)
     began: dict[str, float] = field(default_factory=dict)  # when this driver saw it start
@@ -71,8 +71,7 @@ class Book:
 
     def started(self, trial: Any) -> None:
         record = self._record(trial)
-        if self.reporter is not None:
-            self.reporter.trial_start(record, int(self.state["evals"]))
+        self.progress.task(trial_name(record.number))
 
     def result(self, trial: Any, result: dict[str, Any]) -> None:
         record = self._record(trial)
@@ -80,9 +79,9 @@ class Book:
             return  # finished before a resume: Ray's saved state had it still running
         record.node = str(result.get("node") or record.node)
         self._take(record)
-        if self.reporter is not None and record.curve:
+        if record.curve:
             epochs = int(result.get("epochs") or record.epochs_run)
-            self.reporter.epoch(record, record.epochs_run, epochs, record.curve[-1])
+            tell_epoch(self.progress, record, record.epochs_run, epochs)
         if result.get("final"):
             self._finish(record, str(result.get("heart_status") or "completed"))
         else:
@@ -93,11 +92,11 @@ class Book:
         record = self._record(trial)
         if record.status != "running":
             return
-        budget = self.config.search.max_minutes * 60
+        budget = self.search.s.max_minutes * 60
         if budget and time.time() - float(self.state.get("ray_started", 0)) >= budget:
             self._finish(record, "stopped", "the max_minutes budget ran out")
         else:
-            pruner = self.config.search.pruner
+            pruner = self.search.s.pruner
             self._finish(record, "pruned", f"stopped by Ray's {pruner} scheduler")
 
     def error(self, trial: Any) -> None:
@@ -120,8 +119,8 @@ class Book:
         key = str(trial.trial_id)
         if key not in self.records:
             number = int(ray.get(self.inbox.number.remote(key)))
-            params = flatten(self.space, dict(trial.config or {}))
-            run_dir = self.search_dir / f"trial-{number:03d}"
+            params = flatten(self.search.space, dict(trial.config or {}))
+            run_dir = self.search.trial_dir(number)
             self.records[key] = TrialRecord(number, {}, params, run_dir=str(run_dir), key=key)
             self.save()  # the number is on disk before the trial's folder is (--resume)
         record = self.records[key]
@@ -149,9 +148,9 @@ class Book:
         """The trial's MLflow run (nested under the search's), made by the driver."""
         if record.key not in self.trackers:
             try:
-                cfg = trial_config(self.config, record.params, record.number)
+                cfg = trial_config(self.search.config, record.params, record.number)
             except ConfigError:  # an impossible combination: its run still records it
-                cfg = self.config.model_copy(deep=True)
+                cfg = self.search.config.model_copy(deep=True)
             cfg.tracking.tensorboard = False  # the trial's own event files come with its folder
             run_dir = Path(record.run_dir)
             tracker = Tracker(
@@ -182,7 +181,7 @@ class Book:
         rows = history(run_dir)
         for row in rows[record.epochs_run :]:
             tracker.log_metrics(_epoch_metrics(row), step=int(row["epoch"]))
-        _score(record, self.config.search.metric, rows)
+        _score(record, self.search.metric, rows)
 
     def _patch_manifest(self, record: TrialRecord, tracker: Tracker) -> None:
         """What the trial's node could not know: the MLflow run and the data's identity."""
@@ -206,7 +205,7 @@ class Book:
         """(sampling rate, manifest SHA-256) of a dataset on the driver's disk."""
         if data_dir not in self.data_info:
             info: dict[str, Any] = {"rate": None, "sha": None}
-            path = Path(data_dir) / "manifest.json"
+            path = Path(data_dir) / DATA_MANIFEST
             with contextlib.suppress(OSError, ValueError):
                 info["rate"] = json.loads(path.read_text(encoding="utf-8")).get("sampling_rate_hz")
                 info["sha"] = sha256_file(path)
@@ -248,9 +247,7 @@ class Book:
         with contextlib.suppress(Exception):
             ray.get(self.inbox.drop.remote(record.key))
         self.save()
-        if self.reporter is not None:
-            done = list(self.records.values())
-            self.reporter.trial_end(record, best_of(done, maximize(self.config.search.metric)))
+        self.progress.done(trial_name(record.number), record)
 
     def interrupt(self) -> None:
         """The search stopped with trials running: their MLflow runs end KILLED, their
@@ -275,7 +272,7 @@ class Book:
                 self._finish(record, "failed", "lost with the driver before Ray saved it")
 
     def save(self) -> None:
-        save_state(self.search_dir, self.state, list(self.records.values()))
+        save_state(self.search.folder, self.state, list(self.records.values()))
 
 
 def _child_run(config: HeartConfig, parent_run_id: str | None, name: str) -> str | None:

@@ -1,10 +1,12 @@
 """What runs on a Ray node for one trial: the trainable, and the inbox its files go through.
 
-A trial needs nothing from the driver's disk. Ray hands it the search's config as text, the
-data from the object store (the shared fold, or whole splits when the space changes the
-data or the validation fold) and a handle on the :class:`Inbox`. It trains in a scratch
+A trial needs nothing from the driver's disk. Ray hands it the search's config as text (it
+builds its :class:`~heartcli.search.spec.Search` once from it), the data from the object
+store (the shared fold, or whole splits when the space changes the data or the validation
+fold) and a handle on the :class:`Inbox`. It trains in a scratch
 folder of its own node, and after every epoch puts the files that changed (checkpoint,
-history, weights, manifest) into the inbox before it reports to Ray Tune. The driver takes
+history, weights, manifest) into the inbox before it reports to Ray Tune: the one trial
+runner (:func:`heartcli.search.trial.run_trial`) with :class:`RayHooks`. The driver takes
 them from there into ``runs/NAME/trial-NNN`` and logs them to MLflow (ray_results.py).
 
 The inbox lives on the head node and keeps each running trial's latest files, so a trial
@@ -18,11 +20,16 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from heartcli.config import HeartConfig
-from heartcli.errors import ConfigError, HeartError, UsageError
+from heartcli.errors import HeartError, UsageError
+from heartcli.search.spec import Search
+from heartcli.search.state import TrialRecord, metric_value, trial_name
+from heartcli.search.trial import TrialHooks, run_trial
+from heartcli.training import TrainingDiverged
 
 # Files a trial folder gets on the driver; the tensorboard/ event files too (any subfolder).
 Files = dict[str, bytes]
@@ -112,31 +119,106 @@ def _restore(run_dir: Path, files: Files) -> bool:
     return (run_dir / runs.CHECKPOINT).exists() and (run_dir / runs.MANIFEST).exists()
 
 
-def _setup(
-    config_text: str, sample: dict[str, Any], number: int, scratch: Path
-) -> tuple[HeartConfig, HeartConfig]:
-    """(the search's config, this trial's config) from the config text and Ray's sample."""
-    from heartcli.config import load_config
-    from heartcli.config.space import flatten
-    from heartcli.search.state import trial_config
+@dataclass
+class RayHooks(TrialHooks):
+    """A Ray trial's part of :func:`heartcli.search.trial.run_trial`: its data from the
+    object store, its folder restored from the inbox, each epoch's files into the inbox
+    before the report to Ray Tune, and its failures raised (Ray records them)."""
 
-    path = scratch / "search.toml"
-    path.write_text(config_text, encoding="utf-8")
-    config = load_config(path)
-    values = flatten(config.search.parsed_space(), sample)
-    try:
-        cfg = trial_config(config, values, number)
-    except ConfigError as exc:
-        raise HeartError(f"trial-{number:03d}: {'; '.join(exc.problems)}") from None
-    cfg.tracking.enabled = False  # the driver logs every trial: one MLflow store
-    if cfg.train.threads in (0, "auto"):
-        cfg.train.threads = 1  # one core per trial; Ray schedules the rest
-    return config, cfg
+    key: str
+    number: int
+    datasets: dict[str, tuple[Any, Any]]
+    inbox: Any
+    failures = (TrainingDiverged, UsageError, RuntimeError, MemoryError)
+    node: str = ""
+    cfg: HeartConfig | None = None  # the trial's config, once configured
+    run_dir: Path = Path()
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # files sent, by name
+    stopped: bool = False  # by Ray's scheduler
+
+    def configure(self, cfg: HeartConfig) -> None:
+        cfg.tracking.enabled = False  # the driver logs every trial: one MLflow store
+        if cfg.train.threads in (0, "auto"):
+            cfg.train.threads = 1  # one core per trial; Ray schedules the rest
+        self.cfg = cfg
+
+    def data(self, cfg: HeartConfig) -> tuple[Any, Any]:
+        if data_key(cfg) not in self.datasets:
+            raise HeartError(f"no data was loaded for {data_key(cfg)}")
+        train_data, val_data = self.datasets[data_key(cfg)]
+        return _writable(train_data), _writable(val_data)
+
+    def open(self, run_dir: Path) -> bool:
+        import ray
+
+        self.run_dir = run_dir
+        run_dir.mkdir()
+        resume = _restore(run_dir, ray.get(self.inbox.files.remote(self.key)))
+        self.node = ray.get_runtime_context().get_node_id()
+        _changed(run_dir, self.seen)  # what the inbox already holds is not sent again
+        return resume
+
+    def epoch(
+        self, record: TrialRecord, info: Any, value: float | None, curve: list[float]
+    ) -> bool:
+        import ray
+        from ray import tune
+
+        assert self.cfg is not None
+        if info.epoch >= self.cfg.train.epochs:
+            return False  # the last epoch: the final report below carries it, never a stop
+        ray.get(self.inbox.put.remote(self.key, _changed(self.run_dir, self.seen)))
+        try:
+            tune.report(
+                {
+                    self.cfg.search.metric: value,
+                    "epoch": info.epoch,
+                    "epochs": info.epochs,
+                    "trial": self.number,
+                    "node": self.node,
+                    "final": False,
+                }
+            )
+        except SystemExit:
+            # Ray's scheduler stops a trial with sys.exit() inside report: the run ends as
+            # pruned (manifest, curves), not as a failure.
+            self.stopped = True
+            return True
+        return False
+
+    def trained(self, result: Any) -> None:
+        import ray
+        from ray import tune
+
+        assert self.cfg is not None
+        ray.get(self.inbox.put.remote(self.key, _changed(self.run_dir, self.seen)))
+        if self.stopped:
+            return  # Ray wants no more reports from a trial it stopped
+        metric = self.cfg.search.metric
+        best_row: dict[str, Any] = next(
+            (h for h in result.history if h["epoch"] == result.best_epoch), {}
+        )
+        tune.report(
+            {
+                metric: metric_value(metric, best_row),
+                "epoch": result.epochs_run,
+                "trial": self.number,
+                "node": self.node,
+                "final": True,
+                "heart_status": result.status,
+                "best_epoch": result.best_epoch,
+            }
+        )
+
+    def fail(self, record: TrialRecord, reason: str) -> None:
+        # The number leads the message: a trial that fails reports nothing else.
+        raise HeartError(f"{trial_name(self.number)}: {reason}")
 
 
 def trainable(
     sample: dict[str, Any],
     *,
+    search_dir: str,
     config_text: str,
     datasets: dict[str, tuple[Any, Any]],
     inbox: Any,
@@ -145,108 +227,25 @@ def trainable(
     import ray
     from ray import tune
 
+    from heartcli.config.space import flatten
+
     key = tune.get_context().get_trial_id()
     final = ray.get(inbox.final.remote(key))
     if final is not None:
         tune.report(final)  # finished before the driver stopped: nothing to train
         return
     number = ray.get(inbox.number.remote(key))
-    scratch = Path(tempfile.mkdtemp(prefix=f"heart-trial-{number:03d}-", dir=os.getcwd()))
+    search = Search.from_text(Path(search_dir), config_text)  # once, on this node
+    record = TrialRecord(number, {}, flatten(search.space, sample))
+    scratch = Path(tempfile.mkdtemp(prefix=f"heart-{trial_name(number)}-", dir=os.getcwd()))
+    hooks = RayHooks(key, number, datasets, inbox)
     try:
-        _train(sample, number, key, scratch, config_text, datasets, inbox)
+        run_trial(search, record, scratch / trial_name(number), hooks)
     except HeartError as exc:
         ray.get(inbox.fail.remote(key, str(exc)))
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _train(
-    sample: dict[str, Any],
-    number: int,
-    key: str,
-    scratch: Path,
-    config_text: str,
-    datasets: dict[str, tuple[Any, Any]],
-    inbox: Any,
-) -> None:
-    import ray
-    from ray import tune
-
-    from heartcli.search.state import failure, metric_value
-    from heartcli.training import TrainingDiverged, train
-
-    config, cfg = _setup(config_text, sample, number, scratch)
-    metric = config.search.metric
-    if data_key(cfg) not in datasets:
-        raise HeartError(f"trial-{number:03d}: no data was loaded for {data_key(cfg)}")
-    train_data, val_data = datasets[data_key(cfg)]
-    run_dir = scratch / f"trial-{number:03d}"
-    run_dir.mkdir()
-    resume = _restore(run_dir, ray.get(inbox.files.remote(key)))
-    node = ray.get_runtime_context().get_node_id()
-    seen: dict[str, tuple[int, int]] = {}
-    _changed(run_dir, seen)  # what the inbox already holds is not sent again
-    stopped = False
-
-    def on_epoch(info: Any) -> bool:
-        nonlocal stopped
-        if info.epoch >= cfg.train.epochs:
-            return False  # the last epoch: the final report below carries it, never a stop
-        ray.get(inbox.put.remote(key, _changed(run_dir, seen)))  # before Ray hears of it
-        value = metric_value(metric, vars(info))
-        try:
-            tune.report(
-                {
-                    metric: value,
-                    "epoch": info.epoch,
-                    "epochs": info.epochs,
-                    "trial": number,
-                    "node": node,
-                    "final": False,
-                }
-            )
-        except SystemExit:
-            # Ray's scheduler stops a trial with sys.exit() inside report: the run ends as
-            # pruned (manifest, curves), not as a failure.
-            stopped = True
-            return True
-        return False
-
-    try:
-        result = train(
-            cfg,
-            run_dir,
-            resume=resume,
-            on_epoch=on_epoch,
-            train_data=_writable(train_data),
-            val_data=_writable(val_data),
-            config_base=_document(config_text),
-        )
-    except (TrainingDiverged, UsageError, RuntimeError, MemoryError) as exc:
-        # The number leads the message: a trial that fails reports nothing else.
-        raise HeartError(f"trial-{number:03d}: {failure(exc)}") from None
-    ray.get(inbox.put.remote(key, _changed(run_dir, seen)))
-    if stopped:
-        return  # Ray wants no more reports from a trial it stopped
-    best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
-    tune.report(
-        {
-            metric: metric_value(metric, best_row),
-            "epoch": result.epochs_run,
-            "trial": number,
-            "node": node,
-            "final": True,
-            "heart_status": result.status,
-            "best_epoch": result.best_epoch,
-        }
-    )
-
-
-def _document(config_text: str) -> Any:
-    import tomlkit
-
-    return tomlkit.parse(config_text)
 
 
 def _writable(beats: Any) -> Any:

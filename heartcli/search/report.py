@@ -5,24 +5,28 @@ any time) and gives plain data: the top trials with their parameters, the rung e
 reached and its wall time; each trial's curve; the best value so far against wall time.
 ``write_report`` puts it in ``report.json`` and draws ``report.png``: every trial's
 validation metric per epoch (pruned trials end at a rung) beside the best so far against
-wall-clock minutes.
+wall-clock minutes. ``finish`` writes them at a search's end and closes the search's own
+MLflow run (both backends).
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from heartcli.io import atomic_path, write_json
 from heartcli.search.pruners import rungs
+from heartcli.search.spec import Search
 from heartcli.search.state import (
+    BEST_CONFIG,
+    STATE,
+    SearchResult,
     TrialRecord,
     best_of,
-    max_trial_epochs,
-    maximize,
     read_state,
     records_of,
-    search_config,
+    trial_name,
 )
 
 TOP = 10
@@ -67,19 +71,20 @@ def _best_so_far(records: list[TrialRecord], maximise: bool) -> list[dict[str, A
     return points
 
 
-def build_report(search_dir: Path) -> dict[str, Any]:
-    """The report's data from a search folder (finished or running)."""
-    state = read_state(search_dir)
-    config = search_config(search_dir)
-    s = config.search
+def build_report(search: Search, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report's data of a search (finished or running): its search.json as it is now
+    (``state``: just read)."""
+    search_dir = search.folder
+    state = read_state(search_dir) if state is None else state
+    s = search.s
     records = records_of(state)
-    maximise = maximize(s.metric)
+    maximise = search.maximise
     scored = [r for r in records if r.finished and r.metric is not None]
     scored.sort(key=lambda r: (-(r.metric or 0.0) if maximise else r.metric, r.number))
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
-    most = max_trial_epochs(config, s.parsed_space())
+    most = search.max_epochs
     best = best_of(records, maximise)
     return {
         "search_dir": str(search_dir),
@@ -103,6 +108,31 @@ def build_report(search_dir: Path) -> dict[str, Any]:
 def write_report(search_dir: Path, report: dict[str, Any]) -> None:
     write_json(search_dir / REPORT_JSON, report)
     draw(report, search_dir / REPORT_PNG)
+
+
+def finish(
+    search: Search,
+    result: SearchResult,
+    parent: Any,
+    status: str,
+    *,
+    tags: dict[str, str],
+    artifacts: tuple[str, ...] = (),
+) -> None:
+    """A search's end (either backend): the report, then its own MLflow run (``parent``,
+    a Tracker) gets the best value, ``tags``, its files (search.json, best.toml, the
+    report, then ``artifacts``) and ``status``. The best trial is linked before."""
+    with contextlib.suppress(Exception):
+        result.report = build_report(search)
+        write_report(search.folder, result.report)
+    best = result.best
+    if best is not None and best.metric is not None:
+        parent.log_metrics({f"best_{search.metric}": best.metric}, step=best.number)
+        parent.set_tags({"heart.best_trial": trial_name(best.number)})
+    parent.set_tags({"heart.trials": str(len(result.records)), **tags})
+    for name in (STATE, BEST_CONFIG, REPORT_JSON, REPORT_PNG, *artifacts):
+        parent.log_artifact(search.folder / name)
+    parent.end(status)
 
 
 COLOURS = {"completed": "tab:blue", "early_stopped": "tab:blue", "pruned": "0.6"}

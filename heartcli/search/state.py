@@ -14,20 +14,22 @@ import contextlib
 import csv
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
-import tomlkit
 from pydantic import ValidationError
 
-from heartcli.config import HeartConfig, dumps, load_config
+from heartcli.config import HeartConfig, dumps
 from heartcli.config.space import Space, apply
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
 from heartcli.io import read_json, write_json, write_text
+
+if TYPE_CHECKING:  # spec.py builds on this module
+    from heartcli.progress import Progress
+    from heartcli.search.spec import Search
 
 STATE = "search.json"
 CONFIG = "search.toml"
@@ -42,7 +44,11 @@ REFERENCE = ("completed", "early_stopped")
 # Keys that change the data or the validation fold: with one in the space, every trial
 # loads and carves its own data instead of sharing one fold.
 DATA_KEYS = ("train.val_fraction", "train.val_records", "train.seed")
-NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def trial_name(number: int) -> str:
+    """A trial's folder (and MLflow run) name: ``trial-NNN``."""
+    return f"trial-{number:03d}"
 
 
 @dataclass
@@ -88,13 +94,40 @@ class TrialRecord:
         return -self.metric if maximize else self.metric
 
 
-class SearchReporter(Protocol):
-    """What the CLI's live table gets told."""
+# --------------------------------------------------------------------------- progress
+# A search tells its Progress (heartcli.progress): start(summary) once, task(trial-NNN) as a
+# trial starts, done("trial-NNN epoch E", figures) after each of its epochs, and
+# done(trial-NNN, its TrialRecord) as it ends.
 
-    def start(self, summary: dict[str, Any]) -> None: ...
-    def trial_start(self, record: TrialRecord, evals: int) -> None: ...
-    def epoch(self, record: TrialRecord, epoch: int, epochs: int, value: float) -> None: ...
-    def trial_end(self, record: TrialRecord, best: TrialRecord | None) -> None: ...
+
+def start_summary(
+    search: Search,
+    records: list[TrialRecord],
+    *,
+    evals: int,
+    done: int,
+    parent_run_id: str | None,
+    jobs: int,
+) -> dict[str, Any]:
+    """What a search tells its Progress as it starts: folder, trials, metric, keys, the
+    best trial so far (a resumed search's), the MLflow run, trials at once."""
+    best = best_of(records, search.maximise)
+    return {
+        "search_dir": str(search.folder),
+        "evals": evals,
+        "done": done,
+        "metric": search.metric,
+        "keys": search.space.keys,
+        "best": asdict(best) if best is not None else None,
+        "tracking_run_id": parent_run_id,
+        "jobs": jobs,
+    }
+
+
+def tell_epoch(progress: Progress, record: TrialRecord, epoch: int, epochs: int) -> None:
+    """A trial's epoch ended: its number, the epochs it may run and the metric's value."""
+    figures = {"trial": record.number, "epoch": epoch, "epochs": epochs, "value": record.curve[-1]}
+    progress.done(f"{trial_name(record.number)} epoch {epoch}", figures)
 
 
 # --------------------------------------------------------------------------- the metric
@@ -117,7 +150,9 @@ def metric_value(metric: str, row: dict[str, Any]) -> float | None:
 
 def history(run_dir: Path) -> list[dict[str, Any]]:
     """A run folder's history.csv rows ([] when there is none yet)."""
-    path = run_dir / "history.csv"
+    from heartcli.model.runs import HISTORY
+
+    path = run_dir / HISTORY
     if not path.exists():
         return []
     with open(path, encoding="utf-8", newline="") as fh:
@@ -162,13 +197,13 @@ def check_folds(config: HeartConfig) -> None:
         )
 
 
-def check_pruner(config: HeartConfig) -> None:
+def check_pruner(config: HeartConfig, space: Space) -> None:
     """A pruner whose first rung no trial can reach is a mistake, not a silent no-op."""
     check_folds(config)
     s = config.search
     if s.pruner != "asha":
         return
-    most = max_trial_epochs(config, s.parsed_space())
+    most = max_trial_epochs(config, space)
     if s.min_epochs > most:
         raise UsageError(
             f"search.min_epochs: {s.min_epochs} is more than any trial's epochs ({most}); "
@@ -257,34 +292,23 @@ class SearchLock:
             self._fh = None
 
 
-def _check_name(name: str) -> None:
-    if not NAME.fullmatch(name) or name in (".", "..", BEST):
+def check_search_name(name: str) -> None:
+    """``--name`` of a search: a run name (:func:`heartcli.model.runs.check_name`), and not
+    the ``best`` link the search folder's parent keeps."""
+    from heartcli.model.runs import check_name
+
+    check_name(name)
+    if name == BEST:
         raise UsageError(
             f"--name {name!r}: a search name is one folder name of letters, digits, '.', '_' "
             f"and '-' (at most 100, and not {BEST!r})"
         )
 
 
-def check_search(config: HeartConfig, name: str | None = None) -> str:
-    """The search's name, once its space, pruner and name are fine (before anything starts)."""
-    if not config.search.space:
-        raise UsageError(
-            "search.space: empty; add search.space entries, e.g. "
-            '"train.lr" = {loguniform = [1e-5, 1e-2]} (see examples/exp.toml)'
-        )
-    check_pruner(config)
-    name = datetime.now().strftime("tune-%Y%m%d-%H%M%S") if name is None else name
-    _check_name(name)
-    return name
-
-
-def new_search(
-    config: HeartConfig, name: str | None = None, config_base: Any = None
-) -> tuple[Path, SearchLock]:
-    """Claim ``runs/NAME`` (an atomic mkdir, then its lock) with the search's config and an
-    empty state; nothing runs yet. Two starts with one name: the second is refused."""
-    name = check_search(config, name)
-    search_dir = Path(config.train.runs_dir) / name
+def new_search(search: Search) -> SearchLock:
+    """Claim the planned search's folder (an atomic mkdir, then its lock) with its config and
+    an empty state; nothing runs yet. Two starts with one name: the second is refused."""
+    search_dir = search.folder
     try:
         search_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, a read-only or full file system
@@ -314,21 +338,21 @@ def new_search(
         ) from None
     lock = SearchLock(search_dir)
     lock.acquire()
-    write_text(search_dir / CONFIG, dumps(config, config_base))
+    write_text(search_dir / CONFIG, search.text)
     write_json(
         search_dir / STATE,
         {
             "format": FORMAT,
-            "name": name,
+            "name": search_dir.name,
             "created": now(),
             "updated": now(),
-            "evals": config.search.evals,
+            "evals": search.s.evals,
             "parent_run_id": None,
-            "space": space_record(config.search.space),
+            "space": space_record(search.s.space),
             "trials": [],
         },
     )
-    return search_dir, lock
+    return lock
 
 
 def _canonical(value: Any) -> str:
@@ -346,14 +370,14 @@ def space_record(space: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def check_space_unchanged(search_dir: Path, state: dict[str, Any], config: HeartConfig) -> None:
+def check_space_unchanged(search: Search, state: dict[str, Any]) -> None:
     """Refuse to resume a search whose [search.space] changed since it started (a key
     added, removed, moved or given another distribution): the trials so far were drawn
     from the old space, and TPE would read them as draws from the new one."""
     recorded = state.get("space")
     if not isinstance(recorded, dict) or "sha256" not in recorded:
         return  # a search from before the space was recorded
-    now_space = space_record(config.search.space)
+    now_space = space_record(search.s.space)
     if now_space["sha256"] == recorded["sha256"]:
         return
     old_keys = recorded.get("keys") or {}
@@ -362,16 +386,9 @@ def check_space_unchanged(search_dir: Path, state: dict[str, Any], config: Heart
     if not changed:
         changed = ["the order of the keys"]
     raise UsageError(
-        f"{search_dir / CONFIG}: [search.space] changed since the search started "
+        f"{search.folder / CONFIG}: [search.space] changed since the search started "
         f"({', '.join(changed)}); restore it to resume, or start a new search with `heart tune`"
     )
-
-
-def search_config(search_dir: Path) -> HeartConfig:
-    try:
-        return load_config(search_dir / CONFIG)
-    except ConfigError as exc:
-        raise DataError(f"{search_dir / CONFIG}: not a valid config ({exc.problems[0]})") from None
 
 
 def trial_config(config: HeartConfig, values: dict[str, Any], number: int) -> HeartConfig:
@@ -407,13 +424,13 @@ def link(path: Path, target: str) -> bool:
     return True
 
 
-def _best_toml(search_dir: Path, config: HeartConfig, best: TrialRecord) -> str:
-    s = config.search
-    cfg = trial_config(config, best.params, best.number)
-    text = dumps(cfg, tomlkit.parse((search_dir / CONFIG).read_text(encoding="utf-8")))
+def _best_toml(search: Search, best: TrialRecord) -> str:
+    search_dir = search.folder
+    cfg = trial_config(search.config, best.params, best.number)
+    text = dumps(cfg, search.document())
     params = "\n".join(f"#   {k} = {v}" for k, v in best.params.items())
     header = (
-        f"# Best trial of search {search_dir.name}: trial-{best.number:03d}, {s.metric} "
+        f"# Best trial of search {search_dir.name}: {trial_name(best.number)}, {search.metric} "
         f"{best.metric:.4f}\n"
         f"# (epoch {best.best_epoch} of {best.epochs_run}). Train it again with\n"
         f"#   heart train --config {search_dir / BEST_CONFIG} --name {search_dir.name}-best\n"
@@ -423,16 +440,17 @@ def _best_toml(search_dir: Path, config: HeartConfig, best: TrialRecord) -> str:
 
 
 def link_best(
-    search_dir: Path, config: HeartConfig, records: list[TrialRecord]
+    search: Search, records: list[TrialRecord]
 ) -> tuple[TrialRecord | None, Path | None, list[str]]:
     """Links to the best trial and its config: (best, best.toml, notes)."""
-    best = best_of(records, maximize(config.search.metric))
+    search_dir = search.folder
+    best = best_of(records, search.maximise)
     if best is None:
         return None, None, ["no trial finished with a score; nothing to link as best"]
     notes: list[str] = []
     best_config = search_dir / BEST_CONFIG
-    write_text(best_config, _best_toml(search_dir, config, best))
-    trial = f"trial-{best.number:03d}"
+    write_text(best_config, _best_toml(search, best))
+    trial = trial_name(best.number)
     link(search_dir / BEST, trial)
     runs_best = search_dir.parent / BEST
     if not link(runs_best, f"{search_dir.name}/{trial}"):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,26 +26,25 @@ import numpy as np
 
 from heartcli.config.space import Space, flatten, to_hyperopt
 from heartcli.errors import HeartError, UsageError
+from heartcli.progress import Progress
 from heartcli.search.pruners import Pruner, make_pruner, why
-from heartcli.search.report import build_report, write_report
+from heartcli.search.report import finish
+from heartcli.search.spec import Search
 from heartcli.search.state import (
     CONFIG,
-    STATE,
     SearchLock,
-    SearchReporter,
     SearchResult,
     TrialRecord,
-    best_of,
     check_pruner,
     check_space_unchanged,
     link_best,
     mark_ended,
-    max_trial_epochs,
-    maximize,
     read_state,
     records_of,
     save_state,
-    search_config,
+    start_summary,
+    tell_epoch,
+    trial_name,
 )
 from heartcli.search.workers import Worker, WorkerArgs, cores, stop_all
 
@@ -127,47 +126,44 @@ class Suggester:
         return flatten(self.space, space_eval(self.expr, point))
 
 
-class Search:
+class Loop:
     """The parent's side of a running search: state, TPE, the pruner, the deadline."""
 
     def __init__(
         self,
-        search_dir: Path,
+        search: Search,
         evals: int | None,
         max_minutes: float | None,
-        reporter: SearchReporter | None,
+        progress: Progress,
     ):
         from heartcli.tracking import Tracker
 
-        self.search_dir = search_dir
-        self.state = read_state(search_dir)
-        self.config = search_config(search_dir)
-        check_space_unchanged(search_dir, self.state, self.config)
-        check_pruner(self.config)
-        s = self.s = self.config.search
+        self.search = search
+        self.search_dir = search.folder
+        self.state = read_state(search.folder)
+        check_space_unchanged(search, self.state)
+        check_pruner(search.config, search.space)
+        s = self.s = search.s
         if evals is not None:
             self.state["evals"] = evals
         self.evals = int(self.state["evals"])
         minutes = s.max_minutes if max_minutes is None else max_minutes
         self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
-        self.space = s.parsed_space()
-        self.maximise = maximize(s.metric)
-        self.reporter = reporter
+        self.maximise = search.maximise
+        self.progress = progress
         self.records = {r.number: r for r in records_of(self.state)}
         # Trials saved as running were cut off (kill -9, Ctrl-C): they run again first.
         self.queue = sorted(n for n, r in self.records.items() if r.status == "running")
         self.suggester = Suggester(
-            self.space, self.config.model.conv_layers, s.seed, s.startup_trials
+            search.space, search.config.model.conv_layers, s.seed, s.startup_trials
         )
         done = [r for r in self.records.values() if r.status != "running"]
         for r in sorted(done, key=lambda r: r.number):
             self.suggester.add(r.number, r.vals, r.loss(self.maximise))
-        self.pruner: Pruner = make_pruner(
-            s, max_trial_epochs(self.config, self.space), self.maximise, done
-        )
+        self.pruner: Pruner = make_pruner(s, search.max_epochs, self.maximise, done)
         self.out_of_time: set[int] = set()
         self.stopped: str | None = None
-        self.parent = Tracker(self.config, search_dir, run_id=self.state.get("parent_run_id"))
+        self.parent = Tracker(search.config, search.folder, run_id=self.state.get("parent_run_id"))
         self.state["parent_run_id"] = self.parent.run_id
 
     def save(self) -> None:
@@ -202,16 +198,14 @@ class Search:
             self.records[number] = record
         record.status = "running"
         self.save()
-        if self.reporter is not None:
-            self.reporter.trial_start(record, self.evals)
+        self.progress.task(trial_name(record.number))
         return record
 
     def epoch(self, number: int, epoch: int, epochs: int, curve: list[float]) -> bool:
         """A worker's trial finished an epoch: True to stop it."""
         record = self.records[number]
         record.curve = curve
-        if self.reporter is not None:
-            self.reporter.epoch(record, epoch, epochs, curve[-1])
+        tell_epoch(self.progress, record, epoch, epochs)
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.out_of_time.add(number)
             return True
@@ -240,8 +234,7 @@ class Search:
         self.pruner.finished(record)
         self.save()
         self._log_rungs(record)
-        if self.reporter is not None:
-            self.reporter.trial_end(record, best_of(list(self.records.values()), self.maximise))
+        self.progress.done(trial_name(record.number), record)
 
     def died(self, number: int, reason: str) -> None:
         """A worker died under a trial: the trial failed; the search goes on."""
@@ -250,7 +243,7 @@ class Search:
         record.ended_at = time.time()
         if record.started_at is not None:
             record.seconds = record.ended_at - record.started_at
-        mark_ended(self.search_dir / f"trial-{number:03d}", "failed", reason)
+        mark_ended(self.search.trial_dir(number), "failed", reason)
         self.finished(record)
 
     def _log_rungs(self, record: TrialRecord) -> None:
@@ -280,22 +273,22 @@ class Search:
             stopped=self.stopped,
             seconds=seconds,
             tracking_run_id=self.parent.run_id,
-            keys=self.space.keys,
+            keys=self.search.space.keys,
             jobs=jobs,
         )
 
 
-def _worker_args(search: Search, jobs: int) -> WorkerArgs:
+def _worker_args(loop: Loop, jobs: int) -> WorkerArgs:
     return WorkerArgs(
-        search_dir=str(search.search_dir.resolve()),
+        search=replace(loop.search, folder=loop.search_dir.resolve()),
         cwd=str(Path.cwd()),
-        tracking_uri=search.parent.uri,
-        parent_run_id=search.parent.run_id,
+        tracking_uri=loop.parent.uri,
+        parent_run_id=loop.parent.run_id,
         threads=max(1, cores() // jobs),
     )
 
 
-def _handle(search: Search, worker: Worker, message: Any) -> None:
+def _handle(loop: Loop, worker: Worker, message: Any) -> None:
     kind = message[0]
     if kind == "error":  # the worker could not load the search's data: nothing can run
         raise (UsageError if message[2] == 2 else HeartError)(message[1])
@@ -303,34 +296,34 @@ def _handle(search: Search, worker: Worker, message: Any) -> None:
         worker.ready = True
     elif kind == "epoch":
         _, number, epoch, epochs, curve = message
-        worker.send(("decision", search.epoch(number, epoch, epochs, curve)))
+        worker.send(("decision", loop.epoch(number, epoch, epochs, curve)))
     elif kind == "done":
         worker.number = None
-        search.finished(TrialRecord(**message[1]))
+        loop.finished(TrialRecord(**message[1]))
 
 
-def _assign(search: Search, workers: list[Worker]) -> None:
+def _assign(loop: Loop, workers: list[Worker]) -> None:
     for w in workers:
         if w.ready and w.number is None:
-            record = search.next_trial()
+            record = loop.next_trial()
             if record is None:
                 return
             w.number = record.number
             record.worker = w.process.pid
-            search.save()
+            loop.save()
             w.send(("trial", asdict(record)))
 
 
-def drive(search: Search, jobs: int) -> None:
+def drive(loop: Loop, jobs: int) -> None:
     """Keep ``jobs`` workers busy until every trial has run (or the time is up)."""
     from multiprocessing.connection import wait
 
-    args = _worker_args(search, jobs)
-    workers = [Worker(args) for _ in range(min(jobs, search.remaining()))]
+    args = _worker_args(loop, jobs)
+    workers = [Worker(args) for _ in range(min(jobs, loop.remaining()))]
     try:
         while True:
-            _assign(search, workers)
-            if not any(w.number is not None for w in workers) and not search.has_more():
+            _assign(loop, workers)
+            if not any(w.number is not None for w in workers) and not loop.has_more():
                 return
             ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
             for w in list(workers):
@@ -338,54 +331,54 @@ def drive(search: Search, jobs: int) -> None:
                     continue
                 messages, alive = w.messages()
                 for message in messages:
-                    _handle(search, w, message)
+                    _handle(loop, w, message)
                 if alive:
                     continue
                 workers.remove(w)
                 if not w.ready:
                     raise HeartError(f"a search worker could not start: {w.exit_reason()}")
                 if w.number is not None:
-                    search.died(w.number, w.exit_reason())
-                if search.has_more():
+                    loop.died(w.number, w.exit_reason())
+                if loop.has_more():
                     workers.append(Worker(args))
     finally:
         stop_all(workers)
 
 
 def run_search(
-    search_dir: Path,
+    search: Search,
     *,
     evals: int | None = None,
     max_minutes: float | None = None,
     jobs: int = 1,
-    reporter: SearchReporter | None = None,
+    progress: Progress | None = None,
     lock: SearchLock | None = None,
 ) -> SearchResult:
-    """Run (or continue) the search in ``search_dir`` until ``evals`` trials or the time is up,
-    ``jobs`` trials at once. The folder is locked for the while (``lock``: already held)."""
+    """Run (or continue) ``search`` until ``evals`` trials or the time is up, ``jobs`` trials
+    at once (``evals``, ``max_minutes``: this invocation's budget, None = the search's own).
+    The folder is locked for the while (``lock``: already held)."""
     started = time.perf_counter()
-    search_dir = Path(search_dir)
+    progress = progress or Progress()
     if lock is None:
-        read_state(search_dir)
-        lock = SearchLock(search_dir)
+        read_state(search.folder)
+        lock = SearchLock(search.folder)
         lock.acquire()
     try:
-        search = Search(search_dir, evals, max_minutes, reporter)
-        if reporter is not None:
-            reporter.start(
-                {
-                    "search_dir": str(search_dir),
-                    "evals": search.evals,
-                    "done": sum(r.status != "running" for r in search.records.values()),
-                    "metric": search.s.metric,
-                    "keys": search.space.keys,
-                    "tracking_run_id": search.parent.run_id,
-                    "jobs": jobs,
-                }
+        loop = Loop(search, evals, max_minutes, progress)
+        done = sum(r.status != "running" for r in loop.records.values())
+        progress.start(
+            start_summary(
+                search,
+                list(loop.records.values()),
+                evals=loop.evals,
+                done=done,
+                parent_run_id=loop.parent.run_id,
+                jobs=jobs,
             )
+        )
         status = "completed"
         try:
-            drive(search, jobs)
+            drive(loop, jobs)
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -393,31 +386,19 @@ def run_search(
             status = "failed"
             raise
         finally:
-            result = search.result(0.0, jobs)
-            wrap_up(search, result, status, started)
+            result = loop.result(0.0, jobs)
+            wrap_up(loop, result, status, started)
         return result
     finally:
         lock.release()
 
 
-def wrap_up(search: Search, result: SearchResult, status: str, started: float) -> None:
+def wrap_up(loop: Loop, result: SearchResult, status: str, started: float) -> None:
     """Best links, the report, and the parent MLflow run's summary; done even after a failure."""
     with contextlib.suppress(Exception):
-        search.save()
+        loop.save()
     with contextlib.suppress(Exception):
-        result.best, result.best_config, result.notes = link_best(
-            search.search_dir, search.config, result.records
-        )
+        result.best, result.best_config, result.notes = link_best(loop.search, result.records)
     result.seconds = time.perf_counter() - started
-    with contextlib.suppress(Exception):
-        result.report = build_report(search.search_dir)
-        write_report(search.search_dir, result.report)
-    parent = search.parent
-    best = result.best
-    if best is not None and best.metric is not None:
-        parent.log_metrics({f"best_{search.s.metric}": best.metric}, step=best.number)
-        parent.set_tags({"heart.best_trial": f"trial-{best.number:03d}"})
-    parent.set_tags({"heart.trials": str(len(result.records)), "heart.pruner": search.s.pruner})
-    for name in (STATE, "best.toml", "report.json", "report.png", CONFIG):
-        parent.log_artifact(search.search_dir / name)
-    parent.end(status)
+    tags = {"heart.pruner": str(loop.s.pruner)}
+    finish(loop.search, result, loop.parent, status, tags=tags, artifacts=(CONFIG,))

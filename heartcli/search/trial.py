@@ -1,5 +1,12 @@
-"""One trial of a search: a `heart train` run in ``trial-NNN`` that asks, after every epoch,
-whether to go on. It runs in a worker process (see workers.py) or a Ray trial."""
+"""One trial of a search, for both backends: a `heart train` run (or ``heart train --folds
+K`` with ``[search] folds``) of the trial's config, scored into its :class:`TrialRecord`.
+
+:func:`run_trial` is the one trial runner. What differs between the backends is a
+:class:`TrialHooks`: where the trial's data and folder come from, and what happens after
+each epoch. A worker process of the hyperopt backend (workers.py) asks the search loop
+whether to go on (:class:`AskParent`); a Ray trial hands its files to the driver and
+reports to Ray Tune (ray_trial.py).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from heartcli.config import HeartConfig
-from heartcli.config.space import Space
 from heartcli.errors import ConfigError, HeartError
+from heartcli.search.spec import Search
 from heartcli.search.state import (
     DATA_KEYS,
     TrialRecord,
@@ -30,18 +35,68 @@ from heartcli.search.state import (
 Ask = Callable[[int, int, int, list[float]], bool]
 
 
-@dataclass
-class TrialSetup:
-    """What every trial of a search shares."""
+class TrialHooks:
+    """What a backend adds to :func:`run_trial`; the defaults train in the trial folder of
+    the search (cleared or resumed), with no data given and no question after an epoch."""
 
-    search_dir: Path
-    config: HeartConfig
-    config_text: str
-    parent_run_id: str | None
-    tracking_uri: str | None
+    # Exceptions of training that fail the trial (recorded; any other one propagates).
+    failures: tuple[type[BaseException], ...] = (HeartError, OSError, RuntimeError, MemoryError)
+    tracking_parent: str | None = None  # the search's MLflow run, for the trial's nested run
+    tracking_uri: str | None = None
+
+    def configure(self, cfg: HeartConfig) -> None:
+        """Adjust the trial's config before it runs (threads, tracking)."""
+
+    def data(self, cfg: HeartConfig) -> tuple[Any, Any]:
+        """(training, validation) data the trial trains on; (None, None) loads its own."""
+        return None, None
+
+    def open(self, run_dir: Path) -> bool:
+        """Ready the trial's folder: True to resume the run in it."""
+        return clear_trial_dir(run_dir, self.tracking_uri, self.tracking_parent)
+
+    def afresh(self, run_dir: Path) -> None:
+        """Clear the trial's folder for a run that always starts from nothing (folds)."""
+        restart_trial_dir(run_dir, self.tracking_uri, self.tracking_parent)
+
+    def epoch(
+        self, record: TrialRecord, info: Any, value: float | None, curve: list[float]
+    ) -> bool:
+        """An epoch ended (``value``: the metric, None when absent): True to stop."""
+        return False
+
+    def trained(self, result: Any) -> None:
+        """Training returned ``result`` (a TrainResult, or a CrossValidation's final run)."""
+        if result.status == "interrupted":
+            raise KeyboardInterrupt
+
+    def fail(self, record: TrialRecord, reason: str) -> None:
+        """The trial failed: recorded here (a Ray trial raises instead)."""
+        record.status, record.reason = "failed", reason
+
+
+@dataclass
+class AskParent(TrialHooks):
+    """A worker's trial: the search's shared data, ``threads`` each, and after every
+    epoch the search loop's answer (``ask``) whether to go on."""
+
+    ask: Ask
     train_data: Any
     val_data: Any
     threads: int  # torch threads of one trial
+    tracking_parent: str | None = None
+    tracking_uri: str | None = None
+
+    def configure(self, cfg: HeartConfig) -> None:
+        cfg.train.threads = trial_threads(cfg.train.threads, self.threads)
+
+    def data(self, cfg: HeartConfig) -> tuple[Any, Any]:
+        return self.train_data, self.val_data
+
+    def epoch(
+        self, record: TrialRecord, info: Any, value: float | None, curve: list[float]
+    ) -> bool:
+        return self.ask(record.number, info.epoch, info.epochs, list(curve))
 
 
 def trial_threads(setting: int | str, per_trial: int) -> int | str:
@@ -58,13 +113,14 @@ def trial_threads(setting: int | str, per_trial: int) -> int | str:
     return min(int(setting), per_trial) if setting else per_trial
 
 
-def shared_folds(config: HeartConfig, space: Space) -> tuple[Any, Any]:
+def shared_folds(search: Search) -> tuple[Any, Any]:
     """One training/validation fold for every trial (None, None when the space changes it);
     with ``[search] folds`` the whole training split (and None): each trial cuts its folds."""
     from heartcli.data.dataset import load_split
     from heartcli.training.folds import split_validation
 
-    if any(k.startswith("data.") or k in DATA_KEYS for k in space.keys):
+    config = search.config
+    if any(k.startswith("data.") or k in DATA_KEYS for k in search.space.keys):
         return None, None
     beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
     if config.search.folds:
@@ -87,90 +143,96 @@ def _scored(record: TrialRecord, metric: str, result: Any) -> None:
         record.status, record.reason = "failed", "no epoch finished"
 
 
-def run_trial(setup: TrialSetup, record: TrialRecord, ask: Ask) -> TrialRecord:
-    """Train one trial; failures are recorded, never raised (but Ctrl-C: KeyboardInterrupt)."""
+def _ended(record: TrialRecord, started: float | None = None) -> TrialRecord:
+    if started is not None:
+        record.seconds += time.perf_counter() - started
+    record.ended_at = time.time()
+    return record
+
+
+def run_trial(search: Search, record: TrialRecord, run_dir: Path, hooks: TrialHooks) -> TrialRecord:
+    """Train one trial in ``run_dir`` and score it into ``record``: its failures are
+    recorded through ``hooks.fail``, never raised (but Ctrl-C: KeyboardInterrupt)."""
     from heartcli.training import train
 
-    metric = setup.config.search.metric
-    run_dir = setup.search_dir / f"trial-{record.number:03d}"
+    metric = search.metric
     record.run_dir = str(run_dir)
     record.started_at = time.time()
     started = time.perf_counter()
     try:
-        cfg = trial_config(setup.config, record.params, record.number)
+        cfg = trial_config(search.config, record.params, record.number)
     except ConfigError as exc:
-        record.status, record.reason = "failed", "; ".join(exc.problems)
-        record.ended_at = time.time()
-        return record
-    cfg.train.threads = trial_threads(cfg.train.threads, setup.threads)
+        hooks.fail(record, "; ".join(exc.problems))
+        return _ended(record)
+    hooks.configure(cfg)
     try:
-        resume = clear_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
+        train_data, val_data = hooks.data(cfg)
+        resume = hooks.open(run_dir)
     except (HeartError, OSError) as exc:  # a link out of runs/, a folder that cannot go
-        record.status, record.reason = "failed", failure(exc)
-        record.ended_at = time.time()
-        return record
+        hooks.fail(record, failure(exc))
+        return _ended(record)
+    if cfg.search.folds:
+        return _cross_validated(search, cfg, record, run_dir, hooks, train_data, started)
     curve = [v for v in (metric_value(metric, row) for row in history(run_dir)) if v is not None]
 
     def on_epoch(info: Any) -> bool:
         value = metric_value(metric, vars(info))
         curve.append(value if value is not None else math.nan)
-        return ask(record.number, info.epoch, info.epochs, list(curve))
+        return hooks.epoch(record, info, value, curve)
 
-    if cfg.search.folds:
-        return _cross_validated(setup, cfg, record, run_dir, started)
     try:
         result = train(
             cfg,
             run_dir,
             resume=resume,
             on_epoch=on_epoch,
-            tracking_parent=setup.parent_run_id,
-            train_data=setup.train_data,
-            val_data=setup.val_data,
-            config_base=tomlkit.parse(setup.config_text),
+            tracking_parent=hooks.tracking_parent,
+            train_data=train_data,
+            val_data=val_data,
+            config_base=search.document(),
         )
-    except (HeartError, OSError, RuntimeError, MemoryError) as exc:  # a full disk included
-        record.status, record.reason = "failed", failure(exc)
+    except hooks.failures as exc:  # a full disk included
+        hooks.fail(record, failure(exc))
         record.curve = curve
     else:
-        if result.status == "interrupted":
-            raise KeyboardInterrupt
+        hooks.trained(result)
         record.status = result.status
         _scored(record, metric, result)
-    record.seconds += time.perf_counter() - started
-    record.ended_at = time.time()
-    return record
+    return _ended(record, started)
 
 
 def _cross_validated(
-    setup: TrialSetup, cfg: HeartConfig, record: TrialRecord, run_dir: Path, started: float
+    search: Search,
+    cfg: HeartConfig,
+    record: TrialRecord,
+    run_dir: Path,
+    hooks: TrialHooks,
+    beats: Any,
+    started: float,
 ) -> TrialRecord:
     """A ``[search] folds`` trial: ``heart train --folds K`` in the trial folder (always
     afresh), scored by the folds' mean macro-F1; one MLflow run (the final model's)."""
     from heartcli.training.crossval import cross_validate
 
     try:
-        restart_trial_dir(run_dir, setup.tracking_uri, setup.parent_run_id)
+        hooks.afresh(run_dir)
         result = cross_validate(
             cfg,
             run_dir,
             cfg.search.folds,
-            config_base=tomlkit.parse(setup.config_text),
-            beats=setup.train_data,
-            tracking_parent=setup.parent_run_id,
+            config_base=search.document(),
+            beats=beats,
+            tracking_parent=hooks.tracking_parent,
             track_folds=False,
         )
-    except (HeartError, OSError, RuntimeError, MemoryError) as exc:
-        record.status, record.reason = "failed", failure(exc)
+    except hooks.failures as exc:
+        hooks.fail(record, failure(exc))
     else:
-        if result.final.status == "interrupted":
-            raise KeyboardInterrupt
+        hooks.trained(result.final)
         record.status = "completed"
         record.metric = result.figures()["macro_f1"]["mean"]
         record.curve = [record.metric]
         record.best_epoch = result.epochs
         record.epochs_run = result.final.epochs_run
         record.tracking_run_id = result.final.tracking_run_id
-    record.seconds += time.perf_counter() - started
-    record.ended_at = time.time()
-    return record
+    return _ended(record, started)

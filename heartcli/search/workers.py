@@ -11,7 +11,8 @@ parent over its pipe whether to go on. So the state stays consistent whatever di
   trials that were running stay "running" in search.json and `--resume` continues them.
 
 Workers are started with multiprocessing's "spawn" method (no fork of a process that has
-torch threads), load the search's config and shared data themselves, then wait for trials.
+torch threads), get the search (:class:`~heartcli.search.spec.Search`, pickled: its config
+is never read again), load the shared data themselves, then wait for trials.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import threading
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from heartcli.errors import UsageError
+
+if TYPE_CHECKING:  # the search package loads torch: imported in the worker
+    from heartcli.search.spec import Search
 
 # Measured with benchmarks/bench_tune.py --only threads on this project's 2-core machine,
 # shared with other work (see the README): two one-thread quickstart trials side by side
@@ -68,7 +71,7 @@ def resolve_jobs(jobs: str | int | None, cluster: bool = False) -> int:
 class WorkerArgs:
     """What a worker needs to set itself up (picklable)."""
 
-    search_dir: str
+    search: Search  # its folder absolute
     cwd: str
     tracking_uri: str | None
     parent_run_id: str | None
@@ -103,29 +106,18 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
 
 def _serve(conn: Connection, args: WorkerArgs) -> None:
     from heartcli.errors import HeartError
-    from heartcli.search.state import CONFIG, TrialRecord, search_config
-    from heartcli.search.trial import TrialSetup, run_trial, shared_folds
+    from heartcli.search.state import TrialRecord
+    from heartcli.search.trial import AskParent, run_trial, shared_folds
 
     os.chdir(args.cwd)
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
-    search_dir = Path(args.search_dir)
+    search = args.search
     try:
-        config = search_config(search_dir)
-        train_data, val_data = shared_folds(config, config.search.parsed_space())
+        train_data, val_data = shared_folds(search)
     except HeartError as exc:
         conn.send(("error", str(exc), exc.exit_code))
         return
-    setup = TrialSetup(
-        search_dir,
-        config,
-        (search_dir / CONFIG).read_text(encoding="utf-8"),
-        args.parent_run_id,
-        args.tracking_uri,
-        train_data,
-        val_data,
-        args.threads,
-    )
 
     def ask(number: int, epoch: int, epochs: int, curve: list[float]) -> bool:
         conn.send(("epoch", number, epoch, epochs, curve))
@@ -136,12 +128,21 @@ def _serve(conn: Connection, args: WorkerArgs) -> None:
             raise KeyboardInterrupt
         return bool(reply[1])
 
+    hooks = AskParent(
+        ask,
+        train_data,
+        val_data,
+        args.threads,
+        tracking_parent=args.parent_run_id,
+        tracking_uri=args.tracking_uri,
+    )
     conn.send(("ready",))
     while True:
         message = conn.recv()
         if message[0] != "trial":
             return
-        record = run_trial(setup, TrialRecord(**message[1]), ask)
+        record = TrialRecord(**message[1])
+        run_trial(search, record, search.trial_dir(record.number), hooks)
         conn.send(("done", asdict(record)))
 
 
@@ -197,21 +198,24 @@ def stop_all(workers: list[Worker], timeout: float = 10.0) -> None:
     """Ask every worker to exit, wait ``timeout`` seconds for all of them together, then
     SIGTERM the rest, and SIGKILL whatever is still there after KILL_GRACE_S: no wait
     without a limit, even for a worker stopped with SIGSTOP."""
-    import time
-
     for w in workers:
         w.send(("exit",))
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    _join_all(workers, timeout)
     for w in workers:
         if w.process.is_alive():
             w.process.terminate()
-    deadline = time.monotonic() + KILL_GRACE_S
-    for w in workers:
-        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+    _join_all(workers, KILL_GRACE_S)
     for w in workers:
         if w.process.is_alive():
             w.process.kill()
             w.process.join(timeout=KILL_GRACE_S)
         w.conn.close()
+
+
+def _join_all(workers: list[Worker], seconds: float) -> None:
+    """Wait for the workers to end, ``seconds`` for all of them together."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
