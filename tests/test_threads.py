@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLES, SAMPLE
-from test_export import Tiny, build_tiny
+from conftest import EXAMPLES, SAMPLE, Exported
 
 from heartcli.threads import ThreadPolicy, auto_threads, cgroup_cpus, usable_cpus
 
@@ -26,9 +25,10 @@ HEAVY = ["torch", "mlflow", "ray", "onnxruntime", "pandas", "matplotlib", "wfdb"
 ON_LINUX = Path("/proc/stat").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return build_tiny(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture
+def tiny(exported: Exported) -> Exported:
+    """The session's trained run, evaluated and exported in every format (conftest)."""
+    return exported
 
 
 @pytest.fixture
