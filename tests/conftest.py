@@ -195,15 +195,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """The trained run, evaluated (`heart evaluate`) and exported in every format with an
-    int8 copy (`heart export --format all --quantize dynamic`), once per session."""
+    """The trained run, evaluated and exported in every format with an int8 copy
+    (`heart export --format all --quantize dynamic`), once per session."""
     base = tmp_path_factory.mktemp("exported")
     run = copy_run(trained_run, base / "runs" / "tiny")
+    return evaluate_and_export(run, base / "export", "--format", "all", "--quantize", "dynamic")
+
+
+def evaluate_and_export(run: Path, out: Path, *export: str) -> Exported:
+    """`heart evaluate RUN` (its eval.json), then `heart export RUN EXPORT... --out OUT`."""
     heart = Heart()
     heart("-q", "--json", "evaluate", run)
-    out = base / "export"
-    summary = heart.json("export", run, "--format", "all", "--quantize", "dynamic", "--out", out)
-    return Exported(run, out, summary)
+    return Exported(run, out, heart.json("export", run, *export, "--out", out))
 
 
 def copy_run(run: Path, dest: Path) -> Path:
