@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EXAMPLES, make_config
+from conftest import make_config, quick_args
 
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
@@ -413,10 +413,8 @@ def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
 def test_tune_drops_classes_as_train_does(heart, tmp_path, sample_dir):
     # [data] classes applies to every trial's folds, as in `heart train` (AAMI: Q dropped).
     heart(
-        "-q", "tune", "--config", EXAMPLES / "quickstart.toml", "--name", "noq", "--evals", "2",
-        "--set", f"data.dir={sample_dir}", "--set", "data.split=inter-patient",
-        "--set", 'data.classes={Q = "drop"}', "--set", "train.epochs=1",
-        "--set", "tracking.enabled=false",
+        "-q", "tune", "--name", "noq", "--evals", "2",
+        *quick_args("data.split=inter-patient", 'data.classes={Q = "drop"}', data=sample_dir),
     )  # fmt: skip
     search = tmp_path / "runs" / "noq"
     trials = state(search)["trials"]
