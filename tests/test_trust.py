@@ -24,9 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, MITDB, SAMPLE, quick_args
+from conftest import MITDB, QUICKSTART, SAMPLE, quick_args
 
-QUICKSTART = EXAMPLES / "quickstart.toml"
 PASSWORD = "S3cr3tPW"
 BIN = Path(sys.executable).parent
 QUICK = quick_args()  # the quick-start CNN, 1 epoch on the sample (conftest)
