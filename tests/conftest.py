@@ -1,9 +1,29 @@
-"""Shared fixtures: the real MIT-BIH records, the bundled sample, and a CLI runner."""
+"""Shared fixtures and builders: the real MIT-BIH records, the bundled sample, a CLI runner,
+the one trained run of the session, and the configs the tests train and search with.
+
+Two small configs, each defined once here:
+
+- **TINY** (:data:`TINY`, written by :func:`make_config`) is what "tiny" means in these
+  tests: a one-layer CNN of 8 channels (kernel 3, max pooling, no squeeze-excite, no
+  residual, 4 pooled outputs, one 16-unit dense layer) on the bundled sample, 150 beats a
+  class drawn at random, 1 epoch of batch 64 on 1 thread, MLflow off. A test states only
+  the keys it needs to differ (its search space, its epochs, its tracking), section by
+  section: ``make_config(tmp_path, train={"epochs": 4}, search={...})``.
+- **QUICK** (:data:`QUICK_SETS`; :func:`quick_args` gives a command's ``--config`` and
+  ``--set`` arguments) is the quick-start recipe (``examples/quickstart.toml``, a 3-layer
+  CNN) shrunk: the bundled sample, 200 beats a class, 1 epoch, MLflow off. It is the
+  config of :func:`trained_run`, the one run trained per session; a test adds its own
+  ``--set`` after these (the last one wins).
+
+``examples/tiny.toml`` is a different thing: the project's device recipe (test_edge).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +36,28 @@ REPO = Path(__file__).resolve().parents[1]
 MITDB = REPO.parent / "shared" / "data" / "mitdb"
 SAMPLE = REPO / "data" / "sample"
 EXAMPLES = REPO / "examples"
+QUICKSTART = EXAMPLES / "quickstart.toml"
+
+# The one tiny config (see the module docstring); make_config() writes it, section by section.
+TINY: dict[str, dict[str, Any]] = {
+    "data": {"dir": str(SAMPLE)},
+    "tracking": {"enabled": False},
+    "model": {
+        "conv_layers": 1,
+        "channels": [8],
+        "kernel_sizes": [3],
+        "pooling": ["max"],
+        "squeeze_excite": False,
+        "residual": False,
+        "pool_output": 4,
+        "fc": [16],
+    },
+    "resample": {"strategy": "random", "target": 150},
+    "train": {"epochs": 1, "batch_size": 64, "threads": 1},
+}
+
+# The quick-start recipe shrunk (see the module docstring), as `--set` overrides.
+QUICK_SETS = ("resample.target=200", "train.epochs=1")
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +99,124 @@ def heart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Heart:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return Heart()
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def make_config(where: Path, name: str = "tiny.toml", **sections: dict[str, Any] | None) -> Path:
+    """Write :data:`TINY` to ``where/name`` (or to ``where`` itself when it ends in .toml),
+    each keyword replacing the keys it names in that section (a key or a section given as
+    ``None`` is dropped: the default holds). A table value (``search={"space": {...}}``,
+    ``data={"classes": {...}}``) is written as a sub-table.
+    """
+    path = where if where.suffix == ".toml" else where / name
+    config: dict[str, dict[str, Any]] = {k: dict(v) for k, v in TINY.items()}
+    for section, keys in sections.items():
+        if keys is None:
+            config.pop(section, None)
+        else:
+            config.setdefault(section, {}).update(keys)
+            config[section] = {k: v for k, v in config[section].items() if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(toml(config))
+    return path
+
+
+def toml(config: dict[str, dict[str, Any]]) -> str:
+    """TOML text of ``config``: one table per section, a table value as a sub-table of
+    inline values (the way the tests' configs were written by hand)."""
+    out: list[str] = []
+    for section, keys in config.items():
+        tables = {k: v for k, v in keys.items() if isinstance(v, dict)}
+        out.append(f"[{section}]")
+        out += [f"{_key(k)} = {_value(v)}" for k, v in keys.items() if k not in tables]
+        for name, table in tables.items():
+            out += ["", f"[{section}.{_key(name)}]"]
+            out += [f"{_key(k)} = {_value(v)}" for k, v in table.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+def _key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def quick_args(
+    *sets: str, data: str | os.PathLike[str] = SAMPLE, tracking: bool = False
+) -> list[str]:
+    """``--config examples/quickstart.toml`` and the ``--set`` overrides of QUICK_SETS on
+    ``data``, then ``sets`` (the last wins); MLflow off unless ``tracking``."""
+    args = ["--config", str(QUICKSTART), "--set", f"data.dir={data}"]
+    for item in (*QUICK_SETS, *sets):
+        args += ["--set", item]
+    if not tracking:
+        args += ["--set", "tracking.enabled=false"]
+    return args
+
+
+# --------------------------------------------------------------------------- the trained run
+
+
+@dataclass
+class Exported:
+    run: Path  # an evaluated copy of the trained run (treat as read-only)
+    export: Path  # its export: every format and int8 (dynamic)
+    summary: dict[str, Any]  # `heart --json export` of that export
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's one trained run: QUICK (the quick-start CNN, 1 epoch on the bundled
+    sample), trained once through `heart train`, not evaluated. Read-only: a test that
+    changes a run works on :func:`copy_run` of it."""
+    runs = tmp_path_factory.mktemp("trained") / "runs"
+    Heart()("-q", "train", *quick_args(f"train.runs_dir={runs}"), "--name", "tiny")
+    return runs / "tiny"
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """The trained run, evaluated and exported in every format with an int8 copy
+    (`heart export --format all --quantize dynamic`), once per session."""
+    base = tmp_path_factory.mktemp("exported")
+    run = copy_run(trained_run, base / "runs" / "tiny")
+    return evaluate_and_export(run, base / "export", "--format", "all", "--quantize", "dynamic")
+
+
+def evaluate_and_export(run: Path, out: Path, *export: str) -> Exported:
+    """`heart evaluate RUN` (its eval.json), then `heart export RUN EXPORT... --out OUT`."""
+    heart = Heart()
+    heart("-q", "--json", "evaluate", run)
+    return Exported(run, out, heart.json("export", run, *export, "--out", out))
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a run folder, free to change."""
+    return Path(shutil.copytree(run, dest))
+
+
+def copy_record(mitdb_dir: Path, dest: Path, name: str = "100", atr: bool = True) -> Path:
+    """A real record's .hea and .dat (and its .atr) copied into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for ext in (".hea", ".dat") + ((".atr",) if atr else ()):
+        shutil.copy(mitdb_dir / f"{name}{ext}", dest / f"{name}{ext}")
+    return dest / name

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import wfdb
-from conftest import EXAMPLES, SAMPLE
+from conftest import SAMPLE, quick_args
 
 from heartcli.data.dataset import load_split
 
@@ -15,10 +15,8 @@ def test_inter_patient_run_without_q(heart, tmp_path, mitdb_dir):
     # AAMI EC57 practice: Q (8 beats in DS1, 7 in DS2) is dropped from training and scoring.
     # With Q kept, [resample] would refuse to copy its 4 training beats (min_beats = 50).
     heart(
-        "-q", "train", "--config", EXAMPLES / "quickstart.toml", "--name", "noq",
-        "--set", f"data.dir={SAMPLE}", "--set", "data.split=inter-patient",
-        "--set", 'data.classes={Q = "drop"}', "--set", "resample.target=200",
-        "--set", "train.epochs=1", "--set", "tracking.enabled=false",
+        "-q", "train", "--name", "noq",
+        *quick_args("data.split=inter-patient", 'data.classes={Q = "drop"}'),
     )  # fmt: skip
     run = tmp_path / "runs" / "noq"
     manifest = json.loads((run / "manifest.json").read_text())

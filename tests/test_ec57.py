@@ -7,41 +7,23 @@ annotation pairs for bxb's matching rules."""
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
-from conftest import EXAMPLES, SAMPLE, Heart
+from conftest import SAMPLE, copy_record
 
 from heartcli.data.mitdb import AAMI_MAP
 from heartcli.evaluate import ec57
 from heartcli.metrics import aami
 
-_cache: dict[str, Path] = {}
 
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quick-start CNN, one epoch on the bundled sample: its classes are N S V F Q."""
-    if "model" not in _cache:
-        runs = tmp_path_factory.mktemp("ec57") / "runs"
-        Heart()(
-            "train", "--config", EXAMPLES / "quickstart.toml", "--name", "ec57",
-            "--set", f"data.dir={SAMPLE}", "--set", f"train.runs_dir={runs}",
-            "--set", "train.epochs=1", "--set", "resample.target=200",
-            "--set", "tracking.enabled=false", "-q",
-        )  # fmt: skip
-        _cache["model"] = runs / "ec57"
-    return _cache["model"]
-
-
-def copy_record(mitdb_dir: Path, dest: Path, name: str, atr: bool = True) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for ext in (".hea", ".dat") + ((".atr",) if atr else ()):
-        shutil.copy(mitdb_dir / f"{name}{ext}", dest / f"{name}{ext}")
-    return dest / name
+@pytest.fixture
+def model(trained_run: Path) -> Path:
+    """The session's trained run (conftest: the quick-start CNN, 1 epoch on the bundled
+    sample): its classes are N S V F Q."""
+    return trained_run
 
 
 def cut_record(mitdb_dir: Path, dest: Path, name: str, minutes: float = 8) -> Path:

@@ -15,61 +15,32 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import EXAMPLES, REPO, SAMPLE, Heart
+from conftest import EXAMPLES, REPO, SAMPLE, Exported, Heart, evaluate_and_export
 
-TINY = EXAMPLES / "tiny.toml"
+RECIPE = EXAMPLES / "tiny.toml"  # the device recipe (not conftest's TINY)
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 needs_executorch = pytest.mark.skipif(
     not HAS_EXECUTORCH, reason="ExecuTorch is not installed: pip install 'heart[edge]'"
 )
 
 
-@dataclass
-class Edge:
-    run: Path  # trained and evaluated on the sample (read-only)
-    export: Path  # onnx (+ pte) with --quantize static
-    summary: dict[str, Any]
-
-
-_cache: dict[str, Edge] = {}
-
-
 @pytest.fixture(scope="session")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Edge:
-    if "edge" not in _cache:
-        base = tmp_path_factory.mktemp("edge")
-        heart = Heart()
-        runs = base / "runs"
-        heart(
-            "-q",
-            "train",
-            "--config",
-            TINY,
-            "--name",
-            "tiny",
-            "--set",
-            f"data.dir={SAMPLE}",
-            "--set",
-            f"train.runs_dir={runs}",
-            "--set",
-            "train.epochs=12",
-            "--set",
-            "resample.target=300",
-            "--set",
-            "tracking.enabled=false",
-        )
-        run = runs / "tiny"
-        heart("-q", "--json", "evaluate", run)
-        formats = ["--format", "onnx"] + (["--format", "pte"] if HAS_EXECUTORCH else [])
-        out = base / "export"
-        summary = heart.json("export", run, *formats, "--quantize", "static", "--out", out)
-        _cache["edge"] = Edge(run, out, summary)
-    return _cache["edge"]
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """examples/tiny.toml, 12 epochs on the sample, evaluated; exported to ONNX (and .pte)
+    with static int8."""
+    runs = tmp_path_factory.mktemp("edge") / "runs"
+    Heart()(
+        "-q", "train", "--config", RECIPE, "--name", "tiny",
+        "--set", f"data.dir={SAMPLE}", "--set", f"train.runs_dir={runs}",
+        "--set", "train.epochs=12", "--set", "resample.target=300",
+        "--set", "tracking.enabled=false",
+    )  # fmt: skip
+    formats = ["--format", "onnx"] + (["--format", "pte"] if HAS_EXECUTORCH else [])
+    return evaluate_and_export(
+        runs / "tiny", runs.parent / "export", *formats, "--quantize", "static"
+    )
 
 
 def test_tiny_recipe_fits_the_device_budget(edge):

@@ -13,40 +13,31 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import EXAMPLES, SAMPLE
+from conftest import SAMPLE, Heart, last_line, quick_args
 
 from heartcli.data.dataset import load_split
 from heartcli.model.inference import model_inputs, torch_proba
 from heartcli.model.load import load_run
 
-TINY = (
-    "--config", EXAMPLES / "quickstart.toml",
-    "--set", f"data.dir={SAMPLE}", "--set", "resample.target=150",
-    "--set", "resample.min_beats=1", "--set", "train.scheduler=cosine",
-    "--set", "train.epochs=1", "--set", "tracking.enabled=false",
-)  # fmt: skip
+# The quick-start CNN on the sample (conftest), 150 beats a class, every class kept, cosine.
+QUICK = quick_args("resample.target=150", "resample.min_beats=1", "train.scheduler=cosine")
 RHYTHM = (
     "--set", "model.rhythm=true", "--set", 'model.rhythm_columns=["rr_pre_local", "tpl_rms"]',
     "--set", "model.rhythm_wide=true",
 )  # fmt: skip
 
 
-def last_line(text: str) -> str:
-    return text.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory):
     """A 3-fold ensemble of tiny rhythm models (beats and rhythm in), exported in every
     format; the random split's real test beats."""
-    from conftest import Heart
 
     root = tmp_path_factory.mktemp("ensemble")
     heart = Heart()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         summary = heart.json(
-            "train", *TINY, *RHYTHM, "--name", "ens", "--folds", "3",
+            "train", *QUICK, *RHYTHM, "--name", "ens", "--folds", "3",
             "--set", 'train.final="ensemble"',
         )  # fmt: skip
         heart("-q", "export", root / "runs" / "ens", "--format", "all", "--out", root / "export")
@@ -154,7 +145,7 @@ SEARCH = (
 
 
 def test_tune_ensembles_its_top_trials_out_of_fold(heart, tmp_path):
-    summary = heart.json("tune", *TINY, *SEARCH, "--set", "search.ensemble=2", "--name", "s")
+    summary = heart.json("tune", *QUICK, *SEARCH, "--set", "search.ensemble=2", "--name", "s")
     info = summary["ensemble"]
     trials = sorted(
         (r for r in summary["records"] if r["status"] == "completed"),
@@ -184,7 +175,7 @@ def test_tune_ensembles_its_top_trials_out_of_fold(heart, tmp_path):
 
 
 def test_tune_ensemble_larger_than_the_trials_is_refused(heart, tmp_path):
-    result = heart("tune", *TINY, *SEARCH, "--set", "search.ensemble=4", "--name", "s", expect=2)
+    result = heart("tune", *QUICK, *SEARCH, "--set", "search.ensemble=4", "--name", "s", expect=2)
     line = last_line(result.stderr)
     assert line == (
         "error: search.ensemble = 4: the search runs 3 trials; lower search.ensemble to at "
@@ -198,7 +189,7 @@ def test_tune_ensemble_on_the_validation_fold(heart, tmp_path):
         "--set", "search.pruner=none", "--set", "search.evals=2", "--set", "search.ensemble=2",
         "--set", 'search.space={"train.lr" = {loguniform = [1e-3, 1e-2]}}',
     )  # fmt: skip
-    info = heart.json("tune", *TINY, *search, "--name", "v")["ensemble"]
+    info = heart.json("tune", *QUICK, *search, "--name", "v")["ensemble"]
     from heartcli.config import load_config
     from heartcli.metrics import metrics
     from heartcli.training.folds import split_validation
@@ -222,7 +213,7 @@ def test_tune_ensemble_on_the_validation_fold(heart, tmp_path):
 
 def test_tune_ensemble_with_too_few_finished_trials_is_refused(heart, tmp_path):
     result = heart(
-        "tune", *TINY, *SEARCH, "--set", "search.ensemble=2", "--max-minutes", "0.0001",
+        "tune", *QUICK, *SEARCH, "--set", "search.ensemble=2", "--max-minutes", "0.0001",
         "--name", "s", expect=2,
     )  # fmt: skip
     assert last_line(result.stderr) == (

@@ -8,37 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_run
 from sklearn import metrics as skm
 
-from heartcli.config import load_config
 from heartcli.data.dataset import load_split, write_beats
 from heartcli.metrics import metrics
-from heartcli.training import train
-
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, sample_dir) -> Path:
-    """One tiny run on the bundled sample, trained once for every test here."""
-    cfg = load_config(
-        QUICKSTART,
-        [
-            f"data.dir={sample_dir}",
-            "resample.target=200",
-            "train.epochs=2",
-            "tracking.enabled=false",
-        ],
-    )
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    train(cfg, path)
-    return path
 
 
 @pytest.fixture
-def run(trained, tmp_path) -> Path:
-    """A private copy of the trained run, free to damage."""
-    return Path(shutil.copytree(trained, tmp_path / "run"))
+def run(trained_run, tmp_path) -> Path:
+    """A private copy of the session's trained run (not evaluated), free to damage."""
+    return copy_run(trained_run, tmp_path / "run")
 
 
 def test_metrics_match_scikit_learn_on_real_labels(sample_dir):

@@ -1,59 +1,26 @@
-"""`heart export` through the CLI on a tiny model trained once per session on the sample."""
+"""`heart export` through the CLI on the session's trained run (conftest: the quick-start CNN,
+1 epoch on the sample), evaluated and exported once per session."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
-from conftest import EXAMPLES, SAMPLE, Heart
+from conftest import SAMPLE, Exported
 
 from heartcli import export as export_service
 
-QUICKSTART = EXAMPLES / "quickstart.toml"
 
-
-@dataclass
-class Tiny:
-    run: Path  # a trained, evaluated run folder (treat as read-only)
-    export: Path  # its export: every format and int8
-    summary: dict[str, Any]  # `heart --json export` of that export
-
-
-_cache: dict[str, Tiny] = {}
-
-
-def build_tiny(base: Path) -> Tiny:
-    """Train (1 epoch, quick-start CNN, sample data), evaluate and export once per session."""
-    if "tiny" not in _cache:
-        heart = Heart()
-        runs = base / "runs"
-        heart(
-            "train", "--config", QUICKSTART, "--name", "tiny",
-            "--set", f"data.dir={SAMPLE}", "--set", f"train.runs_dir={runs}",
-            "--set", "train.epochs=1", "--set", "resample.target=200",
-            "--set", "tracking.enabled=false", "-q",
-        )  # fmt: skip
-        run = runs / "tiny"
-        heart("-q", "--json", "evaluate", run)
-        out = base / "export"
-        summary = heart.json(
-            "export", run, "--format", "all", "--quantize", "dynamic", "--out", out
-        )
-        _cache["tiny"] = Tiny(run, out, summary)
-    return _cache["tiny"]
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return build_tiny(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture
+def tiny(exported: Exported) -> Exported:
+    """The session's trained run, evaluated and exported in every format (conftest)."""
+    return exported
 
 
 def sha256(path: Path) -> str:

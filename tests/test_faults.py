@@ -16,19 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES
+from conftest import quick_args
 
 from heartcli.data.dataset import load_split
 
-QUICKSTART = EXAMPLES / "quickstart.toml"
 HEART = [sys.executable, "-m", "heartcli"]
 
 
-def tiny(data_dir: Path, *sets: str) -> list[str]:
-    args = ["--config", str(QUICKSTART), "--set", f"data.dir={data_dir}"]
-    for item in ("resample.target=200", "train.epochs=2", "tracking.enabled=false", *sets):
-        args += ["--set", item]
-    return args
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
 
 
 def spawn(cwd: Path, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
@@ -50,7 +47,7 @@ def spawn(cwd: Path, *args: str | os.PathLike[str]) -> subprocess.Popen[str]:
 def test_two_runs_with_the_same_name_at_once_one_wins(tmp_path, sample_dir):
     """Both start before either has created runs/race; exactly one may train into it."""
     procs = [
-        spawn(tmp_path, "--json", "train", *tiny(sample_dir), "--name", "race") for _ in range(2)
+        spawn(tmp_path, "--json", "train", *quick(sample_dir), "--name", "race") for _ in range(2)
     ]
     done = [(p, *p.communicate(timeout=600)) for p in procs]
     codes = sorted(p.returncode for p, _, _ in done)
@@ -71,7 +68,7 @@ def test_two_runs_with_the_same_name_at_once_one_wins(tmp_path, sample_dir):
 
 
 def test_truncated_config_is_refused_on_resume(heart, sample_dir):
-    heart("-q", "train", *tiny(sample_dir, "train.batch_size=64"), "--name", "cut")
+    heart("-q", "train", *quick(sample_dir, "train.batch_size=64"), "--name", "cut")
     run = Path("runs/cut")
     config = run / "config.toml"
     text = config.read_text()
@@ -85,7 +82,7 @@ def test_truncated_config_is_refused_on_resume(heart, sample_dir):
 
 
 def test_resume_with_set_writes_the_config_back_and_nothing_else_rewrites_it(heart, sample_dir):
-    heart("-q", "train", *tiny(sample_dir, "train.epochs=1"), "--name", "more")
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "more")
     run = Path("runs/more")
     config = run / "config.toml"
     before = config.stat().st_mtime_ns
@@ -103,7 +100,7 @@ def test_resume_with_set_writes_the_config_back_and_nothing_else_rewrites_it(hea
 
 def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, sample_dir):
     proc = spawn(
-        tmp_path, "train", *tiny(sample_dir, "train.epochs=200", "train.patience=200"), "-n", "t"
+        tmp_path, "train", *quick(sample_dir, "train.epochs=200", "train.patience=200"), "-n", "t"
     )
     history = tmp_path / "runs" / "t" / "history.csv"
     deadline = time.monotonic() + 300
@@ -185,7 +182,7 @@ def test_up_to_date_checks_the_files_against_the_manifest(heart, mitdb_dir, samp
     heart("-q", "fetch", "--source", mitdb_dir, "--out", out)
     # put another dataset's file in place of one part: the manifest no longer describes it
     shutil.copy(sample_dir / "random" / "train.parquet", out / "random" / "train.parquet")
-    result = heart("train", *tiny(out), "--name", "mixed", expect=1)
+    result = heart("train", *quick(out), "--name", "mixed", expect=1)
     assert "is not the file manifest.json lists" in result.stderr
     assert not Path("runs/mixed").exists()
     assert heart.json("fetch", "--source", mitdb_dir, "--out", out)["status"] == "built"

@@ -7,25 +7,17 @@ import json
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SAMPLE
+from conftest import EXAMPLES, SAMPLE, last_line, quick_args
 
 from heartcli.data.dataset import load_split
 from heartcli.metrics import metrics
 
-TINY = (
-    "--config", EXAMPLES / "quickstart.toml",
-    "--set", f"data.dir={SAMPLE}", "--set", "resample.target=150",
-    "--set", "resample.min_beats=1", "--set", "train.scheduler=cosine",
-    "--set", "train.epochs=1", "--set", "tracking.enabled=false",
-)  # fmt: skip
-
-
-def last_line(text: str) -> str:
-    return text.strip().splitlines()[-1]
+# The quick-start CNN on the sample (conftest), 150 beats a class, every class kept, cosine.
+QUICK = quick_args("resample.target=150", "resample.min_beats=1", "train.scheduler=cosine")
 
 
 def test_stratified_folds_on_the_random_split(heart, tmp_path):
-    summary = heart.json("train", *TINY, "--name", "cv", "--folds", "3")
+    summary = heart.json("train", *QUICK, "--name", "cv", "--folds", "3")
     beats = load_split(SAMPLE, "random", "train")
     total = beats.counts()
     run = tmp_path / "runs" / "cv"
@@ -73,7 +65,7 @@ def test_stratified_folds_on_the_random_split(heart, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["crossval"]["oof"] == oof
     assert manifest["data"]["validation"] is False and (run / "model.safetensors").exists()
-    shown = heart("train", *TINY, "--name", "cv2", "--folds", "2")
+    shown = heart("train", *QUICK, "--name", "cv2", "--folds", "2")
     assert "stratified cross-validation" in shown.stdout
     assert "out-of-fold macro-F1" in shown.stdout
     assert "fold 1 of 2: validation stratified beats" in shown.stderr
@@ -83,14 +75,14 @@ def test_folds_need_every_class_in_every_fold(heart):
     beats = load_split(SAMPLE, "random", "train")
     fewest = min(n for n in beats.counts().values() if n)
     rarest = min((n, c) for c, n in beats.counts().items() if n)[1]
-    result = heart("train", *TINY, "--folds", str(fewest + 1), expect=2)
+    result = heart("train", *QUICK, "--folds", str(fewest + 1), expect=2)
     line = last_line(result.stderr)
     assert line.startswith("error: --folds") and f"class {rarest} ({fewest})" in line
     assert f"use --folds {fewest} or fewer" in line
 
 
 def test_ensemble_final_needs_folds(heart, tmp_path):
-    result = heart("train", *TINY, "--set", 'train.final="ensemble"', expect=2)
+    result = heart("train", *QUICK, "--set", 'train.final="ensemble"', expect=2)
     assert len(result.stderr.strip().splitlines()) == 1
     assert 'train.final = "ensemble"' in result.stderr and "--folds K" in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -16,18 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES
-
-QUICKSTART = EXAMPLES / "quickstart.toml"
+from conftest import quick_args
 
 
-def tiny(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
-    args = ["--config", str(QUICKSTART), "--set", f"data.dir={data_dir}"]
-    for item in ("resample.target=200", "train.epochs=2", *sets):
-        args += ["--set", item]
-    if not tracking:
-        args += ["--set", "tracking.enabled=false"]
-    return args
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
 
 
 def one_error(result, exit_code: int) -> str:
@@ -68,7 +62,7 @@ def test_duplicate_key_names_file_line_and_key(heart, tmp_path):
     ],
 )
 def test_seeds_out_of_range_are_config_errors(heart, sample_dir, command, override, message):
-    args = tiny(sample_dir) if command == "train" else []
+    args = quick(sample_dir) if command == "train" else []
     result = heart(command, *args, "--set", override, expect=None)
     assert one_error(result, 2).startswith(f"error: {message}")
     assert not Path("runs").exists()
@@ -104,7 +98,7 @@ def test_a_huge_config_is_refused_at_once_without_echo(heart, tmp_path):
     "name", ["", "a\nb", "tab\there", "x" * 300, "../up", "-dash", "sp ace", ".."]
 )
 def test_unsafe_run_names_are_refused(heart, sample_dir, name):
-    line = one_error(heart("train", *tiny(sample_dir), "--name", name, expect=None), 2)
+    line = one_error(heart("train", *quick(sample_dir), "--name", name, expect=None), 2)
     assert line.startswith("error: --name")
     assert not Path("runs").exists() or not any(Path("runs").iterdir())
 
@@ -120,12 +114,12 @@ def test_unsafe_search_names_are_refused(heart, sample_dir):
 def test_broken_mlflow_store_leaves_no_run_folder(heart, sample_dir, tmp_path):
     (tmp_path / "broken.db").write_bytes(b"this is not a sqlite database" * 100)
     uri = f"sqlite:///{tmp_path / 'broken.db'}"
-    args = tiny(sample_dir, f"tracking.uri={uri}", tracking=True)
+    args = quick(sample_dir, f"tracking.uri={uri}", tracking=True)
     line = one_error(heart("train", *args, "--name", "b", expect=None), 1)
     assert line.startswith("error: tracking: cannot log to MLflow")
     assert not Path("runs/b").exists()
     # the name is free again: the same run trains once tracking is fixed
-    heart("-q", "train", *tiny(sample_dir), "--name", "b")
+    heart("-q", "train", *quick(sample_dir), "--name", "b")
     assert json.loads(Path("runs/b/manifest.json").read_text())["status"] == "completed"
 
 
@@ -139,7 +133,7 @@ def test_unreachable_mlflow_server_fails_in_seconds(heart, sample_dir):
     uri = f"http://127.0.0.1:{closed_port()}"
     started = time.perf_counter()
     result = heart(
-        "train", *tiny(sample_dir, f"tracking.uri={uri}", tracking=True), "-n", "u", expect=None
+        "train", *quick(sample_dir, f"tracking.uri={uri}", tracking=True), "-n", "u", expect=None
     )
     assert time.perf_counter() - started < 30
     line = one_error(result, 1)
@@ -150,7 +144,7 @@ def test_unreachable_mlflow_server_fails_in_seconds(heart, sample_dir):
 def test_unreachable_mlflow_server_falls_back_to_local_when_asked(heart, sample_dir):
     uri = f"http://127.0.0.1:{closed_port()}"
     sets = (f"tracking.uri={uri}", "tracking.on_error=local")
-    result = heart("train", *tiny(sample_dir, *sets, tracking=True), "-n", "l")
+    result = heart("train", *quick(sample_dir, *sets, tracking=True), "-n", "l")
     assert f"MLflow at {uri} is unreachable" in result.stderr
     manifest = json.loads(Path("runs/l/manifest.json").read_text())
     assert manifest["tracking"]["uri"].startswith("sqlite:///")
@@ -162,7 +156,7 @@ def test_unreachable_mlflow_server_falls_back_to_local_when_asked(heart, sample_
 
 
 def test_every_file_of_a_run_has_the_same_permissions(heart, sample_dir):
-    heart("-q", "train", *tiny(sample_dir, "train.epochs=1"), "--name", "p")
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "p")
     umask = os.umask(0)
     os.umask(umask)
     modes = {
@@ -173,7 +167,7 @@ def test_every_file_of_a_run_has_the_same_permissions(heart, sample_dir):
 
 
 def test_evaluate_says_when_the_run_is_unfinished(heart, sample_dir):
-    heart("-q", "train", *tiny(sample_dir, "train.epochs=1"), "--name", "e")
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "e")
     manifest_file = Path("runs/e/manifest.json")
     manifest = json.loads(manifest_file.read_text())
     assert manifest["status"] == "completed"
@@ -191,7 +185,7 @@ def test_evaluate_says_when_the_run_is_unfinished(heart, sample_dir):
 
 
 def test_predict_refuses_beats_far_outside_the_training_range(heart, sample_dir, tmp_path):
-    heart("-q", "train", *tiny(sample_dir, "train.epochs=1"), "--name", "r")
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "r")
     lo, hi = json.loads(Path("runs/r/manifest.json").read_text())["data"]["input_range"]
     assert 0.0 <= lo < hi <= 1.0
     table = pq.read_table(sample_dir / "random" / "test.parquet")
@@ -279,7 +273,7 @@ def test_help_shows_readable_metavars_and_the_global_flags(heart):
 
 def test_global_flags_do_not_swallow_option_values(heart, sample_dir):
     """`--name -q` names the run "-q" (refused as a name), it does not turn on quiet mode."""
-    result = heart("train", *tiny(sample_dir), "--name", "-q", expect=None)
+    result = heart("train", *quick(sample_dir), "--name", "-q", expect=None)
     assert one_error(result, 2).startswith("error: --name '-q'")
     result = heart("config", "show", "--set", "tracking.experiment=--json")
     assert 'experiment = "--json"' in result.stdout
@@ -304,7 +298,7 @@ def test_readme_says_which_commands_take_config_and_set(heart):
 
 
 def test_export_restores_the_root_logger(heart, sample_dir, tmp_path):
-    heart("-q", "train", *tiny(sample_dir, "train.epochs=1"), "--name", "x")
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "x")
     root = logging.getLogger()
     before = root.level
     root.setLevel(logging.INFO)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE
-from test_export import Tiny, build_tiny
+from conftest import SAMPLE, Exported, copy_record
 
 from heartcli.data.beats import record_beats
 from heartcli.data.mitdb import AAMI_MAP
@@ -21,16 +19,10 @@ from heartcli.predict.segment import local_peaks, match_peaks
 TEST_BEATS = SAMPLE / "random" / "test.parquet"
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return build_tiny(tmp_path_factory.mktemp("tiny"))
-
-
-def copy_record(mitdb_dir: Path, dest: Path, name: str = "100", atr: bool = True) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for ext in (".hea", ".dat") + ((".atr",) if atr else ()):
-        shutil.copy(mitdb_dir / f"{name}{ext}", dest / f"{name}{ext}")
-    return dest / name
+@pytest.fixture
+def tiny(exported: Exported) -> Exported:
+    """The session's trained run, evaluated and exported in every format (conftest)."""
+    return exported
 
 
 def test_predict_beat_file_with_run_and_onnx_agree(heart, tiny, tmp_path):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,47 +41,31 @@ BIN = Path(sys.executable).parent
 GCS = "127.0.0.1:6379"
 MLFLOW = "http://127.0.0.1:5000"
 
-CONFIG = """
-[data]
-dir = "data/sample"
-
-[tracking]
-uri = "{mlflow}"
-experiment = "cluster"
-
-[model]
-conv_layers = 3
-channels = [16, 32, 32]
-kernel_sizes = [7, 5, 3]
-pooling = ["max", "max", "none"]
-pool_output = 4
-fc = [64, 32, 16]
-
-[resample]
-strategy = "random"
-target = 300
-majority = "cap"
-
-[train]
-epochs = 2
-batch_size = 64
-lr = 0.003
-patience = 10
-
-[search]
-evals = 4
-seed = 42
-pruner = "none"
-concurrency = 2
-
-[search.space]
-"train.lr" = {{loguniform = [1e-3, 1e-2]}}
-"train.batch_size" = {{choice = [32, 64, 128]}}
-"model.dropout" = {{uniform = [0.1, 0.4]}}
-"model.kernel_sizes" = {{per_layer = {{choice = [3, 5, 7]}}}}
-# a seed: every trial carves its own validation fold from the whole split Ray hands it
-"train.seed" = {{choice = [1, 2]}}
-"""
+# TINY (conftest) with the quick-start's three conv layers, read from the driver's folder,
+# logged to the MLflow server: 4 trials, 2 at a time.
+CONFIG: dict[str, dict[str, Any]] = {
+    "data": {"dir": "data/sample"},
+    "tracking": {"enabled": None, "uri": MLFLOW, "experiment": "cluster"},
+    "model": {
+        "conv_layers": 3, "channels": [16, 32, 32], "kernel_sizes": [7, 5, 3],
+        "pooling": ["max", "max", "none"], "squeeze_excite": None, "residual": None,
+        "fc": [64, 32, 16],
+    },
+    "resample": {"target": 300, "majority": "cap"},
+    "train": {"epochs": 2, "lr": 0.003, "patience": 10, "threads": None},
+    "search": {
+        "evals": 4, "seed": 42, "pruner": "none", "concurrency": 2,
+        "space": {
+            "train.lr": {"loguniform": [1e-3, 1e-2]},
+            "train.batch_size": {"choice": [32, 64, 128]},
+            "model.dropout": {"uniform": [0.1, 0.4]},
+            "model.kernel_sizes": {"per_layer": {"choice": [3, 5, 7]}},
+            # a seed: every trial carves its own validation fold from the whole split Ray
+            # hands it
+            "train.seed": {"choice": [1, 2]},
+        },
+    },
+}  # fmt: skip
 
 WAIT_FOR_CLUSTER = """
 import socket, sys, time, ray
@@ -172,7 +157,7 @@ class Cluster:
         self.root = root
         self.driver = root / "driver"
         shutil.copytree(sample_dir, self.driver / "data" / "sample")
-        (self.driver / "quick.toml").write_text(CONFIG.format(mlflow=MLFLOW))
+        make_config(self.driver / "quick.toml", **CONFIG)
         (root / "server").mkdir()
         (root / "home").mkdir()
         self.ray_tmp = Path(tempfile.mkdtemp(prefix="hr", dir="/tmp"))  # short socket paths

@@ -9,21 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import quick_args
 
 from heartcli.data.dataset import load_split, read_beats
 from heartcli.training import carve_validation
 from heartcli.training.precision import native_bf16
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-QUICKSTART = EXAMPLES / "quickstart.toml"
 NATIVE_BF16 = native_bf16(torch.device("cpu"))
 
 
-def tiny(data_dir: Path, *sets: str) -> list[str]:
-    args = ["--config", str(QUICKSTART), "--set", f"data.dir={data_dir}"]
-    for item in ("resample.target=200", "train.epochs=2", "tracking.enabled=false", *sets):
-        args += ["--set", item]
-    return args
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
 
 
 def manifest(run: str) -> dict:
@@ -87,8 +84,8 @@ def test_epoch_beats_scales_the_mix(heart, sample_dir):
 
 
 def test_resume_replays_the_same_draws_and_keeps_the_recipe(heart, sample_dir):
-    straight = heart.json("train", *tiny(sample_dir, "train.epochs=3"), "--name", "a")
-    heart("train", *tiny(sample_dir, "train.epochs=2"), "--name", "b")
+    straight = heart.json("train", *quick(sample_dir, "train.epochs=3"), "--name", "a")
+    heart("train", *quick(sample_dir, "train.epochs=2"), "--name", "b")
     resumed = heart.json("train", "--resume", "runs/b", "--set", "train.epochs=3")
 
     def figures(summary: dict) -> list[tuple]:
@@ -114,7 +111,7 @@ def test_resume_replays_the_same_draws_and_keeps_the_recipe(heart, sample_dir):
 def test_precision_is_recorded_and_the_model_evaluates_and_exports(heart, sample_dir, precision):
     if precision == "bf16" and not NATIVE_BF16:
         pytest.skip("this CPU has no native bf16 (AVX512-BF16 or AMX)")
-    out = heart("train", *tiny(sample_dir, f"train.precision={precision}"), "--name", "p")
+    out = heart("train", *quick(sample_dir, f"train.precision={precision}"), "--name", "p")
     ran = "bf16" if precision == "auto" and NATIVE_BF16 else precision
     ran = "fp32" if ran == "auto" else ran
     assert manifest("runs/p")["precision"] == ran
@@ -130,7 +127,7 @@ def test_precision_is_recorded_and_the_model_evaluates_and_exports(heart, sample
 def test_bf16_without_native_support_is_refused(heart, sample_dir):
     if NATIVE_BF16:
         pytest.skip("this CPU does bf16 natively; the refusal is for CPUs that do not")
-    result = heart("train", *tiny(sample_dir, "train.precision=bf16"), "--name", "x", expect=2)
+    result = heart("train", *quick(sample_dir, "train.precision=bf16"), "--name", "x", expect=2)
     assert result.stderr.strip().startswith('error: train.precision: "bf16" is not supported')
     assert not Path("runs/x").exists()
 
@@ -140,7 +137,7 @@ def test_bf16_without_native_support_is_refused(heart, sample_dir):
 
 def test_max_minutes_stops_after_the_epoch_that_crosses_it(heart, sample_dir):
     summary = heart.json(
-        "train", *tiny(sample_dir, "train.epochs=5"), "--name", "b", "--max-minutes", "0.0001"
+        "train", *quick(sample_dir, "train.epochs=5"), "--name", "b", "--max-minutes", "0.0001"
     )
     assert (summary["status"], summary["epochs_run"]) == ("budget", 1)
     assert summary["seconds_to_best"] == round(summary["history"][0]["elapsed"], 2) > 0
@@ -153,7 +150,7 @@ def test_max_minutes_stops_after_the_epoch_that_crosses_it(heart, sample_dir):
 
 @pytest.mark.parametrize("value", ["-1", "0", "soon", "nan", "inf"])
 def test_max_minutes_must_be_a_positive_number(heart, sample_dir, value):
-    result = heart("train", *tiny(sample_dir), "--name", "x", "--max-minutes", value, expect=2)
+    result = heart("train", *quick(sample_dir), "--name", "x", "--max-minutes", value, expect=2)
     assert result.stderr.strip() == (
         f"error: --max-minutes {value!r}: expected a positive number of minutes, e.g. 15"
     )
@@ -161,10 +158,10 @@ def test_max_minutes_must_be_a_positive_number(heart, sample_dir, value):
 
 
 def test_augmentation_changes_training_but_never_validation(heart, sample_dir):
-    plain = heart.json("train", *tiny(sample_dir, "train.epochs=1"), "--name", "plain")
+    plain = heart.json("train", *quick(sample_dir, "train.epochs=1"), "--name", "plain")
     noisy = heart.json(
         "train",
-        *tiny(sample_dir, "train.epochs=1", "augment.noise=0.05", "augment.time_shift=3"),
+        *quick(sample_dir, "train.epochs=1", "augment.noise=0.05", "augment.time_shift=3"),
         "--name",
         "noisy",
     )
@@ -172,7 +169,7 @@ def test_augmentation_changes_training_but_never_validation(heart, sample_dir):
     # Same validation beats, untouched: the counts match and the run is reproducible.
     again = heart.json(
         "train",
-        *tiny(sample_dir, "train.epochs=1", "augment.noise=0.05", "augment.time_shift=3"),
+        *quick(sample_dir, "train.epochs=1", "augment.noise=0.05", "augment.time_shift=3"),
         "--name",
         "again",
     )

@@ -10,17 +10,15 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, SAMPLE
+from conftest import EXAMPLES, SAMPLE, Heart, last_line, quick_args
 
 from heartcli.data.dataset import RHYTHM_COLUMNS, load_split
 from heartcli.model.load import load_run
 
-TINY = (
-    "--config", EXAMPLES / "quickstart.toml",
-    "--set", f"data.dir={SAMPLE}", "--set", "data.split=inter-patient",
-    "--set", 'data.classes={Q = "drop"}', "--set", "resample.target=200",
-    "--set", "resample.min_beats=1", "--set", "train.scheduler=cosine",
-    "--set", "train.epochs=1", "--set", "tracking.enabled=false",
+# The quick-start CNN on the sample (conftest), inter-patient without Q, every class kept.
+QUICK = quick_args(
+    "data.split=inter-patient", 'data.classes={Q = "drop"}', "resample.min_beats=1",
+    "train.scheduler=cosine",
 )  # fmt: skip
 
 
@@ -28,10 +26,6 @@ def strata(beats, records):
     """Set of the classes S and V present among the beats of ``records``."""
     mask = np.isin(beats.record.astype(str), list(records))
     return {beats.classes[c] for c in np.unique(beats.y[mask])} & {"S", "V"}
-
-
-def last_line(text: str) -> str:
-    return text.strip().splitlines()[-1]
 
 
 USED = ["rr_pre_local", "rr_post_pre", "rr_pre_record", "rr_local_record", "tpl_decorr"]
@@ -42,14 +36,12 @@ def rhythm_run(tmp_path_factory):
     """One tiny rhythm model, validated on 4 whole DS1 records, exported in every format: two
     ratios, two intervals relative to the record's mean RR (computed inside the model), a
     template feature, and the wide path from them to the logits."""
-    from conftest import Heart
-
     root = tmp_path_factory.mktemp("rhythm")
     heart = Heart()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         heart(
-            "-q", "train", *TINY, "--name", "rr", "--set", "model.rhythm=true",
+            "-q", "train", *QUICK, "--name", "rr", "--set", "model.rhythm=true",
             "--set", "train.val_records=4", "--set", f"model.rhythm_columns={USED}",
             "--set", "model.rhythm_wide=true",
         )  # fmt: skip
@@ -154,7 +146,7 @@ def test_rhythm_needs_a_dataset_with_rhythm_columns(heart, tmp_path, sample_dir)
         "--out", imported,
     )  # fmt: skip
     result = heart(
-        "train", *TINY, "--set", f"data.dir={imported}", "--set", "data.split=mitbih",
+        "train", *QUICK, "--set", f"data.dir={imported}", "--set", "data.split=mitbih",
         "--set", "model.rhythm=true", expect=2,
     )  # fmt: skip
     line = last_line(result.stderr)
@@ -165,7 +157,7 @@ def test_rhythm_needs_a_dataset_with_rhythm_columns(heart, tmp_path, sample_dir)
 
 
 def test_kfold_by_record(heart, tmp_path):
-    summary = heart.json("train", *TINY, "--name", "cv", "--folds", "3")
+    summary = heart.json("train", *QUICK, "--name", "cv", "--folds", "3")
     train = load_split(SAMPLE, "inter-patient", "train", classes={"Q": "drop"})
     records = set(np.unique(train.record.astype(str)))
     folds = [set(f["val_records"]) for f in summary["folds"]]
@@ -206,7 +198,7 @@ def test_kfold_by_record(heart, tmp_path):
     ],
 )
 def test_bad_folds_and_val_records(heart, tmp_path, args, expected):
-    result = heart("train", *TINY, *args, expect=2)
+    result = heart("train", *QUICK, *args, expect=2)
     line = last_line(result.stderr)
     assert line.startswith("error: ") and expected in line
     assert "Traceback" not in result.stderr

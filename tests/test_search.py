@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import make_config
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.search.pruners import Asha, MedianStopper, rungs
@@ -213,49 +214,25 @@ def test_empty_space_and_bad_resume_are_usage_errors(heart, tmp_path):
     assert "drop --config and --set" in result.stderr
 
 
-REAL = """
-[data]
-dir = "{data}"
-
-[tracking]
-enabled = false
-
-[model]
-conv_layers = 1
-channels = [8]
-kernel_sizes = [3]
-pooling = ["max"]
-squeeze_excite = false
-residual = false
-pool_output = 4
-fc = [16]
-
-[resample]
-strategy = "random"
-target = 100
-
-[train]
-epochs = 1
-batch_size = 64
-threads = 1
-
-[search]
-evals = 6
-seed = 5
-startup_trials = 2
-pruner = "none"
-
-[search.space]
-"train.lr" = {{loguniform = [1e-4, 1e-2]}}
-"model.dropout" = {{uniform = [0.0, 0.4]}}
-"model.channels" = {{each = [{{choice = [4, 8]}}]}}
-"""
+# TINY (conftest) on 100 beats a class, searched by TPE: 6 trials, 2 of them at random.
+REAL_SEARCH = {
+    "evals": 6, "seed": 5, "startup_trials": 2, "pruner": "none",
+    "space": {
+        "train.lr": {"loguniform": [1e-4, 1e-2]},
+        "model.dropout": {"uniform": [0.0, 0.4]},
+        "model.channels": {"each": [{"choice": [4, 8]}]},
+    },
+}  # fmt: skip
 
 
 def test_the_real_loop_resumed_suggests_the_same_points(heart, tmp_path, sample_dir):
     """`heart tune` itself (not a copy of its loop): 6 trials at once, or 3 and a resume."""
-    path = tmp_path / "real.toml"
-    path.write_text(REAL.format(data=sample_dir))
+    path = make_config(
+        tmp_path / "real.toml",
+        data={"dir": str(sample_dir)},
+        resample={"target": 100},
+        search=REAL_SEARCH,
+    )
     whole = heart.json("tune", "--config", path, "--name", "whole")["records"]
     part = heart.json("tune", "--config", path, "--name", "part", "--evals", "3")["records"]
     assert len(part) == 3

@@ -16,19 +16,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXAMPLES, SAMPLE
-from test_export import Tiny, build_tiny
+from conftest import Exported, quick_args
 
 from heartcli.threads import ThreadPolicy, auto_threads, cgroup_cpus, usable_cpus
 
-QUICKSTART = EXAMPLES / "quickstart.toml"
 HEAVY = ["torch", "mlflow", "ray", "onnxruntime", "pandas", "matplotlib", "wfdb", "sklearn"]
 ON_LINUX = Path("/proc/stat").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    return build_tiny(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture
+def tiny(exported: Exported) -> Exported:
+    """The session's trained run, evaluated and exported in every format (conftest)."""
+    return exported
 
 
 @pytest.fixture
@@ -49,13 +48,9 @@ def keep_torch_threads() -> Iterator[None]:
 
 
 def train_args(tmp_path: Path, *sets: str) -> list[str]:
-    return [
-        "train", "--config", str(QUICKSTART), "--name", "t",
-        "--set", f"data.dir={SAMPLE}", "--set", f"train.runs_dir={tmp_path / 'runs'}",
-        "--set", "train.epochs=1", "--set", "resample.target=100",
-        "--set", "tracking.enabled=false",
-        *[a for s in sets for a in ("--set", s)],
-    ]  # fmt: skip
+    """QUICK (conftest) on 100 beats a class, into ``tmp_path/runs/t``."""
+    runs = f"train.runs_dir={tmp_path / 'runs'}"
+    return ["train", "--name", "t", *quick_args(runs, "resample.target=100", *sets)]
 
 
 def heart_process(args: list[str], env_extra: dict[str, str | None]) -> subprocess.CompletedProcess:

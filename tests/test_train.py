@@ -10,23 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICKSTART, quick_args
 
 from heartcli.config import load_config
 from heartcli.model.load import load_run
 from heartcli.training import TrainingDiverged, train
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-QUICKSTART = EXAMPLES / "quickstart.toml"
 
-
-def tiny(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
-    """The quick-start config, shrunk to a few seconds: 200 beats per class, 2 epochs."""
-    args = ["--config", str(QUICKSTART), "--set", f"data.dir={data_dir}"]
-    for item in ("resample.target=200", "train.epochs=2", *sets):
-        args += ["--set", item]
-    if not tracking:
-        args += ["--set", "tracking.enabled=false"]
-    return args
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
 
 
 def figures(history: list[dict]) -> list[tuple]:
@@ -39,7 +32,7 @@ def figures(history: list[dict]) -> list[tuple]:
 def test_train_resume_evaluate_end_to_end_with_mlflow(heart, sample_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     summary = heart.json(
-        "train", *tiny(sample_dir, f"tracking.uri={store}", tracking=True), "--name", "qs"
+        "train", *quick(sample_dir, f"tracking.uri={store}", tracking=True), "--name", "qs"
     )
     run = Path("runs/qs")
     assert summary["status"] == "completed"
@@ -157,7 +150,7 @@ def test_the_test_split_is_never_read_during_training(heart, sample_dir, tmp_pat
         (data / split / "test.parquet").write_bytes(b"not parquet: training must not read this")
     summary = heart.json(
         "train",
-        *tiny(data, "data.split=inter-patient", "train.epochs=1", "resample.strategy=none"),
+        *quick(data, "data.split=inter-patient", "train.epochs=1", "resample.strategy=none"),
         "--name",
         "ip",
     )
@@ -244,8 +237,8 @@ def test_nan_loss_raises_training_diverged(tmp_path, sample_dir):
 
 
 def test_existing_run_name_is_refused(heart, sample_dir):
-    heart("train", *tiny(sample_dir, "train.epochs=1"), "--name", "one")
-    result = heart("train", *tiny(sample_dir), "--name", "one", expect=2)
+    heart("train", *quick(sample_dir, "train.epochs=1"), "--name", "one")
+    result = heart("train", *quick(sample_dir), "--name", "one", expect=2)
     assert result.stderr.strip() == (
         "error: runs/one already exists (the name is in use); choose another --name or "
         "continue it with `heart train --resume runs/one`"
@@ -267,18 +260,18 @@ def test_bad_training_data_is_one_line(heart, sample_dir, tmp_path):
     write_beats(data / "random" / "train.parquet", beats)
     manifest["files"] = {"random/train.parquet": sha256_file(data / "random" / "train.parquet")}
     (data / "manifest.json").write_text(json.dumps(manifest))
-    result = heart("train", *tiny(data), "--name", "bad", expect=1)
+    result = heart("train", *quick(data), "--name", "bad", expect=1)
     assert result.stderr.strip() == (
         f"error: {data}/random/train.parquet: row 7 has a NaN or infinite value; drop or repair it"
     )
     assert not Path("runs/bad").exists()
     (data / "manifest.json").write_text('{"input_length": 187, "spl')  # cut off mid-write
-    result = heart("train", *tiny(data), "--name", "bad", expect=1)
+    result = heart("train", *quick(data), "--name", "bad", expect=1)
     assert result.stderr.strip() == (
         f"error: {data}/manifest.json: truncated or unreadable; rebuild it with `heart fetch`"
     )
     (data / "manifest.json").unlink()
-    result = heart("train", *tiny(data), "--name", "bad", expect=1)
+    result = heart("train", *quick(data), "--name", "bad", expect=1)
     assert result.stderr.strip().startswith(f"error: {data}: no dataset here")
     assert not Path("runs/bad").exists()
 

@@ -6,15 +6,11 @@ from __future__ import annotations
 import csv
 
 import torch
-from conftest import EXAMPLES, SAMPLE
+from conftest import quick_args
 from safetensors.torch import load_file
 
-TINY = (
-    "--config", EXAMPLES / "quickstart.toml",
-    "--set", f"data.dir={SAMPLE}", "--set", "resample.target=150",
-    "--set", "resample.min_beats=1", "--set", "train.scheduler=cosine",
-    "--set", "train.epochs=1", "--set", "tracking.enabled=false",
-)  # fmt: skip
+# The quick-start CNN on the sample (conftest), 150 beats a class, every class kept, cosine.
+QUICK = quick_args("resample.target=150", "resample.min_beats=1", "train.scheduler=cosine")
 
 
 def checkpoint(run):
@@ -22,7 +18,7 @@ def checkpoint(run):
 
 
 def test_ema_saves_and_validates_the_average_and_resumes_it(heart, tmp_path):
-    heart("-q", "train", *TINY, "--name", "ema", "--set", "train.ema=0.9")
+    heart("-q", "train", *QUICK, "--name", "ema", "--set", "train.ema=0.9")
     run = tmp_path / "runs" / "ema"
     ckpt, saved = checkpoint(run), load_file(str(run / "model.safetensors"))
     steps = ckpt["ema"]["steps"]
@@ -36,7 +32,7 @@ def test_ema_saves_and_validates_the_average_and_resumes_it(heart, tmp_path):
     heart("-q", "train", "--resume", run, "--set", "train.epochs=2")
     assert checkpoint(run)["ema"]["steps"] == 2 * steps
 
-    heart("-q", "train", *TINY, "--name", "plain")
+    heart("-q", "train", *QUICK, "--name", "plain")
     assert checkpoint(tmp_path / "runs" / "plain")["ema"] is None
 
 
@@ -45,7 +41,7 @@ def test_label_smoothing_changes_the_training_loss(heart, tmp_path):
     for smoothing in ("0.0", "0.3"):
         name = f"ls{smoothing}"
         heart(
-            "-q", "train", *TINY, "--name", name, "--set", f"train.label_smoothing={smoothing}",
+            "-q", "train", *QUICK, "--name", name, "--set", f"train.label_smoothing={smoothing}",
             "--set", "train.epochs=2", "--set", "train.warmup_epochs=0",
             "--set", "train.epoch_beats=4000",
         )  # fmt: skip
@@ -58,5 +54,5 @@ def test_label_smoothing_changes_the_training_loss(heart, tmp_path):
 
 def test_bad_trick_values_are_refused(heart):
     for key, value in (("train.ema", "1.0"), ("train.label_smoothing", "-0.1")):
-        result = heart("train", *TINY, "--set", f"{key}={value}", expect=2)
+        result = heart("train", *QUICK, "--set", f"{key}={value}", expect=2)
         assert result.stderr.strip().startswith(f"error: --set {key}") or key in result.stderr

@@ -24,15 +24,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, MITDB, SAMPLE, Heart
+from conftest import MITDB, QUICKSTART, SAMPLE, quick_args
 
-QUICKSTART = EXAMPLES / "quickstart.toml"
 PASSWORD = "S3cr3tPW"
 BIN = Path(sys.executable).parent
-TINY = [
-    "--config", str(QUICKSTART), "--set", f"data.dir={SAMPLE}", "--set", "train.epochs=1",
-    "--set", "resample.target=200", "--set", "tracking.enabled=false",
-]  # fmt: skip
+QUICK = quick_args()  # the quick-start CNN, 1 epoch on the sample (conftest)
 
 
 def cli(
@@ -62,12 +58,11 @@ def one_error(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run of the quick-start CNN, one epoch on the sample (treat as read-only)."""
-    base = tmp_path_factory.mktemp("trust")
-    Heart()("-q", "train", *TINY, "--set", f"train.runs_dir={base / 'runs'}", "--name", "tiny")
-    return base / "runs" / "tiny"
+@pytest.fixture
+def tiny(trained_run: Path) -> Path:
+    """The session's trained run (conftest: the quick-start CNN, one epoch on the sample;
+    treat as read-only)."""
+    return trained_run
 
 
 @contextlib.contextmanager
@@ -102,7 +97,7 @@ def no_temp_files(folder: Path) -> None:
 
 def test_password_in_a_tracking_uri_is_never_printed(heart, monkeypatch):
     uri = f"http://alice:{PASSWORD}@127.0.0.1:9"
-    args = ["train", *TINY, "--set", "tracking.enabled=true"]
+    args = ["train", *QUICK, "--set", "tracking.enabled=true"]
     r = heart("--json", *args, "--set", f'tracking.uri="{uri}"', expect=1)
     assert PASSWORD not in r.stdout + r.stderr
     assert "http://***@127.0.0.1:9" in one_error(r.stderr)
@@ -234,7 +229,9 @@ def test_a_model_that_outputs_nan_is_never_scored(heart, tiny, tmp_path):
 
 def test_a_full_disk_is_one_line_and_a_failed_run(heart, tiny, tmp_path):
     with small_fs(tmp_path / "fs", kib=1024, free_kib=40) as fs:
-        r = heart("train", *TINY, "--set", f"train.runs_dir={fs / 'runs'}", "--name", "r", expect=1)
+        r = heart(
+            "train", *QUICK, "--set", f"train.runs_dir={fs / 'runs'}", "--name", "r", expect=1
+        )
         assert "No space left on device" in one_error(r.stderr)
         manifest = fs / "runs" / "r" / "manifest.json"
         assert json.loads(manifest.read_text())["status"] == "failed"  # not left "running"
@@ -252,7 +249,7 @@ def test_a_full_disk_is_one_line_and_a_failed_run(heart, tiny, tmp_path):
         assert sorted(p.name for p in fs.iterdir()) == ["filler"]
     not_a_folder = tmp_path / "runs-file"
     not_a_folder.write_text("")
-    r = heart("tune", *TINY, "--evals", "1", "--set", f"train.runs_dir={not_a_folder}", expect=1)
+    r = heart("tune", *QUICK, "--evals", "1", "--set", f"train.runs_dir={not_a_folder}", expect=1)
     assert f"cannot create {not_a_folder}" in one_error(r.stderr)
 
 
@@ -270,7 +267,7 @@ def test_a_full_disk_in_evaluate_fetch_and_tune(tiny, tmp_path):
         assert not (fs / "ds" / "manifest.json").exists()
         no_temp_files(fs)
     with small_fs(tmp_path / "fs3", kib=1024, free_kib=48) as fs:
-        r = cli("--json", "tune", *TINY, "--evals", "2", "--set", f"train.runs_dir={fs}",
+        r = cli("--json", "tune", *QUICK, "--evals", "2", "--set", f"train.runs_dir={fs}",
                 "--name", "s", cwd=tmp_path, timeout=300)  # fmt: skip
         assert r.returncode == 1, r.stderr
         line = one_error(r.stderr)  # the workers' failures are table rows, not tracebacks
@@ -327,7 +324,7 @@ def test_sizes_and_inputs_are_bounded_before_work_starts(heart, tiny, tmp_path):
 def test_splits_and_manifest_files_are_the_datasets_own(heart, tiny, tmp_path):
     r = heart("evaluate", tiny, "--split", "../sample/random", expect=2)
     assert "not a split of" in one_error(r.stderr)
-    r = heart("train", *TINY, "--set", 'data.split="../sample/random"', expect=2)
+    r = heart("train", *QUICK, "--set", 'data.split="../sample/random"', expect=2)
     assert "not a split of" in one_error(r.stderr)
     dataset = tmp_path / "ds"
     shutil.copytree(SAMPLE, dataset)
@@ -347,10 +344,10 @@ def test_pipes_as_config_or_manifest_never_hang(tmp_path):
     shutil.copytree(SAMPLE, dataset)
     (dataset / "manifest.json").unlink()
     os.mkfifo(dataset / "manifest.json")
-    r = cli("train", *TINY, "--set", f"data.dir={dataset}", cwd=tmp_path, timeout=60)
+    r = cli("train", *QUICK, "--set", f"data.dir={dataset}", cwd=tmp_path, timeout=60)
     assert r.returncode == 1 and "named pipe" in one_error(r.stderr)
     before = sorted(tmp_path.rglob("*"))
-    r = cli("--json", "tune", *TINY, "--evals", "1", "--max-minutes", "inf", cwd=tmp_path)
+    r = cli("--json", "tune", *QUICK, "--evals", "1", "--max-minutes", "inf", cwd=tmp_path)
     assert r.returncode == 2 and "--max-minutes inf" in json.loads(r.stdout)["error"]
     assert sorted(tmp_path.rglob("*")) == before  # refused before a search folder was made
 
@@ -366,7 +363,7 @@ def _workers(search: Path) -> list[int]:
 
 
 def test_sigterm_with_a_stopped_worker_ends_in_bounded_time(tmp_path):
-    args = [sys.executable, "-m", "heartcli", "-q", "tune", *TINY, "--set", "train.epochs=200",
+    args = [sys.executable, "-m", "heartcli", "-q", "tune", *QUICK, "--set", "train.epochs=200",
             "--set", "search.pruner=none", "--evals", "2", "-j", "2", "-n", "s"]  # fmt: skip
     tune = subprocess.Popen(
         args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -398,7 +395,7 @@ def test_sigterm_with_a_stopped_worker_ends_in_bounded_time(tmp_path):
 
 
 def test_resume_refuses_a_changed_space_and_never_follows_links(tmp_path):
-    r = cli("tune", *TINY, "--evals", "1", "--name", "s", cwd=tmp_path, timeout=300)
+    r = cli("tune", *QUICK, "--evals", "1", "--name", "s", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     search = tmp_path / "runs" / "s"
     outside = tmp_path / "outside"
@@ -461,7 +458,7 @@ def test_password_is_not_stored_in_runs_or_sent_to_mlflow(tmp_path, mlflow_serve
         assert time.time() < deadline, "mlflow server did not start"
         time.sleep(0.5)
     uri = f"http://alice:{PASSWORD}@127.0.0.1:{port}"
-    r = cli("--json", "train", *TINY, "--set", "tracking.enabled=true",
+    r = cli("--json", "train", *QUICK, "--set", "tracking.enabled=true",
             "--set", f'tracking.uri="{uri}"', "--name", "r", cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     run_id = json.loads(r.stdout)["tracking_run_id"]

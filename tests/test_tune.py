@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EXAMPLES
+from conftest import make_config, quick_args
 
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
@@ -21,59 +21,31 @@ from heartcli.search.tpe import Suggester
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny model on the sample; the space touches every distribution and the per-layer keys.
+# TINY (conftest) searched; the space touches every distribution and the per-layer keys.
 # Eight conv layers with max pooling shrink 187 samples to nothing: that trial must fail.
-TINY = """
-[data]
-dir = "{data}"
-
-[tracking]
-experiment = "tune-test"
-
-[model]
-conv_layers = 1
-channels = [8]
-kernel_sizes = [3]
-pooling = ["max"]
-squeeze_excite = false
-residual = false
-pool_output = 4
-fc = [16]
-
-[resample]
-strategy = "random"
-target = 150
-
-[train]
-epochs = 2
-batch_size = 64
-lr = 0.003
-threads = 1
-
-[search]
-evals = 3
-seed = {seed}
-warmup_epochs = 0
-min_trials = 1
-
-[search.space]
-"train.lr" = {{loguniform = [1e-3, 1e-2]}}
-"model.dropout" = {{uniform = [0.0, 0.3]}}
-"train.batch_size" = {{choice = [32, 64]}}
-"train.epochs" = {{quniform = [1, 2, 1]}}
-"model.attention" = {{bool = true}}
-"model.fc" = {{each = [{{quniform = [8, 16, 8]}}]}}
-"model.conv_layers" = {{choice = [1, 2, 8]}}
-"model.channels" = {{per_layer = {{choice = [4, 8]}}}}
-"model.kernel_sizes" = {{per_layer = {{choice = [3, 5]}}}}
-"model.pooling" = {{per_layer = {{choice = ["max"]}}}}
-"""
+SPACE = {
+    "train.lr": {"loguniform": [1e-3, 1e-2]},
+    "model.dropout": {"uniform": [0.0, 0.3]},
+    "train.batch_size": {"choice": [32, 64]},
+    "train.epochs": {"quniform": [1, 2, 1]},
+    "model.attention": {"bool": True},
+    "model.fc": {"each": [{"quniform": [8, 16, 8]}]},
+    "model.conv_layers": {"choice": [1, 2, 8]},
+    "model.channels": {"per_layer": {"choice": [4, 8]}},
+    "model.kernel_sizes": {"per_layer": {"choice": [3, 5]}},
+    "model.pooling": {"per_layer": {"choice": ["max"]}},
+}
+TRACKED = {"enabled": None, "experiment": "tune-test"}  # MLflow on (the default)
 
 
 def tiny(tmp_path: Path, sample_dir: Path, seed: int) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY.format(data=sample_dir, seed=seed))
-    return path
+    return make_config(
+        tmp_path,
+        data={"dir": str(sample_dir)},
+        tracking=TRACKED,
+        train={"epochs": 2, "lr": 0.003},
+        search={"evals": 3, "seed": seed, "warmup_epochs": 0, "min_trials": 1, "space": SPACE},
+    )
 
 
 def mlflow_runs(tmp_path: Path) -> list:
@@ -217,8 +189,7 @@ def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_
 
     from heartcli.search.ray import scheduler
 
-    path = tmp_path / "asha.toml"
-    path.write_text(ASHA.format(data=sample_dir))
+    path = asha_config(tmp_path, sample_dir)
     s = load_config(path, ["search.min_epochs=2", "search.reduction_factor=3"]).search
     asha = scheduler(s, 9, "max")
     assert isinstance(asha, ASHAScheduler)
@@ -238,8 +209,7 @@ def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
     # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.
-    config = tmp_path / "asha.toml"
-    config.write_text(ASHA.format(data=sample_dir))
+    config = asha_config(tmp_path, sample_dir)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = heart.json(
@@ -310,49 +280,26 @@ def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
     )
 
 
-ASHA = """
-[data]
-dir = "{data}"
-
-[tracking]
-experiment = "tune-test"
-
-[model]
-conv_layers = 1
-channels = [8]
-kernel_sizes = [3]
-pooling = ["max"]
-squeeze_excite = false
-residual = false
-pool_output = 4
-fc = [16]
-
-[resample]
-strategy = "random"
-target = 150
-
-[train]
-epochs = 4
-batch_size = 64
-patience = 10
-threads = 1
-
-[search]
-evals = 8
-seed = 3
-pruner = "asha"
-min_epochs = 1
-reduction_factor = 2
-
-[search.space]
-"train.lr" = {{loguniform = [1e-4, 3e-2]}}
-"model.dropout" = {{uniform = [0.0, 0.3]}}
-"""
+def asha_config(tmp_path: Path, sample_dir: Path, **search: int) -> Path:
+    """TINY (conftest), 4 epochs, searched by ASHA: rungs at 1, 2 and 4 epochs, halving."""
+    return make_config(
+        tmp_path / "asha.toml",
+        data={"dir": str(sample_dir)},
+        tracking=TRACKED,
+        train={"epochs": 4, "patience": 10},
+        search={
+            "evals": 8, "seed": 3, "pruner": "asha", "min_epochs": 1, "reduction_factor": 2,
+            **search,
+            "space": {
+                "train.lr": {"loguniform": [1e-4, 3e-2]},
+                "model.dropout": {"uniform": [0.0, 0.3]},
+            },
+        },
+    )  # fmt: skip
 
 
 def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
-    path = tmp_path / "asha.toml"
-    path.write_text(ASHA.format(data=sample_dir))
+    path = asha_config(tmp_path, sample_dir)
     heart("tune", "--config", path, "--name", "a")
     trials = state(tmp_path / "runs" / "a")["trials"]
     assert len(trials) == 8
@@ -392,8 +339,7 @@ def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
 
 
 def test_report_of_a_finished_search(heart, tmp_path, sample_dir):
-    path = tmp_path / "asha.toml"
-    path.write_text(ASHA.format(data=sample_dir).replace("evals = 8", "evals = 4"))
+    path = asha_config(tmp_path, sample_dir, evals=4)
     summary = heart.json("tune", "--config", path, "--name", "r")
     search = tmp_path / "runs" / "r"
     trials = state(search)["trials"]
@@ -439,8 +385,7 @@ BAD_SEARCH = [
 
 @pytest.mark.parametrize(("override", "message"), BAD_SEARCH)
 def test_bad_search_settings_are_one_line(heart, tmp_path, sample_dir, override, message):
-    path = tmp_path / "asha.toml"
-    path.write_text(ASHA.format(data=sample_dir))
+    path = asha_config(tmp_path, sample_dir)
     result = heart("tune", "--config", path, "--set", override, expect=2)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
@@ -456,8 +401,7 @@ def test_bad_search_settings_are_one_line(heart, tmp_path, sample_dir, override,
     ],
 )
 def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
-    path = tmp_path / "asha.toml"
-    path.write_text(ASHA.format(data=sample_dir))
+    path = asha_config(tmp_path, sample_dir)
     result = heart("tune", "--config", path, "--jobs", value, expect=2)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
@@ -469,10 +413,8 @@ def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
 def test_tune_drops_classes_as_train_does(heart, tmp_path, sample_dir):
     # [data] classes applies to every trial's folds, as in `heart train` (AAMI: Q dropped).
     heart(
-        "-q", "tune", "--config", EXAMPLES / "quickstart.toml", "--name", "noq", "--evals", "2",
-        "--set", f"data.dir={sample_dir}", "--set", "data.split=inter-patient",
-        "--set", 'data.classes={Q = "drop"}', "--set", "train.epochs=1",
-        "--set", "tracking.enabled=false",
+        "-q", "tune", "--name", "noq", "--evals", "2",
+        *quick_args("data.split=inter-patient", 'data.classes={Q = "drop"}', data=sample_dir),
     )  # fmt: skip
     search = tmp_path / "runs" / "noq"
     trials = state(search)["trials"]

@@ -6,19 +6,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import EXAMPLES
+from conftest import EXAMPLES, quick_args
 
 FOLDS = (
-    "--set", "data.split=inter-patient", "--set", 'data.classes={Q = "drop"}',
-    "--set", "search.folds=2", "--set", 'search.pruner="none"', "--set", "train.epochs=1",
-    "--set", "resample.min_beats=5", "--set", 'train.scheduler="cosine"',
+    "data.split=inter-patient", 'data.classes={Q = "drop"}', "search.folds=2",
+    'search.pruner="none"', "train.epochs=1", "resample.min_beats=5", 'train.scheduler="cosine"',
 )  # fmt: skip
 
 
 def test_tune_selects_on_the_folds_mean(heart, tmp_path, sample_dir):
     heart(
-        "-q", "tune", "--config", EXAMPLES / "quickstart.toml", "--name", "cv", "--evals", "2",
-        "--set", f"data.dir={sample_dir}", *FOLDS,
+        "-q", "tune", "--name", "cv", "--evals", "2",
+        *quick_args(*FOLDS, data=sample_dir, tracking=True),
     )  # fmt: skip
     search = tmp_path / "runs" / "cv"
     trials = json.loads((search / "search.json").read_text())["trials"]

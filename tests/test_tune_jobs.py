@@ -12,48 +12,30 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_config
 
 from heartcli.config import load_config
 from heartcli.search.tpe import Suggester
 
 REPO = Path(__file__).resolve().parents[1]
 
-SLOW = """
-[data]
-dir = "{data}"
 
-[tracking]
-experiment = "jobs-test"
-
-[model]
-conv_layers = 1
-channels = [8]
-kernel_sizes = [3]
-pooling = ["max"]
-squeeze_excite = false
-residual = false
-pool_output = 4
-fc = [16]
-
-[resample]
-strategy = "random"
-target = 400
-
-[train]
-epochs = {epochs}
-batch_size = 64
-patience = 50
-
-[search]
-evals = 5
-seed = 11
-startup_trials = 2
-pruner = "none"
-
-[search.space]
-"train.lr" = {{loguniform = [1e-3, 1e-2]}}
-"model.dropout" = {{uniform = [0.0, 0.3]}}
-"""
+def slow(tmp_path: Path, sample_dir: Path, epochs: int, patience: int = 50, **search: int) -> Path:
+    """TINY (conftest) on 400 beats a class, ``epochs`` epochs, MLflow on: 5 trials."""
+    return make_config(
+        tmp_path / "slow.toml",
+        data={"dir": str(sample_dir)},
+        tracking={"enabled": None, "experiment": "jobs-test"},
+        resample={"target": 400},
+        train={"epochs": epochs, "patience": patience, "threads": None},
+        search={
+            "evals": 5, "seed": 11, "startup_trials": 2, "pruner": "none", **search,
+            "space": {
+                "train.lr": {"loguniform": [1e-3, 1e-2]},
+                "model.dropout": {"uniform": [0.0, 0.3]},
+            },
+        },
+    )  # fmt: skip
 
 
 def env() -> dict[str, str]:
@@ -126,8 +108,7 @@ def running_trial(search: Path, min_epochs: int = 1) -> dict | None:
 
 @pytest.mark.slow
 def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_dir):
-    config = tmp_path / "slow.toml"
-    config.write_text(SLOW.format(data=sample_dir, epochs=24))
+    config = slow(tmp_path, sample_dir, epochs=24)
     search = tmp_path / "runs" / "j"
     proc = start(tmp_path, "tune", "--config", str(config), "--name", "j", "--jobs", "2")
     try:
@@ -212,8 +193,7 @@ def test_jobs_2_survives_kill_9_of_a_worker_and_of_the_search(tmp_path, sample_d
 
 
 def test_two_searches_with_one_name_at_the_same_moment(tmp_path, sample_dir):
-    config = tmp_path / "slow.toml"
-    config.write_text(SLOW.format(data=sample_dir, epochs=2).replace("evals = 5", "evals = 1"))
+    config = slow(tmp_path, sample_dir, epochs=2, evals=1)
     cmd = heart_cmd("tune", "--config", str(config), "--name", "same")
     procs = [
         subprocess.Popen(
@@ -239,11 +219,7 @@ def test_max_minutes_with_two_jobs_stops_both_trials_at_an_epoch(tmp_path, sampl
     # Trials of 100,000 epochs cannot finish (an idle machine ran 500 in under 30 s); the
     # budget (30 s) cuts both running trials at the end of an epoch, with their figures
     # kept, and starts no new one.
-    config = tmp_path / "slow.toml"
-    text = SLOW.format(data=sample_dir, epochs=100_000).replace(
-        "patience = 50", "patience = 200_000"
-    )
-    config.write_text(text)
+    config = slow(tmp_path, sample_dir, epochs=100_000, patience=200_000)
     started = time.monotonic()
     proc = subprocess.run(
         heart_cmd(
@@ -282,8 +258,7 @@ def test_max_minutes_with_two_jobs_stops_both_trials_at_an_epoch(tmp_path, sampl
 def test_sigterm_of_a_search_with_two_jobs_stops_cleanly_and_resumes(tmp_path, sample_dir):
     # SIGTERM (a scheduler's stop, `kill`) is Ctrl-C for heart: the workers end their trials
     # as interrupted, with no traceback, and --resume continues them from their checkpoints.
-    config = tmp_path / "slow.toml"
-    config.write_text(SLOW.format(data=sample_dir, epochs=40).replace("evals = 5", "evals = 2"))
+    config = slow(tmp_path, sample_dir, epochs=40, evals=2)
     search = tmp_path / "runs" / "t"
     proc = start(tmp_path, "tune", "--config", str(config), "--name", "t", "--jobs", "2")
     try:
