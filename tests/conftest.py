@@ -220,3 +220,23 @@ def copy_record(mitdb_dir: Path, dest: Path, name: str = "100", atr: bool = True
     for ext in (".hea", ".dat") + ((".atr",) if atr else ()):
         shutil.copy(mitdb_dir / f"{name}{ext}", dest / f"{name}{ext}")
     return dest / name
+
+
+def record_at_250_hz(mitdb_dir: Path, dest: Path, sampto: int) -> Path:
+    """Record 100's first ``sampto`` samples (360 Hz) rewritten at 250 Hz, with its .atr
+    moved to the new rate, as ``dest/slow``."""
+    import numpy as np
+    import wfdb
+    from scipy.signal import resample_poly
+
+    rec = wfdb.rdrecord(str(mitdb_dir / "100"), sampto=sampto, channels=[0])
+    ann = wfdb.rdann(str(mitdb_dir / "100"), "atr", sampto=sampto)
+    slow = resample_poly(rec.p_signal[:, 0], 25, 36)
+    dest.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        "slow", fs=250, units=["mV"], sig_name=["MLII"], p_signal=slow[:, None],
+        fmt=["16"], adc_gain=[200.0], baseline=[0], write_dir=str(dest),
+    )  # fmt: skip
+    samples = np.rint(np.asarray(ann.sample) * 250 / 360).astype(int)
+    wfdb.wrann("slow", "atr", samples, symbol=ann.symbol, write_dir=str(dest), fs=250)
+    return dest / "slow"

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
-from conftest import SAMPLE, copy_record
+from conftest import SAMPLE, copy_record, record_at_250_hz
 
 from heartcli.data.mitdb import AAMI_MAP
 from heartcli.evaluate import ec57
@@ -206,19 +206,9 @@ def test_record_at_250_hz_is_scored_in_its_own_samples(heart, model, tmp_path, m
     """Record 100's first 10 minutes written at 250 Hz: the .atr and heart's beats are
     compared at 250 Hz (window 38 samples); the figures are those of the 360 Hz record."""
     import wfdb
-    from scipy.signal import resample_poly
 
-    rec = wfdb.rdrecord(str(mitdb_dir / "100"), sampto=216000, channels=[0])
-    ann = wfdb.rdann(str(mitdb_dir / "100"), "atr", sampto=216000)
-    slow = resample_poly(rec.p_signal[:, 0], 25, 36)
     folder = tmp_path / "slow"
-    folder.mkdir()
-    wfdb.wrsamp(
-        "slow", fs=250, units=["mV"], sig_name=["MLII"], p_signal=slow[:, None],
-        fmt=["16"], adc_gain=[200.0], baseline=[0], write_dir=str(folder),
-    )  # fmt: skip
-    samples = np.rint(np.asarray(ann.sample) * 250 / 360).astype(int)
-    wfdb.wrann("slow", "atr", samples, symbol=ann.symbol, write_dir=str(folder), fs=250)
+    slow = wfdb.rdrecord(str(record_at_250_hz(mitdb_dir, folder, 216000))).p_signal[:, 0]
     doc = heart.json("evaluate", model, "--records", folder / "slow")
     (entry,) = doc["records"]
     short = heart.json("evaluate", model, "--records", folder / "slow", "-f", "900")

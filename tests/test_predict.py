@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, Exported, copy_record
+from conftest import SAMPLE, Exported, copy_record, record_at_250_hz
 
 from heartcli.data.beats import record_beats
 from heartcli.data.mitdb import AAMI_MAP
@@ -104,19 +104,10 @@ def test_detect_mode_with_annotations_scores_the_detector(heart, tiny, tmp_path,
 def test_record_at_250_hz_is_resampled(heart, tiny, tmp_path, mitdb_dir):
     """Record 100's first 5 minutes written at 250 Hz: beats found at the same places."""
     import wfdb
-    from scipy.signal import resample_poly
 
-    rec = wfdb.rdrecord(str(mitdb_dir / "100"), sampto=108000, channels=[0])
     ann = wfdb.rdann(str(mitdb_dir / "100"), "atr", sampto=108000)
-    slow = resample_poly(rec.p_signal[:, 0], 25, 36)
     folder = tmp_path / "slow"
-    folder.mkdir()
-    wfdb.wrsamp(
-        "slow", fs=250, units=["mV"], sig_name=["MLII"], p_signal=slow[:, None],
-        fmt=["16"], adc_gain=[200.0], baseline=[0], write_dir=str(folder),
-    )  # fmt: skip
-    samples = np.rint(np.asarray(ann.sample) * 250 / 360).astype(int)
-    wfdb.wrann("slow", "atr", samples, symbol=ann.symbol, write_dir=str(folder), fs=250)
+    record_at_250_hz(mitdb_dir, folder, 108000)
     slow_s = heart.json("predict", tiny.export / "model.onnx", folder / "slow")
     assert any("resampled from 250 Hz to 360 Hz" in n for n in slow_s["notes"])
     from heartcli.data.beats import read_lead, segment_beats
