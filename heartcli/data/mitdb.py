@@ -27,7 +27,8 @@ DS2: tuple[str, ...] = _ids(
 )
 
 FS_HZ = 360
-# AAMI EC57 beat classes and the MIT-BIH symbols that map onto them.
+# AAMI EC57 beat classes (index = class) and the MIT-BIH symbols that map onto them.
+AAMI_SYMBOLS: tuple[str, ...] = ("N", "S", "V", "F", "Q")
 AAMI_MAP: dict[str, int] = {
     **dict.fromkeys("NLRej", 0),  # N: normal, bundle branch blocks, escapes
     **dict.fromkeys("AaJS", 1),  # S: supraventricular ectopic

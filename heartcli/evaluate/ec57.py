@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from heartcli.data.mitdb import AAMI_MAP
+from heartcli.data.mitdb import AAMI_MAP, AAMI_SYMBOLS
 
-CLASSES = ("N", "S", "V", "F", "Q")
+CLASSES = AAMI_SYMBOLS
 N, S, V, F, Q = range(5)
 O = 5  # row: a test beat without reference beat; column: a missed reference beat  # noqa: E741
 MATRIX_ROWS = (*CLASSES, "O")

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from heartcli.data.mitdb import AAMI_SYMBOLS
 from heartcli.errors import DataError, UsageError
 from heartcli.io import staged_dir
 
 ANNOTATOR = "heart"
-SYMBOLS = ("N", "S", "V", "F", "Q")  # the AAMI classes, as EC57 and the annotation symbols
+SYMBOLS = AAMI_SYMBOLS  # the AAMI classes, as EC57 and the annotation symbols
 
 
 @dataclass
