@@ -88,6 +88,8 @@ def test_pte_float_and_int8_pass_parity_in_executorch(edge):
     assert "PT2E" in q8["program"] and q8["latency"]["runtime"] == "executorch"
     assert q8["agreement"]["beats"] == 1000 and q8["agreement"]["argmax_agreement"] >= 0.9
     assert q8["bytes"] < files["model.pte"]["bytes"]
+    for name in ("model.pte", "model.int8.pte"):  # the 4-D twin: features and head delegated
+        assert files[name]["delegated_ops"].startswith("2 XNNPACK partition(s)")
     scores = {q["file"]: q for q in s["int8"]}
     assert set(scores) == {"model.int8.onnx", "model.int8.pte"}
 
@@ -178,6 +180,24 @@ def test_fewer_calibration_beats_than_classes_is_one_line(heart, edge, tmp_path)
     assert not (tmp_path / "o").exists()
 
 
+def test_calibration_method_is_a_config_key_and_named_on_the_card(heart, edge, tmp_path):
+    out = tmp_path / "percentile"
+    s = heart.json(
+        "export", edge.run, "--format", "onnx", "--quantize", "static",
+        "--set", 'export.calibration="percentile"', "--out", out,
+    )  # fmt: skip
+    q8 = {f["file"]: f for f in s["files"]}["model.int8.onnx"]
+    assert q8["calibration_method"] == "percentile" and "Percentile calibration" in q8["exporter"]
+    default = {f["file"]: f for f in edge.summary["files"]}["model.int8.onnx"]
+    assert default["calibration_method"] == "minmax"
+    r = heart(
+        "export", edge.run, "--format", "onnx", "--quantize", "static",
+        "--set", 'export.calibration="kl"', "--out", tmp_path / "bad", expect=2,
+    )  # fmt: skip
+    assert "export.calibration" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
 @needs_executorch
 def test_pte_of_another_shape_is_refused_by_predict(heart, edge, tmp_path):
     other = tmp_path / "other"
@@ -218,3 +238,35 @@ def test_int8_loss_beyond_tolerance_is_written_flagged_and_strict_fails(heart, e
     strict = heart(*args, "--strict", "--out", tmp_path / "strict", expect=1)
     assert "error: model.int8.onnx loses" in strict.stderr
     assert (tmp_path / "strict" / "model.int8.onnx").exists()  # written, and flagged
+
+
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("rhythm", [False, True])
+def test_the_4d_twin_computes_what_the_cnn_computes(attention, rhythm):
+    """The exports write the 4-D twin: every layout of the CNN (self-attention, the rhythm
+    head, an ensemble of two) gives the same logits on real beats through it."""
+    import numpy as np
+    import torch
+
+    from heartcli.config import ModelConfig
+    from heartcli.data.dataset import load_split
+    from heartcli.export.twin import device_module
+    from heartcli.model.ensemble import ensemble_module
+    from heartcli.model.network import build_model
+
+    beats = load_split(SAMPLE, "random", "test")
+    x = torch.from_numpy(np.ascontiguousarray(beats.x[:64], dtype=np.float32))
+    args = (x, torch.randn(64, 9)) if rhythm else (x,)
+    torch.manual_seed(0)
+    cfg = ModelConfig(attention=attention, attention_heads=4, rhythm=rhythm)
+    members = [build_model(cfg, x.shape[1], 5).eval() for _ in range(2)]
+    for net in members:  # batch norm statistics that are not the identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        for module in [members[0], ensemble_module(members)]:
+            twin = device_module(module)
+            assert not any(isinstance(m, torch.nn.Conv1d) for m in twin.modules())
+            torch.testing.assert_close(twin(*args), module(*args), atol=1e-5, rtol=1e-5)

@@ -476,6 +476,11 @@ class ExportConfig(Section):
         description="--quantize static: training beats (never test) drawn in equal shares per "
         "class to calibrate the int8 activations",
     )
+    calibration: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax",
+        description="--quantize static, ONNX: how the int8 activation ranges are set from the "
+        "calibration beats (ONNX Runtime's MinMax, Percentile 99.999 or Entropy)",
+    )
     int8_tolerance: float = Field(
         0.005,
         ge=0.0,

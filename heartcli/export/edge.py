@@ -76,7 +76,7 @@ def write_int8(
     if "onnx" in formats:
         say(f"quantising to {FILENAMES['onnx-int8']} (static, {described['beats']:,} beats)")
         info["onnx-int8"] = quantize_onnx_static(
-            tmp / FILENAMES["onnx"], tmp / FILENAMES["onnx-int8"], calibration
+            tmp / FILENAMES["onnx"], tmp / FILENAMES["onnx-int8"], calibration, config.calibration
         )
     if "pte" in formats:
         from heartcli.export.pte import export_pte

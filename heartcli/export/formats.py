@@ -6,8 +6,9 @@ model (``[model] rhythm``) takes a second input, ``rhythm`` float32 ``[batch, 9]
 columns of ``RHYTHM_FEATURES``, standardised inside the model). ONNX goes
 through the torch.export-based exporter (``dynamo=True``, onnxscript) at ``[export]
 opset``; if that exporter fails, the TorchScript-based one is used and the card says so.
-Its 1-D convolutions are then rewritten as 2-D ones (``conv1d_as_conv2d``), which ONNX
-Runtime runs faster on CPU. ``quantize_onnx`` makes the dynamic int8 copy.
+The ONNX graph is the CNN's 4-D twin (:mod:`heartcli.export.twin`: its 1-D layers as 2-D
+ones with a 1 x k kernel, which ONNX Runtime runs faster on CPU; the parity check covers
+it). ``quantize_onnx`` makes the dynamic int8 copy.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from heartcli.errors import HeartError
+from heartcli.export.twin import device_module
 
 if TYPE_CHECKING:
     from torch import nn
@@ -107,11 +107,12 @@ def export_onnx(
     import torch
 
     names = [INPUT_NAME, RHYTHM_INPUT][: len(example)]
+    twin = device_module(module)
 
     def to_onnx(**how: Any) -> None:
         with quiet():
             torch.onnx.export(
-                module,
+                twin,
                 example,
                 str(path),
                 input_names=names,
@@ -135,62 +136,15 @@ def export_onnx(
                 f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             ) from None
     proto = onnx.load(str(path))
-    converted = conv1d_as_conv2d(proto)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
     opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
     return {
         "exporter": exporter,
         "opset": opsets.get("ai.onnx", opset),
-        "graph": f"{converted} Conv1d layers written as Conv2d with a 1 x k kernel "
-        "(ONNX Runtime's 2-D convolutions are faster on CPU; the parity check covers it)",
+        "graph": "the CNN's 4-D twin: its 1-D convolutions, batch norms and poolings as 2-D "
+        "ones with a 1 x k kernel (ONNX Runtime's 2-D kernels are faster on CPU; the parity "
+        "check covers it)",
     }
-
-
-def conv1d_as_conv2d(proto: Any) -> int:
-    """Rewrite every 1-D Conv of ``proto`` in place as Unsqueeze -> 2-D Conv -> Squeeze.
-
-    The same arithmetic on a [batch, channels, 1, length] view: ONNX Runtime runs 2-D
-    convolutions through its blocked NCHWc kernels, about 1.3-2x faster than its 1-D path.
-    Returns how many convolutions were rewritten.
-    """
-    from onnx import helper, numpy_helper
-
-    graph = proto.graph
-    weights = {init.name: init for init in graph.initializer}
-    axis = "heart_length_axis"
-    nodes, count = [], 0
-    for node in graph.node:
-        weight = weights.get(node.input[1]) if node.op_type == "Conv" else None
-        if weight is None or len(weight.dims) != 3:
-            nodes.append(node)
-            continue
-        count += 1
-        weight.CopyFrom(
-            numpy_helper.from_array(numpy_helper.to_array(weight)[:, :, None, :], weight.name)
-        )
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        del node.attribute[:]
-        for key, value in attrs.items():
-            if key in ("kernel_shape", "strides", "dilations"):
-                value = [1, *value]
-            elif key == "pads":
-                value = [0, value[0], 0, value[1]]
-            node.attribute.append(helper.make_attribute(key, value))
-        inside, outside = f"{node.input[0]}__2d{count}", node.output[0]
-        nodes.append(helper.make_node("Unsqueeze", [node.input[0], axis], [inside]))
-        node.input[0] = inside
-        node.output[0] = f"{outside}__2d{count}"
-        nodes.append(node)
-        nodes.append(helper.make_node("Squeeze", [node.output[0], axis], [outside]))
-    if count:
-        graph.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), axis))
-        del graph.node[:]
-        graph.node.extend(nodes)
-        # The exporter's intermediate shape annotations described the 1-D graph; they are
-        # optional, and ONNX Runtime infers the new ones itself.
-        del graph.value_info[:]
-    return count
 
 
 def save_through_python(save: Callable[[Any], None], path: Path) -> None:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 QUANTIZE_MODES = ("dynamic", "static")
 CALIBRATION_BATCH = 256
+# [export] calibration -> ONNX Runtime's CalibrationMethod, and its options
+CALIBRATIONS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+CALIBRATION_OPTIONS: dict[str, dict[str, Any]] = {"percentile": {"CalibPercentile": 99.999}}
 
 
 def calibration_beats(
@@ -94,8 +97,11 @@ def _draw(train: BeatSet, count: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks)).astype(np.int64)
 
 
-def quantize_onnx_static(src: Path, dst: Path, calibration: list[np.ndarray]) -> dict[str, Any]:
-    """The static QDQ int8 copy of the float ONNX model at ``src``."""
+def quantize_onnx_static(
+    src: Path, dst: Path, calibration: list[np.ndarray], method: str = "minmax"
+) -> dict[str, Any]:
+    """The static QDQ int8 copy of the float ONNX model at ``src``; ``method`` is one of
+    ``CALIBRATIONS`` (``[export] calibration``)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -105,18 +111,19 @@ def quantize_onnx_static(src: Path, dst: Path, calibration: list[np.ndarray]) ->
         quantize_static,
     )
 
+    how = CALIBRATIONS[method]
+
     names = [i.name for i in onnx.load(str(src)).graph.input]
     softmax = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Softmax"]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             n = len(calibration[0])
+            # batches of one size: the histogram methods stack every batch's activations
+            size = max(b for b in range(1, min(CALIBRATION_BATCH, n) + 1) if n % b == 0)
             self.batches = iter(
-                {
-                    name: a[i : i + CALIBRATION_BATCH]
-                    for name, a in zip(names, calibration, strict=True)
-                }
-                for i in range(0, n, CALIBRATION_BATCH)
+                {name: a[i : i + size] for name, a in zip(names, calibration, strict=True)}
+                for i in range(0, n, size)
             )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -135,9 +142,13 @@ def quantize_onnx_static(src: Path, dst: Path, calibration: list[np.ndarray]) ->
                 per_channel=True,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=getattr(CalibrationMethod, how),
                 nodes_to_exclude=softmax,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={
+                    "WeightSymmetric": True,
+                    "ActivationSymmetric": False,
+                    **CALIBRATION_OPTIONS.get(method, {}),
+                },
             )
         finally:
             root.setLevel(level)
@@ -145,7 +156,8 @@ def quantize_onnx_static(src: Path, dst: Path, calibration: list[np.ndarray]) ->
     return {
         "compacted_bytes": saved,
         "exporter": "onnxruntime.quantization.quantize_static (QDQ; per-channel QInt8 "
-        "weights, QInt8 activations, MinMax calibration; softmax left in float)",
+        f"weights, QInt8 activations, {how} calibration; softmax left in float)",
+        "calibration_method": method,
     }
 
 
