@@ -39,8 +39,12 @@ format: setup
 	$(BIN)/ruff format heartcli tests benchmarks
 	$(BIN)/ruff check --fix heartcli tests benchmarks
 
+# benchmarks that measure trained run folders given as arguments (see each script's usage)
+RUN_BENCHES := benchmarks/bench_edge.py benchmarks/bench_int8_calibration.py benchmarks/bench_oof_weights.py
+
 bench: setup ## the speed and memory benchmarks (figures in benchmarks/results/)
-	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	for script in $(filter-out $(RUN_BENCHES),$(wildcard benchmarks/bench_*.py)); do \
+		$(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache
