@@ -31,6 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import onnxruntime as ort
+    import torch
 
     from heartcli.data.dataset import load_split
     from heartcli.export.formats import export_onnx, probability_module
@@ -53,8 +54,6 @@ def main() -> None:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         pred = batched(onnx_runner(session), inputs).argmax(axis=1)
         return macro_f1_from_confusion(confusion_matrix(y, pred, k)), pred
-
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -181,6 +181,13 @@ def test_fewer_calibration_beats_than_classes_is_one_line(heart, edge, tmp_path)
 
 
 def test_calibration_method_is_a_config_key_and_named_on_the_card(heart, edge, tmp_path):
+    from typing import get_args
+
+    from heartcli.config import ExportConfig
+    from heartcli.export.quantize import CALIBRATIONS
+
+    # the schema's names and the exporter's table are the same list
+    assert set(get_args(ExportConfig.model_fields["calibration"].annotation)) == set(CALIBRATIONS)
     out = tmp_path / "percentile"
     s = heart.json(
         "export", edge.run, "--format", "onnx", "--quantize", "static",

@@ -113,8 +113,9 @@ def quantize_onnx_static(
 
     how = CALIBRATIONS[method]
 
-    names = [i.name for i in onnx.load(str(src)).graph.input]
-    softmax = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Softmax"]
+    graph = onnx.load(str(src)).graph
+    names = [i.name for i in graph.input]
+    softmax = [n.name for n in graph.node if n.op_type == "Softmax"]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -83,7 +83,6 @@ def _twins() -> tuple[type[nn.Module], type[nn.Module], Callable[[nn.Module], nn
 
 def _conv2d(c: nn.Conv1d) -> nn.Conv2d:
     """The ``1 x k`` 2-D twin of a 1-D conv, with its weights."""
-    import torch
     from torch import nn
 
     twin = nn.Conv2d(
@@ -96,11 +95,7 @@ def _conv2d(c: nn.Conv1d) -> nn.Conv2d:
         groups=c.groups,
         bias=c.bias is not None,
     )
-    with torch.no_grad():
-        twin.weight.copy_(c.weight.unsqueeze(2))
-        if c.bias is not None and twin.bias is not None:
-            twin.bias.copy_(c.bias)
-    return twin
+    return _with_weights(twin, c.weight.unsqueeze(2), c.bias)
 
 
 def _modules_4d() -> tuple[type[nn.Module], type[nn.Module], Any, Any]:
@@ -148,14 +143,20 @@ def _modules_4d() -> tuple[type[nn.Module], type[nn.Module], Any, Any]:
 
 def _as_conv1x1(layer: nn.Module) -> nn.Module:
     """A linear layer as the 1 x 1 conv with its weights; any other layer as it is."""
-    import torch
     from torch import nn
 
     if not isinstance(layer, nn.Linear):
         return layer
     conv = nn.Conv2d(layer.in_features, layer.out_features, 1, bias=layer.bias is not None)
+    return _with_weights(conv, layer.weight[:, :, None, None], layer.bias)
+
+
+def _with_weights(twin: nn.Conv2d, weight: Any, bias: Any) -> nn.Conv2d:
+    """``twin`` holding the original layer's weights (reshaped for it) and bias."""
+    import torch
+
     with torch.no_grad():
-        conv.weight.copy_(layer.weight[:, :, None, None])
-        if layer.bias is not None and conv.bias is not None:
-            conv.bias.copy_(layer.bias)
-    return conv
+        twin.weight.copy_(weight)
+        if bias is not None and twin.bias is not None:
+            twin.bias.copy_(bias)
+    return twin
