@@ -20,12 +20,20 @@ from heartcli.search.tpe import Suggester
 REPO = Path(__file__).resolve().parents[1]
 
 
-def slow(tmp_path: Path, sample_dir: Path, epochs: int, patience: int = 50, **search: int) -> Path:
-    """TINY (conftest) on 400 beats a class, ``epochs`` epochs, MLflow on: 5 trials."""
+def slow(
+    tmp_path: Path,
+    sample_dir: Path,
+    epochs: int,
+    patience: int = 50,
+    mlflow: bool = True,
+    **search: int,
+) -> Path:
+    """TINY (conftest) on 400 beats a class, ``epochs`` epochs, MLflow on unless ``mlflow``
+    is False: 5 trials."""
     return make_config(
         tmp_path / "slow.toml",
         data={"dir": str(sample_dir)},
-        tracking={"enabled": None, "experiment": "jobs-test"},
+        tracking={"enabled": None if mlflow else False, "experiment": "jobs-test"},
         resample={"target": 400},
         train={"epochs": epochs, "patience": patience, "threads": None},
         search={
@@ -258,7 +266,7 @@ def test_max_minutes_with_two_jobs_stops_both_trials_at_an_epoch(tmp_path, sampl
 def test_sigterm_of_a_search_with_two_jobs_stops_cleanly_and_resumes(tmp_path, sample_dir):
     # SIGTERM (a scheduler's stop, `kill`) is Ctrl-C for heart: the workers end their trials
     # as interrupted, with no traceback, and --resume continues them from their checkpoints.
-    config = slow(tmp_path, sample_dir, epochs=40, evals=2)
+    config = slow(tmp_path, sample_dir, epochs=20, mlflow=False, evals=2)
     search = tmp_path / "runs" / "t"
     proc = start(tmp_path, "tune", "--config", str(config), "--name", "t", "--jobs", "2")
     try:
