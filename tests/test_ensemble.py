@@ -222,3 +222,31 @@ def test_tune_ensemble_with_too_few_finished_trials_is_refused(heart, tmp_path):
     )
     assert (tmp_path / "runs" / "s" / "search.json").exists()  # the search itself is kept
     assert not (tmp_path / "runs" / "s" / "ensemble").exists()
+
+
+def test_a_seed_ensemble_is_scored_on_every_beat_out_of_fold(heart, tmp_path):
+    # [search] ensemble over a train.seed space: each trial deals its own folds from its
+    # seed, every beat is still predicted by a model that never trained on it, so the
+    # ensemble's score is the mean of the seeds' out-of-fold probabilities, beat by beat.
+    seeds = (
+        "--set", "search.pruner=none", "--set", "search.evals=2", "--set", "search.folds=2",
+        "--set", "search.startup_trials=2", "--set", "search.ensemble=2",
+        "--set", 'search.space={"train.seed" = {quniform = [1, 100000, 1]}}',
+    )  # fmt: skip
+    summary = heart.json("tune", *QUICK, *seeds, "--name", "s")
+    search = tmp_path / "runs" / "s"
+    params = [r["params"]["train.seed"] for r in summary["records"]]
+    assert params[0] != params[1]
+    oofs = []
+    for n in (1, 2):
+        with np.load(search / f"trial-{n:03d}" / "oof.npz") as oof:
+            oofs.append({k: oof[k] for k in ("index", "fold", "y", "proba")})
+    assert np.array_equal(oofs[0]["index"], oofs[1]["index"])  # the same beats
+    assert not np.array_equal(oofs[0]["fold"], oofs[1]["fold"])  # dealt by each seed
+    from heartcli.metrics import metrics
+
+    beats = load_split(SAMPLE, "random", "train")
+    mean = np.mean([o["proba"] for o in oofs], axis=0)
+    expected = metrics(oofs[0]["y"], mean.argmax(1), beats.classes)
+    assert summary["ensemble"]["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-4)
+    assert summary["ensemble"]["n"] == len(beats)

@@ -61,7 +61,10 @@ def _oof_probas(trials: list[TrialRecord]) -> tuple[np.ndarray, list[np.ndarray]
         parts.append(oof)
     first = parts[0]
     if any(not np.array_equal(p["index"], first["index"]) for p in parts[1:]):
-        raise DataError("the trials' folds differ (train.seed in the space?); cannot average")
+        raise DataError(
+            "the trials predicted different training beats (a data key in the space?), so "
+            "their out-of-fold predictions cannot be averaged; take data keys out of the space"
+        )
     return first["y"], [p["proba"] for p in parts]
 
 
