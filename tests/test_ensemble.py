@@ -144,6 +144,23 @@ SEARCH = (
 )  # fmt: skip
 
 
+def trial_oofs(search, numbers):
+    """The out-of-fold predictions (index, fold, y, proba) of the search's trials."""
+    from heartcli.training.oof import read_oof
+
+    oofs = [read_oof(search / f"trial-{n:03d}") for n in numbers]
+    assert all(o is not None for o in oofs)
+    return oofs
+
+
+def macro_f1_of_mean(oofs, classes):
+    """Macro-F1 of the mean of the trials' out-of-fold probabilities, beat by beat."""
+    from heartcli.metrics import metrics
+
+    mean = np.mean([o["proba"] for o in oofs], axis=0)
+    return metrics(oofs[0]["y"], mean.argmax(1), classes)["macro_f1"]
+
+
 def test_tune_ensembles_its_top_trials_out_of_fold(heart, tmp_path):
     summary = heart.json("tune", *QUICK, *SEARCH, "--set", "search.ensemble=2", "--name", "s")
     info = summary["ensemble"]
@@ -154,16 +171,9 @@ def test_tune_ensembles_its_top_trials_out_of_fold(heart, tmp_path):
     assert info["members"] == [t["number"] for t in trials[:2]]
     assert info["scored_on"] == "out-of-fold"
     # The score is the mean of the two trials' out-of-fold probabilities, on every beat.
-    probas, y = [], None
-    for t in trials[:2]:
-        with np.load(tmp_path / "runs" / "s" / f"trial-{t['number']:03d}" / "oof.npz") as oof:
-            probas.append(oof["proba"])
-            y = oof["y"]
-    from heartcli.metrics import metrics
-
+    oofs = trial_oofs(tmp_path / "runs" / "s", [t["number"] for t in trials[:2]])
     beats = load_split(SAMPLE, "random", "train")
-    expected = metrics(y, np.mean(probas, axis=0).argmax(1), beats.classes)
-    assert info["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-4)
+    assert info["macro_f1"] == pytest.approx(macro_f1_of_mean(oofs, beats.classes), abs=1e-4)
     assert info["n"] == len(beats)
     ens = tmp_path / "runs" / "s" / "ensemble"
     manifest = json.loads((ens / "manifest.json").read_text())
@@ -237,16 +247,10 @@ def test_a_seed_ensemble_is_scored_on_every_beat_out_of_fold(heart, tmp_path):
     search = tmp_path / "runs" / "s"
     params = [r["params"]["train.seed"] for r in summary["records"]]
     assert params[0] != params[1]
-    oofs = []
-    for n in (1, 2):
-        with np.load(search / f"trial-{n:03d}" / "oof.npz") as oof:
-            oofs.append({k: oof[k] for k in ("index", "fold", "y", "proba")})
+    oofs = trial_oofs(search, [1, 2])
     assert np.array_equal(oofs[0]["index"], oofs[1]["index"])  # the same beats
     assert not np.array_equal(oofs[0]["fold"], oofs[1]["fold"])  # dealt by each seed
-    from heartcli.metrics import metrics
-
     beats = load_split(SAMPLE, "random", "train")
-    mean = np.mean([o["proba"] for o in oofs], axis=0)
-    expected = metrics(oofs[0]["y"], mean.argmax(1), beats.classes)
-    assert summary["ensemble"]["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-4)
+    expected = macro_f1_of_mean(oofs, beats.classes)
+    assert summary["ensemble"]["macro_f1"] == pytest.approx(expected, abs=1e-4)
     assert summary["ensemble"]["n"] == len(beats)
