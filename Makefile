@@ -8,17 +8,38 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev,ray,edge
+# Every package `make setup` installs, at the version last tested (extras and pip,
+# setuptools and wheel included): a pip constraints file, refreshed by `make lock`.
+LOCK ?= requirements.lock
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup lock demo test lint format bench clean
 
-$(BIN)/heart: pyproject.toml
+$(BIN)/heart: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/pip install --quiet -c $(LOCK) pip setuptools wheel
+	$(BIN)/pip install --quiet -c $(LOCK) $(TORCH)
+	$(BIN)/pip install --quiet -c $(LOCK) --no-build-isolation -e ".[$(EXTRAS)]"
 	touch $(BIN)/heart
 
-setup: $(BIN)/heart ## create .venv with heart and its test tools
+setup: $(BIN)/heart ## create .venv with heart and its test tools, at the locked versions
+
+# The newest releases that pyproject.toml's ranges admit, installed into a throw-away venv
+# and written down, every extra included. Upgrade: `make lock`, then `make test` (setup
+# reinstalls, as the lock changed), and commit requirements.lock.
+LOCK_VENV := .lock-venv
+lock: ## refresh requirements.lock from pyproject.toml's ranges (the newest releases)
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(LOCK_VENV)/bin/pip install --quiet $(TORCH)
+	$(LOCK_VENV)/bin/pip install --quiet ".[dev,ray,edge]"
+	{ echo "# pip constraints: every package \`make setup\` installs, written by \`make lock\`"; \
+	  echo "# on $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version(), platform.machine())'),"\
+	    "with $(TORCH) first. Do not edit by hand: change pyproject.toml, run make lock."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude heartcli | sed -E 's/\+[A-Za-z0-9.]+$$//'; \
+	} > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 demo: setup ## train, evaluate, export and predict on the bundled sample (a few minutes)
 	rm -rf runs/demo
@@ -47,4 +68,4 @@ bench: setup ## the speed and memory benchmarks (figures in benchmarks/results/)
 		$(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) runs mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache

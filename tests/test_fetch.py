@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import wfdb
 
+from heartcli.data.build import SPLITS
 from heartcli.data.dataset import load_split, read_manifest
 from heartcli.data.mads import HeartBeatsFactory, datastreamers, stack_batch
 from heartcli.data.mitdb import DS1, DS2, RECORDS, pinned_sha256, record_files
+from heartcli.io import sha256_file
 
 TOTALS = {"N": 90_589, "S": 2_779, "V": 7_236, "F": 803, "Q": 8_039}
 KAGGLE_RANDOM = {
@@ -141,17 +143,26 @@ def test_last_annotation_of_a_record_is_not_a_row(built, mitdb_dir):
     assert sorted(mine.tolist()) == sorted(int(s) for s in expected)
 
 
-def test_sample_out_reproduces_the_bundled_sample_byte_for_byte(built, sample_dir):
+def test_sample_out_reproduces_the_bundled_sample(built, sample_dir):
+    # "The same sample" is judged by its content, not its bytes: a parquet file names the
+    # pyarrow release that wrote it (and its encoder may change), so the bytes, and the
+    # manifest's SHA-256 of them, change with the writer. Everything else must be equal:
+    # the manifest (counts, records, parameters), every table's columns, types and
+    # metadata, every beat and label in the same order; and the rebuilt manifest's
+    # checksums are those of its own files.
     _, sample, result, _ = built
     assert result["sample"]["dir"] == str(sample)
-    for name in (
-        "manifest.json",
-        "random/train.parquet",
-        "random/test.parquet",
-        "inter-patient/train.parquet",
-        "inter-patient/test.parquet",
-    ):
-        assert filecmp.cmp(sample / name, sample_dir / name, shallow=False), name
+    rebuilt, bundled = read_manifest(sample), read_manifest(sample_dir)
+    files = rebuilt.pop("files")
+    bundled.pop("files")
+    assert rebuilt == bundled
+    parts = [f"{split}/{part}.parquet" for split in SPLITS for part in ("train", "test")]
+    assert sorted(files) == sorted(parts)
+    for name in parts:
+        assert files[name] == sha256_file(sample / name), name
+        mine, theirs = pq.read_table(sample / name), pq.read_table(sample_dir / name)
+        assert mine.schema.equals(theirs.schema, check_metadata=True), name
+        assert mine.equals(theirs), name
 
 
 def test_second_run_is_a_no_op_with_a_table(heart, built, mitdb_dir):

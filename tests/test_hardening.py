@@ -36,11 +36,20 @@ def one_error(result, exit_code: int) -> str:
 # --------------------------------------------------------------------------- configs
 
 
-def test_duplicate_key_names_file_line_and_key(heart, tmp_path):
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[train]\nepochs = 3\nlr = 0.01\nepochs = 4\n", "4 epochs"),
+        ("[train]\nepochs = 3\n[model]\ndropout = 0.1\n[train]\nlr = 0.01\n", "5 train"),
+        ('[train]\n"lr" = 0.1\nlr = 0.01\n', "3 lr"),
+    ],
+)
+def test_duplicate_key_names_file_line_and_key(heart, tmp_path, text, where):
+    # heart's own wording, whatever the TOML parser calls it (tomlkit 0.15: a ParseError)
     cfg = tmp_path / "dup.toml"
-    cfg.write_text("[train]\nepochs = 3\nlr = 0.01\nepochs = 4\n")
+    cfg.write_text(text)
     line = one_error(heart("train", "--config", cfg, expect=None), 2)
-    assert line.startswith(f"error: {cfg}:4 epochs: defined twice")
+    assert line.startswith(f"error: {cfg}:{where}: defined twice")
 
 
 @pytest.mark.parametrize(

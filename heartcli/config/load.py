@@ -285,12 +285,20 @@ def read_config_text(path: str | Path) -> str:
         raise ConfigError([f"{path}: cannot read the config file ({exc})"]) from None
 
 
-def _duplicate_key_line(text: str, key: str) -> int | None:
-    """The line of the second definition of ``key`` within one table of a TOML text."""
+def _first_duplicate(text: str) -> tuple[int, str] | None:
+    """``(line, key)`` of the first key or table a TOML text defines twice, or None.
+
+    heart's own scan, so the message does not hang on the TOML parser's wording (tomlkit
+    0.15 calls a duplicate a ParseError, older releases KeyAlreadyPresent). An array of
+    tables (``[[name]]``) may repeat: each entry starts its keys afresh."""
     seen: set[tuple[str, ...]] = set()
-    for lineno, path, _ in _toml_lines(text):
-        if path in seen and path[-1] == key:
-            return lineno
+    lines = text.splitlines()
+    for lineno, path, header in _toml_lines(text):
+        if header and lines[lineno - 1].lstrip().startswith("[["):
+            seen = {p for p in seen if p[: len(path)] != path}
+            continue
+        if path in seen:
+            return lineno, path[-1]
         seen.add(path)
     return None
 
@@ -300,18 +308,20 @@ def load_document(path: str | Path) -> tomlkit.TOMLDocument:
     text = read_config_text(path)
     try:
         return tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(
-            [f"{path}:{exc.line} {exc.__class__.__name__}: {exc}; fix the TOML syntax"]
-        ) from None
-    except tomlkit.exceptions.KeyAlreadyPresent as exc:
-        key = str(exc).split('"')[1] if str(exc).count('"') >= 2 else str(exc)
-        line = _duplicate_key_line(text, key)
-        where = f"{path}:{line}" if line else str(path)
-        raise ConfigError(
-            [f'{where} {key}: defined twice (key "{key}" already exists); keep one of them']
-        ) from None
     except tomlkit.exceptions.TOMLKitError as exc:
+        problem = _first_duplicate(text)
+        if problem is not None:
+            line, key = problem
+            raise ConfigError(
+                [
+                    f'{path}:{line} {key}: defined twice (key "{key}" already exists); keep one'
+                    " of them"
+                ]
+            ) from None
+        if isinstance(exc, tomlkit.exceptions.ParseError):
+            raise ConfigError(
+                [f"{path}:{exc.line} {exc.__class__.__name__}: {exc}; fix the TOML syntax"]
+            ) from None
         raise ConfigError([f"{path}: not valid TOML ({exc}); fix the TOML syntax"]) from None
 
 
