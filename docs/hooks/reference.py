@@ -27,10 +27,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-# Document the checkout being built, whichever heart the environment has installed.
+# Document the checkout being built, whichever heart the environment has installed (an
+# editable install may point at another one).
 REPO = Path(__file__).resolve().parents[2]
-if sys.path[:1] != [str(REPO)]:
-    sys.path.insert(0, str(REPO))
+
+
+def this_checkout() -> None:
+    """Put the checkout first on sys.path, before heartcli is imported. (MkDocs takes its own
+    first entry back after loading a hook, so ``on_config`` calls this again.)"""
+    if sys.path[:1] != [str(REPO)]:
+        sys.path.insert(0, str(REPO))
+
+
+this_checkout()
 
 MARKER = re.compile(r"^<!-- heart:(commands|command|config)(?: ([a-z][a-z _-]*?))? -->$", re.M)
 
@@ -305,6 +314,15 @@ def markers(text: str) -> Iterator[tuple[str, str]]:
 
 # "commands", "command tune", "config train" -> the page that holds it (set by on_files)
 PAGES: dict[str, str] = {}
+
+
+def on_config(config: Any) -> Any:
+    """Every build reads the code afresh: `mkdocs serve` rebuilds when heartcli/cli or
+    heartcli/config change (``watch:`` in mkdocs.yml), so the references follow an edit."""
+    this_checkout()
+    for name in [m for m in sys.modules if m == "heartcli" or m.startswith("heartcli.")]:
+        del sys.modules[name]
+    return config
 
 
 def _fail(message: str) -> None:
