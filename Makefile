@@ -1,4 +1,4 @@
-# heart: one place for setup, the demo, tests, lint and benchmarks.
+# heart: one place for setup, the demo, tests, lint, the documentation site and benchmarks.
 #
 # TORCH is the torch requirement installed before the project. The pinned release is a
 # CPU wheel on the CI machines and the regular PyPI wheel elsewhere; on a GPU machine,
@@ -12,7 +12,7 @@ EXTRAS ?= dev,ray,edge
 # setuptools and wheel included): a pip constraints file, refreshed by `make lock`.
 LOCK ?= requirements.lock
 
-.PHONY: setup lock demo test lint format bench clean
+.PHONY: setup lock demo test lint docs docs-build format bench clean
 
 $(BIN)/heart: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -49,16 +49,22 @@ demo: setup ## train, evaluate, export and predict on the bundled sample (a few 
 	$(BIN)/heart predict runs/demo/export/model.onnx data/sample/random/test.parquet --out runs/demo/predictions.csv
 
 lint: setup ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check heartcli tests benchmarks
-	$(BIN)/ruff format --check heartcli tests benchmarks
+	$(BIN)/ruff check heartcli tests benchmarks docs/hooks
+	$(BIN)/ruff format --check heartcli tests benchmarks docs/hooks
 	$(BIN)/mypy heartcli
 
-test: lint ## lint, types, then the whole test suite
+docs: setup ## serve the documentation site at http://127.0.0.1:8000, rebuilt on every edit
+	$(BIN)/mkdocs serve
+
+docs-build: setup ## build the site as CI does: every warning (a broken link, a command without a page) fails
+	$(BIN)/mkdocs build --strict --site-dir site
+
+test: lint docs-build ## lint, types, the documentation site, then the whole test suite
 	$(BIN)/pytest -q
 
 format: setup
-	$(BIN)/ruff format heartcli tests benchmarks
-	$(BIN)/ruff check --fix heartcli tests benchmarks
+	$(BIN)/ruff format heartcli tests benchmarks docs/hooks
+	$(BIN)/ruff check --fix heartcli tests benchmarks docs/hooks
 
 # benchmarks that measure trained run folders given as arguments (see each script's usage)
 RUN_BENCHES := benchmarks/bench_edge.py benchmarks/bench_int8_calibration.py benchmarks/bench_oof_weights.py
@@ -68,4 +74,4 @@ bench: setup ## the speed and memory benchmarks (figures in benchmarks/results/)
 		$(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(LOCK_VENV) runs mlflow.db mlruns .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) runs mlflow.db mlruns site .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ app = make_app("Write or show the TOML config that every command reads.")
 def init(
     path: Annotated[
         Path,
-        typer.Argument(metavar="[PATH]", help="Where to write the config (default heart.toml)."),
+        typer.Argument(metavar="PATH", help="Where to write the config (default heart.toml)."),
     ] = Path("heart.toml"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:

@@ -15,7 +15,9 @@ def predict(
     model: Annotated[
         Path,
         typer.Argument(
-            metavar="MODEL", help="Run folder (heart train) or exported .onnx (heart export)."
+            metavar="MODEL",
+            help="Run folder (heart train), or an exported .onnx or .pte (heart export; its "
+            "model_card.json beside it).",
         ),
     ],
     input_: Annotated[

@@ -247,7 +247,7 @@ def tune_cmd(
             metavar="ADDR",
             help="Ray cluster to join, HOST:PORT as `ray start --head` printed, run from a "
             "node of it (ray backend; without it, a local Ray). Token clusters need "
-            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN. See README: Tune on a cluster.",
+            "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN. See docs/cluster.md: Tuning on a cluster.",
         ),
     ] = None,
     jobs: Annotated[

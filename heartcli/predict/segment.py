@@ -207,7 +207,7 @@ def local_peaks(sig: np.ndarray, radius: int) -> np.ndarray:
 _xqrs_lock = threading.Lock()
 
 # The R-peak detectors `heart predict --peaks detect` offers. gqrs is the default: on the 22
-# DS1 records (EC57 rules) it finds more beats than XQRS at a similar +P; see README.
+# DS1 records (EC57 rules) it finds more beats than XQRS at a similar +P; see docs/measurements.md.
 DETECTORS = ("gqrs", "xqrs")
 DETECTOR = "gqrs"
 GQRS_SEARCH_S = 0.05  # gqrs marks ~33 ms before the R-peak: moved to it within 50 ms

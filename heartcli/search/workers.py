@@ -31,10 +31,10 @@ if TYPE_CHECKING:  # the search package loads torch: imported in the worker
     from heartcli.search.spec import Search
 
 # Measured with benchmarks/bench_tune.py --only threads on this project's 2-core machine,
-# shared with other work (see the README): two one-thread quickstart trials side by side
-# took 20 s, while one two-thread trial spent 10 minutes on its first epoch (its threads
-# wait on each other at every operation when the cores are busy). So `--jobs auto` runs
-# one one-thread trial per core.
+# shared with other work (docs/measurements.md, "heart tune"): two one-thread quickstart
+# trials side by side took 20 s, while one two-thread trial spent 10 minutes on its first
+# epoch (its threads wait on each other at every operation when the cores are busy). So
+# `--jobs auto` runs one one-thread trial per core.
 AUTO_TRIALS_PER_CORE = 1
 
 
