@@ -202,3 +202,34 @@ def test_exported_models_refuse_adapt(heart, run, records, tmp_path):
         )
     plain = json.loads(heart("--json", "predict", export / "model.onnx", records / "233").stdout)
     assert plain["protocol"] == "plain" and plain["adaptation"] is None
+
+
+# ----------------------------------------------------------------- rhythm, ensembles
+
+
+def test_rhythm_ensemble_adapts_every_member(heart, records, tmp_path):
+    """A rhythm model's rhythm standardisation is re-centred on the recording; in an
+    ensemble (`--folds 2` with final = "ensemble") every member is adapted, and the members'
+    folders stay as they were."""
+    from conftest import quick_args
+
+    runs = tmp_path / "runs"
+    heart("-q", "train", *quick_args(
+        "data.split=inter-patient", 'data.classes={Q = "drop"}', "resample.min_beats=1",
+        "model.rhythm=true", "train.final=ensemble", "train.scheduler=cosine",
+        f"train.runs_dir={runs}",
+    ), "--folds", "2", "--name", "ens")  # fmt: skip
+    run = runs / "ens"
+    before = sums(run)
+    record = records / "233"
+    signal = heart.json("predict", run, record, "--adapt", "signal", "-f", PERIOD)
+    assert signal["adaptation"]["rhythm_recentred"] == 2  # one rhythm input per member
+    assert signal["adaptation"]["batchnorm_layers"] > 2
+    labels = heart.json("predict", run, record, "--adapt", "labels", "-f", PERIOD)
+    tuned = labels["adaptation"]["fine_tune"]
+    assert tuned["loss_after"] < tuned["loss_before"]
+    args = ("--peaks", "annotations", "-f", PERIOD, "--adapt", "labels")
+    both = heart.json("evaluate", run, "--records", f"{records / '203'},{record}", *args)
+    alone = heart.json("evaluate", run, "--records", record, *args)
+    assert both["records"][1]["matrix"] == alone["records"][0]["matrix"]
+    assert sums(run) == before
