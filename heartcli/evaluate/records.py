@@ -6,6 +6,11 @@ own beats with ``--peaks annotations``, cut and classified exactly as `heart pre
 does), and :mod:`heartcli.evaluate.ec57` compares those beats with the record's reference ``.atr``
 in the record's own samples and sampling rate. The paced records 102, 104, 107 and 217
 are left out by default (EC57's reporting rules), and named in the result.
+
+With ``adapt`` each record is classified by a copy of the model adapted to that record on
+its learning period (:mod:`heartcli.predict.adapt`; the document and the CSV name the
+protocol); with ``plot`` each record's worst stretches are drawn
+(:mod:`heartcli.evaluate.strips`).
 """
 
 from __future__ import annotations
@@ -135,8 +140,16 @@ def score_records(
     selection = select_records(
         list_records(records), include_paced=include_paced, skip_missing=skip_missing
     )
-    run = Scoring(peaks, lead, learning_period_s, window_s, _detector(detector), adapt,
-                  skip_missing, None if plot is None else check_plot_dir(plot))  # fmt: skip
+    run = Scoring(
+        peaks=peaks,
+        lead=lead,
+        learning_period_s=learning_period_s,
+        window_s=window_s,
+        detector=_detector(detector),
+        adapt=adapt,
+        skip_missing=skip_missing,
+        plot=None if plot is None else check_plot_dir(plot),
+    )
     references = run.references(selection)
     if not references:
         raise UsageError("--records: no record left to score; " + "; ".join(run.notes))

@@ -15,6 +15,11 @@ A rhythm model (``[model] rhythm``) also takes the RR features of every beat: co
 from the record's beat annotations, or from the detected R-peaks (:mod:`heartcli.predict.segment`,
 with the code of `heart fetch`), or read from the rhythm columns of a beat file; a file
 without them is refused (exit 2) with the columns it lacks.
+
+With ``adapt`` (``--adapt signal|labels``, :mod:`heartcli.predict.adapt`) a record's first
+``learning_period_s`` seconds adapt a copy of a run's model to that record; their beats are
+left out of the result (the summary's ``adaptation`` says how many), and every row and the
+summary name the protocol.
 """
 
 from __future__ import annotations
