@@ -7,12 +7,13 @@ annotation pairs for bxb's matching rules."""
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 
 import numpy as np
 import pyarrow.csv as pacsv
 import pytest
-from conftest import SAMPLE, copy_record, record_at_250_hz
+from conftest import SAMPLE, copy_record, cut_record, record_at_250_hz
 
 from heartcli.data.mitdb import AAMI_MAP
 from heartcli.evaluate import ec57
@@ -24,23 +25,6 @@ def model(trained_run: Path) -> Path:
     """The session's trained run (conftest: the quick-start CNN, 1 epoch on the bundled
     sample): its classes are N S V F Q."""
     return trained_run
-
-
-def cut_record(mitdb_dir: Path, dest: Path, name: str, minutes: float = 8) -> Path:
-    """The first minutes of a real record (both signals, raw units, its .atr), as a record
-    of its own: detection on it costs a few seconds instead of ~10."""
-    import wfdb
-
-    end = int(minutes * 60 * 360)
-    rec = wfdb.rdrecord(str(mitdb_dir / name), sampto=end, physical=False)
-    ann = wfdb.rdann(str(mitdb_dir / name), "atr", sampto=end - 1)
-    dest.mkdir(parents=True, exist_ok=True)
-    wfdb.wrsamp(
-        name, fs=rec.fs, units=rec.units, sig_name=rec.sig_name, d_signal=rec.d_signal,
-        fmt=rec.fmt, adc_gain=rec.adc_gain, baseline=rec.baseline, write_dir=str(dest),
-    )  # fmt: skip
-    wfdb.wrann(name, "atr", ann.sample, symbol=ann.symbol, write_dir=str(dest))
-    return dest / name
 
 
 def reference_beats(record: Path) -> np.ndarray:
@@ -315,3 +299,48 @@ def test_detected_beats_sit_on_the_reference_r_peaks(heart, model, tmp_path, mit
         offset = found[match[match >= 0]] - ref[match >= 0]
         assert (match >= 0).mean() >= 0.995
         assert abs(np.median(offset)) <= 1 and np.mean(np.abs(offset) <= 3) >= 0.75, detector
+
+
+# ----------------------------------------------------------------- --plot
+
+
+def test_plot_draws_each_records_worst_stretches(heart, model, tmp_path, mitdb_dir):
+    """--plot DIR: a PNG per record with disagreements, its strips holding the most of them;
+    every disagreement of the EC57 matrix (off its diagonal) is counted, none of the
+    learning period's."""
+    import matplotlib.image as mpimg
+
+    folder = tmp_path / "recs"
+    for name in ("203", "233"):
+        cut_record(mitdb_dir, folder, name, minutes=6)
+    plots = tmp_path / "plots" / "new"  # made when missing
+    doc = heart.json("evaluate", model, "--records", folder, "--peaks", "annotations",
+                     "-f", 120, "--plot", plots)  # fmt: skip
+    assert doc["plots"] == str(plots)
+    for entry in doc["records"]:
+        m = np.array([[entry["matrix"][r].get(c, 0) for c in ec57.MATRIX_COLUMNS]
+                      for r in ec57.MATRIX_ROWS])  # fmt: skip
+        plot = entry["plot"]
+        assert plot["errors"] == m.sum() - np.trace(m[:5, :5]) > 0
+        assert plot["png"] == str(plots / f"{entry['record']}.png")
+        image = mpimg.imread(plot["png"])
+        assert image.shape[0] > 500 and image.shape[1] > 1000  # three strips, stacked
+        stretches = plot["stretches"]
+        assert 1 <= len(stretches) <= 3
+        assert [s["errors"] for s in stretches] == sorted((s["errors"] for s in stretches),
+                                                          reverse=True)  # fmt: skip
+        for s in stretches:
+            assert s["to_s"] - s["from_s"] == pytest.approx(10.0)
+            assert s["from_s"] >= 120 - 10 and s["errors"] >= 1
+        spans = sorted((s["from_s"], s["to_s"]) for s in stretches)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))  # no overlap
+    assert sorted(p.name for p in plots.iterdir()) == ["203.png", "233.png"]
+    shown = heart("evaluate", model, "--records", folder / "203", "--peaks", "annotations",
+                  "-f", 120, "--plot", plots).stdout  # fmt: skip
+    assert f"plots: 1 PNG(s) of the worst stretches in {plots}" in shown
+    afile = tmp_path / "file.txt"
+    afile.write_text("x")
+    refused = heart("evaluate", model, "--records", folder, "--plot", afile, expect=2)
+    assert "--plot" in _error(refused) and "not a folder" in _error(refused)
+    no_records = heart("evaluate", model, "--plot", plots, expect=2)
+    assert "--out, --adapt and --plot need --records" in _error(no_records)

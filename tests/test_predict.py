@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, Exported, copy_record, record_at_250_hz
+from conftest import SAMPLE, Exported, copy_record, cut_record, record_at_250_hz
 
 from heartcli.data.beats import record_beats
 from heartcli.data.mitdb import AAMI_MAP
@@ -115,6 +115,55 @@ def test_record_at_250_hz_is_resampled(heart, tiny, tmp_path, mitdb_dir):
     at_360, _, _ = segment_beats(read_lead(mitdb_dir / "100")[:108000], ann.sample, ann.symbol)
     assert slow_s["beats"] == len(at_360)
     assert slow_s["agreement"]["accuracy"] >= 0.9
+
+
+def test_annotated_and_detected_peaks_cut_one_beat(heart, trained_run, tmp_path, mitdb_dir):
+    """One beat cut for both kinds of R-peaks: the .atr's non-beat annotations (rhythm
+    changes, noise, artefacts: 26 in record 203's first 8 minutes) cut no beat, so a beat
+    whose R-peak and next two R-peaks are the same whether the .atr or the detector found
+    them is the same beat, with the same probabilities."""
+    import wfdb
+
+    record = cut_record(mitdb_dir, tmp_path / "rec", "203", minutes=8)
+    atr = wfdb.rdann(str(record), "atr")
+    is_beat = np.array([s in AAMI_MAP for s in atr.symbol])
+    assert (~is_beat).sum() == 26
+    beats_only = tmp_path / "beats" / "203"
+    cut_record(mitdb_dir, beats_only.parent, "203", minutes=8)
+    wfdb.wrann("203", "atr", atr.sample[is_beat], symbol=list(np.array(atr.symbol)[is_beat]),
+               write_dir=str(beats_only.parent))  # fmt: skip
+    for name, rec in (("all", record), ("beats", beats_only)):
+        heart("-q", "predict", trained_run, rec, "--peaks", "annotations",
+              "--out", tmp_path / f"{name}.csv")  # fmt: skip
+    every, only = (pacsv.read_csv(tmp_path / f"{n}.csv") for n in ("all", "beats"))
+    assert every.equals(only)  # the same beats and probabilities, annotations or not
+
+    # Detected peaks: record 213, where the detector lands on most annotated R-peaks exactly.
+    record = cut_record(mitdb_dir, tmp_path / "rec", "213", minutes=8)
+    for peaks in ("annotations", "detect"):
+        heart("-q", "predict", trained_run, record, "--peaks", peaks,
+              "--out", tmp_path / f"{peaks}.csv")  # fmt: skip
+    ann, det = (
+        pacsv.read_csv(tmp_path / f"{p}.csv").to_pydict() for p in ("annotations", "detect")
+    )
+    atr = wfdb.rdann(str(record), "atr")
+    beats = np.array([x for x, s in zip(atr.sample, atr.symbol, strict=True) if s in AAMI_MAP])
+    others = np.array([x for x, s in zip(atr.sample, atr.symbol, strict=True) if s not in AAMI_MAP])
+    peaks = np.array(det["sample"] + [10**9, 10**9])  # the last peaks cut no beat of their own
+    where = {int(x): i for i, x in enumerate(det["sample"])}
+    same, crossed = 0, 0
+    for j, x in enumerate(ann["sample"]):
+        k, i = int(np.searchsorted(beats, x)), where.get(int(x))
+        if (
+            i is None
+            or k + 2 >= len(beats)
+            or list(peaks[i + 1 : i + 3]) != list(beats[k + 1 : k + 3])
+        ):
+            continue  # another boundary: another beat
+        same += 1
+        crossed += bool(((others > x) & (others <= beats[k + 2])).any())
+        assert [ann[f"p_{c}"][j] for c in "NSVFQ"] == [det[f"p_{c}"][i] for c in "NSVFQ"], x
+    assert same > 300 and crossed >= 1
 
 
 def test_local_peaks_is_wfdbs_find_local_peaks(mitdb_dir):

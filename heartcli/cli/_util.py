@@ -321,6 +321,22 @@ def detector_option(help_text: str, **panel: Any) -> Any:
     return typer.Option("--detector", help=help_text, show_default=False, **panel)
 
 
+Adapt = Literal["signal", "labels"] | None
+
+ADAPT_HELP = (
+    "Adapt a copy of the run's model to each recording with its learning period (the first "
+    "--learning-period seconds; their beats are never scored): signal (no labels: BatchNorm "
+    "statistics and the rhythm standardisation's centre re-estimated on those beats) or "
+    "labels (the head fine-tuned on their .atr labels: the patient-specific protocol). Run "
+    "folders only."
+)
+
+
+def adapt_option(**panel: Any) -> Any:
+    """``--adapt signal|labels`` of `heart predict` and `heart evaluate --records`."""
+    return typer.Option("--adapt", help=ADAPT_HELP, show_default=False, **panel)
+
+
 def resolve_config(config: Path | None, overrides: Sequence[str] | None) -> HeartConfig:
     from heartcli.config import load_config  # pydantic: loaded by the commands that read one
 

@@ -21,6 +21,9 @@ def evaluate_records(
     include_paced: bool,
     out_csv: Path | None,
     detector: str | None = None,
+    *,
+    adapt: str | None = None,
+    plot: Path | None = None,
 ) -> None:
     from heartcli.errors import UsageError
     from heartcli.evaluate.records import score_records, write_csv
@@ -45,6 +48,8 @@ def evaluate_records(
         skip_missing=skip_missing,
         progress=progress,
         detector=detector,
+        adapt=adapt,
+        plot=plot,
     )
     if out_csv is not None:
         document["out"] = str(write_csv(document, out_csv))
@@ -88,6 +93,7 @@ def _render(doc: dict[str, Any]) -> None:
         f"{len(doc['records'])} records; beats scored from {doc['learning_period_s']:g} s "
         f"(learning period) to each record's end, matched within "
         f"{1000 * doc['match_window_s']:g} ms",
+        *_protocol_lines(doc),
         "reference classes as heart fetch maps the .atr symbols; VEB +P/FPR: F or Q labelled "
         "V counts neither way; SVEB +P: Q labelled S neither (bxb)",
     ]
@@ -96,6 +102,11 @@ def _render(doc: dict[str, Any]) -> None:
         lines.append(f"left out, paced (EC57): {', '.join(excluded['paced'])}")
     if excluded["no_atr"]:
         lines.append(f"left out, no .atr (--skip-missing): {', '.join(excluded['no_atr'])}")
+    for key, why in (("too_short", "not longer than"), ("no_learning_beats", "no beat in")):
+        if excluded.get(key):
+            lines.append(
+                f"left out, {why} the learning period (--skip-missing): {', '.join(excluded[key])}"
+            )
     lines += [f"note: {note}" for note in doc["notes"]]
     seconds = doc["seconds"]
     lines.append(f"time: predict {seconds['predict']:.1f} s, scoring {seconds['score']:.2f} s")
@@ -103,6 +114,27 @@ def _render(doc: dict[str, Any]) -> None:
         lines.append(f"wrote {doc['out']}")
     for line in lines:
         console.print(line, highlight=False)
+
+
+def _protocol_lines(doc: dict[str, Any]) -> list[str]:
+    """What --adapt did and where --plot wrote, in a line each."""
+    lines: list[str] = []
+    adapted = [e["adaptation"] for e in doc["records"] if e.get("adaptation")]
+    if adapted:
+        how = {
+            "adapt-signal": "BatchNorm statistics and the rhythm standardisation's centre "
+            "re-estimated on it, no labels",
+            "adapt-labels": "the head fine-tuned on its .atr labels (patient-specific protocol)",
+        }[doc["protocol"]]
+        cost = sum(a["seconds"] for a in adapted)
+        lines.append(
+            f"protocol {doc['protocol']}: each record's model adapted to that record on its "
+            f"learning period ({how}); adaptation {cost:.1f} s in all"
+        )
+    if doc.get("plots"):
+        drawn = sum(1 for e in doc["records"] if (e.get("plot") or {}).get("png"))
+        lines.append(f"plots: {drawn} PNG(s) of the worst stretches in {doc['plots']}")
+    return lines
 
 
 def _beats_from(doc: dict[str, Any]) -> str:

@@ -9,7 +9,14 @@ import typer
 from rich import box
 from rich.table import Table
 
-from heartcli.cli._util import Detector, closing_lines, detector_option, out
+from heartcli.cli._util import (
+    Adapt,
+    Detector,
+    adapt_option,
+    closing_lines,
+    detector_option,
+    out,
+)
 from heartcli.errors import UsageError
 
 
@@ -100,21 +107,34 @@ def evaluate(
             rich_help_panel="Whole records (EC57)",
         ),
     ] = None,
+    adapt: Annotated[Adapt, adapt_option(rich_help_panel="Whole records (EC57)")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            metavar="DIR",
+            help="--records: per record, DIR/<record>.png: the stretches with the most "
+            "disagreements, the signal with the reference and the predicted classes.",
+            rich_help_panel="Whole records (EC57)",
+        ),
+    ] = None,
 ) -> None:
     """Accuracy, balanced accuracy, macro-F1 with 95% CI, per-class figures, confusion matrix.
 
     With --records: whole recordings scored beat by beat (EC57: QRS, VEB and SVEB Se/+P).
     """
-    if records is not None or out_csv is not None:
+    if records is not None or out_csv is not None or adapt is not None or plot is not None:
         if data is not None or split is not None or records is None:
             raise UsageError(
-                "--records scores whole records and takes no --data/--split; --out needs --records"
+                "--records scores whole records and takes no --data/--split; --out, --adapt "
+                "and --plot need --records"
             )
         from heartcli.cli.ec57_cmd import evaluate_records
 
         evaluate_records(
-            run, records, peaks, learning_period, skip_missing, include_paced, out_csv, detector
-        )
+            run, records, peaks, learning_period, skip_missing, include_paced, out_csv, detector,
+            adapt=adapt, plot=plot,
+        )  # fmt: skip
         return
     from heartcli.evaluate import evaluate as run_evaluation
 

@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from heartcli.cli._util import Detector, closing_lines, detector_option, out
+from heartcli.cli._util import (
+    Adapt,
+    Detector,
+    adapt_option,
+    closing_lines,
+    detector_option,
+    out,
+)
 
 
 def predict(
@@ -83,16 +90,35 @@ def predict(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing annotation file (--format wfdb).")
     ] = False,
+    adapt: Annotated[Adapt, adapt_option()] = None,
+    learning_period: Annotated[
+        float | None,
+        typer.Option(
+            "--learning-period",
+            "-f",
+            metavar="SECONDS",
+            help="--adapt: the recording's first SECONDS adapt the model and are not "
+            "classified (default 300, EC57's learning period).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Predict the class of every beat; with reference labels, per-class sensitivity and PPV."""
+    from heartcli.errors import UsageError
     from heartcli.predict import predict as run_predict
 
+    if learning_period is not None and adapt is None:
+        raise UsageError("--learning-period sets the learning period of --adapt; add --adapt")
+    period = 300.0 if learning_period is None else learning_period
+    adapting: dict[str, Any] = {"adapt": adapt, "learning_period_s": period}
     if format_ == "wfdb":
         result, summary = _predict_wfdb(
-            model, input_, out_file, lead, peaks, annotator, force, detector
+            model, input_, out_file, lead, peaks, annotator, force, detector, adapting
         )
     else:
-        result = run_predict(model, input_, lead=lead, peaks=peaks, out=out_file, detector=detector)
+        result = run_predict(
+            model, input_, lead=lead, peaks=peaks, out=out_file, detector=detector, **adapting
+        )
         summary = result.summary()
     if out_file is not None and "out" not in summary:
         summary["out"] = str(out_file)
@@ -109,6 +135,7 @@ def _predict_wfdb(
     annotator: str,
     force: bool,
     detector: str | None,
+    adapting: dict[str, Any],
 ) -> tuple[Any, dict[str, Any]]:
     """--format wfdb: the checks first (folder, annotator, an existing file), then predict."""
     from heartcli.errors import UsageError
@@ -121,7 +148,7 @@ def _predict_wfdb(
     target = out_dir / f"{input_.name}.{check_annotator(annotator)}"
     if target.exists() and not force:
         raise UsageError(f"{target} exists; pass --force to replace it")
-    result = run_predict(model, input_, lead=lead, peaks=peaks, detector=detector)
+    result = run_predict(model, input_, lead=lead, peaks=peaks, detector=detector, **adapting)
     summary = result.summary()
     summary["out"] = str(write_wfdb(result, out_dir, annotator=annotator, force=force))
     return result, summary
@@ -138,6 +165,9 @@ def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
     }[summary["segmentation"]]
     lead = f", lead {summary['lead']}" if summary["lead"] else ""
     console.print(f"{summary['input']}: {n:,} {what}{lead}", highlight=False)
+    adaptation = summary.get("adaptation")
+    if adaptation:
+        console.print(_adaptation_line(adaptation), highlight=False)
     if rows:
         table = Table(title=f"first {min(rows, n)} of {n:,} beats")
         data = result.rows()
@@ -185,3 +215,19 @@ def _render(result: Any, summary: dict[str, Any], rows: int) -> None:
             highlight=False,
         )
     closing_lines(summary["notes"], [summary["out"]] if summary.get("out") else [])
+
+
+def _adaptation_line(info: dict[str, Any]) -> str:
+    """What --adapt did, in one line."""
+    line = (
+        f"{info['protocol']}: model adapted to this recording on its first "
+        f"{info['learning_period_s']:g} s ({info['learning_beats']:,} beats, not classified): "
+    )
+    if "labelled_beats" in info:
+        labels = ", ".join(f"{c} {n:,}" for c, n in info["labels"].items() if n)
+        line += f"head fine-tuned on {info['labelled_beats']:,} labelled beats ({labels})"
+    else:
+        line += f"{info['batchnorm_layers']} BatchNorm layers re-estimated"
+        if info.get("rhythm_recentred"):
+            line += ", rhythm standardisation re-centred"
+    return line + f" in {info['seconds']:.2f} s"

@@ -104,6 +104,29 @@ def segment_beats(
     return x, labels, samples[rows]
 
 
+def cut_beats(
+    signal: np.ndarray,
+    peaks: np.ndarray,
+    symbols: list[str] | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one beat cut of `heart predict` and `heart evaluate --records`, the same for
+    annotated and detected R-peaks: :func:`segment_beats` with the beats' own R-peaks as
+    the only boundaries. ``symbols`` (the annotations' symbols) keeps the beats among them,
+    labelled by the AAMI map; without it every peak is a beat (label 0).
+
+    The dataset (`heart fetch`, the Kaggle recipe) cuts at every annotation, so there a
+    rhythm change or noise annotation right after a beat shortens that beat; a detector
+    finds no such annotations, and a beat must not look different to the model because
+    the .atr rather than the detector found it.
+    """
+    peaks = np.asarray(peaks, dtype=np.int64)
+    if symbols is None:
+        return segment_beats(signal, peaks, np.full(len(peaks), "N", dtype=object))
+    symbols = np.asarray(symbols, dtype=object)
+    is_beat = np.fromiter((s in AAMI_MAP for s in symbols), dtype=bool, count=len(symbols))
+    return segment_beats(signal, peaks[is_beat], symbols[is_beat])
+
+
 def read_lead(record_path: str | Path, lead: str = "channel0") -> np.ndarray:
     """One lead of a WFDB record as raw integer units (wfdb, physical=False)."""
     import wfdb

@@ -172,9 +172,13 @@ def compare(
     start_s: float = LEARNING_PERIOD_S,
     end: int | None = None,
     window_s: float = MATCH_WINDOW_S,
+    pairs: list[tuple[int, int, int, int]] | None = None,
 ) -> Comparison:
     """bxb's comparison of ``test`` against ``reference`` (sample positions at ``fs``):
-    beats from ``start_s`` seconds to sample ``end`` (default: the last beat of either)."""
+    beats from ``start_s`` seconds to sample ``end`` (default: the last beat of either).
+
+    ``pairs``, when given, receives every scored beat as ``(reference sample, test sample,
+    row, column)`` of the matrix (-1 for the side a missed or false beat lacks)."""
     window = int(window_s * fs + 0.5)  # rounded as WFDB's strtim rounds
     start = int(start_s * fs + 0.5)
     if end is None:
@@ -186,6 +190,9 @@ def compare(
     def pair(row: int | None, column: int) -> None:
         if row is not None:
             result.matrix[row, column] += 1
+            if pairs is not None:
+                at_ref = -1 if row == O else int(ref.now)
+                pairs.append((at_ref, -1 if column == O else int(tst.now), row, column))
         if ref.rr > 0 and tst.rr > 0:
             result.rr_sq_sum += float(ref.rr - tst.rr) ** 2
             result.rr_count += 1

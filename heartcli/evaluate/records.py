@@ -6,13 +6,18 @@ own beats with ``--peaks annotations``, cut and classified exactly as `heart pre
 does), and :mod:`heartcli.evaluate.ec57` compares those beats with the record's reference ``.atr``
 in the record's own samples and sampling rate. The paced records 102, 104, 107 and 217
 are left out by default (EC57's reporting rules), and named in the result.
+
+With ``adapt`` each record is classified by a copy of the model adapted to that record on
+its learning period (:mod:`heartcli.predict.adapt`; the document and the CSV name the
+protocol); with ``plot`` each record's worst stretches are drawn
+(:mod:`heartcli.evaluate.strips`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ import numpy as np
 
 from heartcli.errors import DataError, UsageError
 from heartcli.evaluate import ec57
+from heartcli.evaluate.strips import check_plot_dir, plot_record
 from heartcli.predict.wfdb import Header, read_header, test_labels
 
 PEAKS = ("detect", "annotations")
@@ -113,69 +119,161 @@ def score_records(
     skip_missing: bool = False,
     progress: Callable[[dict[str, Any], int, int], None] | None = None,
     detector: str | None = None,
+    adapt: str | None = None,
+    plot: str | Path | None = None,
 ) -> dict[str, Any]:
     """The EC57 document of a model over records: per record, gross and average.
 
     Every record's header and .atr are read and checked before the model runs on any;
-    ``progress(entry, i, n)`` is called after each record is scored."""
+    ``progress(entry, i, n)`` is called after each record is scored. With ``adapt`` each
+    record is classified by a copy of the model adapted to it on its learning period
+    (:mod:`heartcli.predict.adapt`); with ``plot`` its worst stretches are drawn there
+    (:mod:`heartcli.evaluate.strips`)."""
+    from heartcli.predict.adapt import check_adapt, protocol
     from heartcli.predict.load import load_model
 
     if peaks not in PEAKS:
         raise UsageError(f"--peaks {peaks}: use detect or annotations")
     if learning_period_s < 0:
         raise UsageError(f"--learning-period {learning_period_s:g}: must be 0 or more seconds")
+    check_adapt(adapt, learning_period_s, model_path)
     selection = select_records(
         list_records(records), include_paced=include_paced, skip_missing=skip_missing
     )
-    references = []
-    for path in selection.records:
-        header = read_header(path)
-        references.append((path, header, read_beats(path, "atr", header)))
+    run = Scoring(
+        peaks=peaks,
+        lead=lead,
+        learning_period_s=learning_period_s,
+        window_s=window_s,
+        detector=_detector(detector),
+        adapt=adapt,
+        skip_missing=skip_missing,
+        plot=None if plot is None else check_plot_dir(plot),
+    )
+    references = run.references(selection)
+    if not references:
+        raise UsageError("--records: no record left to score; " + "; ".join(run.notes))
+    model = load_model(model_path)
+    entries: list[dict[str, Any]] = []
+    for i, (path, header, reference) in enumerate(references):
+        entry = run.score(model, path, header, reference)
+        if entry is None:
+            continue
+        entries.append(entry)
+        if progress is not None:
+            progress(entry, i + 1, len(references))
+    if not entries:
+        raise UsageError("--records: no record left to score; " + "; ".join(run.notes))
+    gross, average = ec57.totals(entries)
+    excluded: dict[str, list[str]] = {"paced": selection.paced, "no_atr": selection.missing}
+    if adapt is not None:
+        excluded.update(run.skipped)
+    return {
+        "model": str(model_path),
+        "model_kind": model.kind,
+        "protocol": protocol(adapt),
+        "peaks": peaks,
+        "detector": run.detector if peaks == "detect" else None,
+        "learning_period_s": learning_period_s,
+        "match_window_s": window_s,
+        "excluded": excluded,
+        "gross": gross,
+        "average": average,
+        "records": entries,
+        "notes": run.notes,
+        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+        **({"plots": str(run.plot)} if run.plot is not None else {}),
+    }
+
+
+def _detector(detector: str | None) -> str:
     from heartcli.predict.segment import DETECTOR, DETECTORS
 
     detector = detector or DETECTOR
     if detector not in DETECTORS:
         raise UsageError(f"--detector {detector}: use {' or '.join(DETECTORS)}")
-    model = load_model(model_path)
-    to_ec57 = test_labels(model.classes)
-    entries: list[dict[str, Any]] = []
-    notes: list[str] = []
-    seconds = {"predict": 0.0, "score": 0.0}
-    for i, (path, header, reference) in enumerate(references):
+    return detector
+
+
+@dataclass
+class Scoring:
+    """How the records of one `heart evaluate --records` call are scored, and what it has
+    left out and noted so far."""
+
+    peaks: str
+    lead: str
+    learning_period_s: float
+    window_s: float
+    detector: str
+    adapt: str | None
+    skip_missing: bool
+    plot: Path | None
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(
+        default_factory=lambda: {"too_short": [], "no_learning_beats": []}
+    )
+    seconds: dict[str, float] = field(default_factory=lambda: {"predict": 0.0, "score": 0.0})
+
+    def references(self, selection: Selection) -> list[tuple[Path, Header, ec57.BeatAnnotations]]:
+        """Every record's header and reference beats; with --adapt, a record too short for
+        the learning period or without a beat in it refused (or skipped, --skip-missing)."""
+        from heartcli.predict.adapt import learning_start, no_learning_beat, too_short
+
+        kept = []
+        for path in selection.records:
+            header = read_header(path)
+            reference = read_beats(path, "atr", header)
+            if self.adapt is not None:
+                period = self.learning_period_s
+                start = learning_start(header.fs, period)
+                if short := too_short(path.name, (header.length or 0) / header.fs, period):
+                    self.refuse(path, "too_short", short)
+                    continue
+                if not (reference.sample < start).any():
+                    self.refuse(path, "no_learning_beats", no_learning_beat(path.name, period))
+                    continue
+            kept.append((path, header, reference))
+        return kept
+
+    def refuse(self, path: Path, why: str, line: str) -> None:
+        """A record --adapt cannot use: exit 2, or with --skip-missing left out and said so."""
+        if not self.skip_missing:
+            raise UsageError(line)
+        self.skipped[why].append(path.name)
+        self.notes.append(f"left out (--skip-missing): {line}")
+
+    def score(
+        self, model: Any, path: Path, header: Header, reference: ec57.BeatAnnotations
+    ) -> dict[str, Any] | None:
+        """One record's EC57 entry, or None when --adapt had to leave it out."""
+        from heartcli.predict.adapt import NoLearningBeat
+
         t0 = time.perf_counter()
-        sample, predicted, _ = classify_record(
-            model, path, peaks=peaks, lead=lead, detector=detector
-        )
+        try:
+            sample, predicted, _, info = classify_record(
+                model, path, peaks=self.peaks, lead=self.lead, detector=self.detector,
+                adapt=self.adapt, learning_period_s=self.learning_period_s,
+            )  # fmt: skip
+        except NoLearningBeat as exc:
+            self.refuse(path, "no_learning_beats", str(exc))
+            return None
         t1 = time.perf_counter()
+        pairs: list[tuple[int, int, int, int]] | None = [] if self.plot is not None else None
+        test = ec57.BeatAnnotations(sample, test_labels(model.classes)[predicted])
         entry, note = score_record(
-            path,
-            header,
-            reference,
-            ec57.BeatAnnotations(sample, to_ec57[predicted]),
-            learning_period_s,
-            window_s,
+            path, header, reference, test, self.learning_period_s, self.window_s, pairs
         )
-        entries.append(entry)
-        notes.extend([note] if note else [])
-        seconds["predict"] += t1 - t0
-        seconds["score"] += time.perf_counter() - t1
-        if progress is not None:
-            progress(entry, i + 1, len(references))
-    gross, average = ec57.totals(entries)
-    return {
-        "model": str(model_path),
-        "model_kind": model.kind,
-        "peaks": peaks,
-        "detector": detector if peaks == "detect" else None,
-        "learning_period_s": learning_period_s,
-        "match_window_s": window_s,
-        "excluded": {"paced": selection.paced, "no_atr": selection.missing},
-        "gross": gross,
-        "average": average,
-        "records": entries,
-        "notes": notes,
-        "seconds": {k: round(v, 3) for k, v in seconds.items()},
-    }
+        if info is not None:
+            entry["adaptation"] = info
+        if pairs is not None and self.plot is not None:
+            entry["plot"] = plot_record(
+                path, pairs, header.fs, header.length or int(sample.max(initial=0)) + 1,
+                self.plot, lead=self.lead,
+            )  # fmt: skip
+        self.notes.extend([note] if note else [])
+        self.seconds["predict"] += t1 - t0
+        self.seconds["score"] += time.perf_counter() - t1
+        return entry
 
 
 def score_record(
@@ -185,9 +283,10 @@ def score_record(
     test: ec57.BeatAnnotations,
     learning_period_s: float,
     window_s: float,
+    pairs: list[tuple[int, int, int, int]] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """One record's EC57 entry (bxb's matching of ``test`` against ``reference``), and a
-    note when nothing of it was scored."""
+    note when nothing of it was scored; ``pairs`` receives bxb's pairs (:func:`ec57.compare`)."""
     comparison = ec57.compare(
         reference,
         test,
@@ -195,6 +294,7 @@ def score_record(
         start_s=learning_period_s,
         end=header.length or None,
         window_s=window_s,
+        pairs=pairs,
     )
     entry = ec57.record_entry(path.name, comparison, header.fs)
     entry["fs"] = header.fs
@@ -208,16 +308,31 @@ def score_record(
 
 
 def classify_record(
-    model: Any, path: Path, *, peaks: str, lead: str = "auto", detector: str | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    model: Any,
+    path: Path,
+    *,
+    peaks: str,
+    lead: str = "auto",
+    detector: str | None = None,
+    adapt: str | None = None,
+    learning_period_s: float = ec57.LEARNING_PERIOD_S,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any] | None]:
     """A record's beats as `heart predict` finds and labels them: R-peak samples at the
-    record's own rate, predicted class indices, probabilities."""
+    record's own rate, predicted class indices, probabilities, and with ``adapt`` how the
+    model was adapted to the record (then a copy adapted on the learning period labels
+    every beat; EC57's learning period leaves that period's beats unscored, but bxb lets
+    the last test beat before it pair with the first reference beat after it)."""
+    from heartcli.predict.adapt import adapt_to_record
     from heartcli.predict.inputs import check_range, read_input
 
     beats = read_input(path, model, lead=lead, peaks=peaks, detector=detector)
     check_range(model, beats.x, path)
+    info = None
+    if adapt is not None:
+        adapted = adapt_to_record(model, beats, adapt, learning_period_s)
+        model, info = adapted.model, adapted.info
     proba = model.proba(beats.inputs(model))
-    return beats.sample.astype(np.int64), proba.argmax(axis=1), proba
+    return beats.sample.astype(np.int64), proba.argmax(axis=1), proba, info
 
 
 # ------------------------------------------------------------------ bxb's -L lines
@@ -236,13 +351,15 @@ def write_csv(document: dict[str, Any], out: str | Path) -> Path:
         raise UsageError(f"--out {out}: name a .csv file")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ec57.BXB_COLUMNS)
+    # An adapted model's lines name its protocol in a last column: never mixed with plain ones.
+    tail = [] if document.get("protocol", "plain") == "plain" else [document["protocol"]]
+    writer.writerow([*ec57.BXB_COLUMNS, *(["Protocol"] if tail else [])])
     for entry in document["records"]:
-        writer.writerow(ec57.bxb_line(entry))
+        writer.writerow(ec57.bxb_line(entry) + tail)
     gross = ec57.bxb_line({**document["gross"], "rr_error_ms": None, "record": "Gross"})
-    writer.writerow(gross)
+    writer.writerow(gross + tail)
     average = {**document["average"], "record": "Average", "matrix": {}}
     line = ec57.bxb_line(average)
-    writer.writerow(["Average"] + [""] * (len(ec57.BXB_COLUMNS) - 9) + line[-8:])
+    writer.writerow(["Average"] + [""] * (len(ec57.BXB_COLUMNS) - 9) + line[-8:] + tail)
     write_text(out, buffer.getvalue())
     return out

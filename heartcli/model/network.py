@@ -280,8 +280,16 @@ class HeartCNN(nn.Module):
     def forward(self, x: torch.Tensor, rhythm: torch.Tensor | None = None) -> torch.Tensor:
         """Beats float32 [batch, length] (and, for a rhythm model, its rhythm features
         [batch, 9]) -> logits [batch, n_classes]."""
+        return self.classify(self.embed(x), rhythm)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled conv features of beats [batch, length]: [batch, channels * pool_output]."""
         z = self.features(x.unsqueeze(1))
-        z = self.pool(self.attention(z)).flatten(1)
+        return self.pool(self.attention(z)).flatten(1)
+
+    def classify(self, z: torch.Tensor, rhythm: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the pooled conv features (:meth:`embed`) and, for a rhythm model, the
+        rhythm features: the part `heart predict --adapt labels` fine-tunes."""
         if self.rhythm is not None:
             if rhythm is None:
                 raise ValueError("this model takes a second input: the rhythm features")

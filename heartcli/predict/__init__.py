@@ -15,6 +15,11 @@ A rhythm model (``[model] rhythm``) also takes the RR features of every beat: co
 from the record's beat annotations, or from the detected R-peaks (:mod:`heartcli.predict.segment`,
 with the code of `heart fetch`), or read from the rhythm columns of a beat file; a file
 without them is refused (exit 2) with the columns it lacks.
+
+With ``adapt`` (``--adapt signal|labels``, :mod:`heartcli.predict.adapt`) a record's first
+``learning_period_s`` seconds adapt a copy of a run's model to that record; their beats are
+left out of the result (the summary's ``adaptation`` says how many), and every row and the
+summary name the protocol.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 
 from heartcli.errors import UsageError
 from heartcli.io import atomic_path, write_json
+from heartcli.predict.adapt import LEARNING_PERIOD_S, adapt_to_record, check_adapt
 from heartcli.predict.inputs import Beats, check_range, read_input
 from heartcli.predict.load import Model, load_model
 from heartcli.threads import ThreadPolicy
@@ -41,6 +47,7 @@ class Prediction:
     beats: Beats
     proba: np.ndarray
     seconds: dict[str, float]
+    adaptation: dict[str, Any] | None = None  # --adapt: how the model was adapted
 
     @property
     def predicted(self) -> np.ndarray:
@@ -82,6 +89,8 @@ class Prediction:
             "detection": self.beats.detection,
             "notes": list(self.beats.notes),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "protocol": "plain" if self.adaptation is None else self.adaptation["protocol"],
+            "adaptation": self.adaptation,
         }
 
     def rows(self) -> dict[str, Any]:
@@ -96,6 +105,8 @@ class Prediction:
             columns["reference"] = [classes[i] if i >= 0 else "" for i in self.beats.reference]
         for i, name in enumerate(classes):
             columns[f"p_{name}"] = self.proba[:, i]
+        if self.adaptation is not None:  # an adapted model's rows say so in every row
+            columns["protocol"] = [self.adaptation["protocol"]] * len(self.proba)
         return columns
 
 
@@ -133,12 +144,17 @@ def predict(
     peaks: str = "auto",
     out: str | Path | None = None,
     detector: str | None = None,
+    adapt: str | None = None,
+    learning_period_s: float = LEARNING_PERIOD_S,
 ) -> Prediction:
-    """Classify every beat of ``input_path`` with the model at ``model_path``."""
+    """Classify every beat of ``input_path`` with the model at ``model_path``; with
+    ``adapt`` (:mod:`heartcli.predict.adapt`) the beats of the first ``learning_period_s``
+    seconds adapt a copy of the model and are left out: the rest is classified by it."""
     check_output(out)
     check_out_target(out, input_path, model_path)
     if peaks not in ("auto", "annotations", "detect"):
         raise UsageError(f"--peaks {peaks}: use auto, annotations or detect")
+    check_adapt(adapt, learning_period_s, model_path)
     t0 = time.perf_counter()
     threads = ThreadPolicy("auto")  # measures the CPU others use while the model and data load
     model = load_model(model_path)
@@ -148,11 +164,22 @@ def predict(
     if model.kind == "run":
         threads.start(wait=False)
     t2 = time.perf_counter()
-    proba = model.proba(beats.inputs(model))
+    seconds = {"load_model": t1 - t0, "read_input": t2 - t1}
+    adaptation = None
+    if adapt is not None:
+        adapted = adapt_to_record(model, beats, adapt, learning_period_s)
+        model, adaptation = adapted.model, adapted.info
+        beats = beats.subset(~adapted.learning)
+        beats.notes.append(
+            f"{adaptation['protocol']}: the first {learning_period_s:g} s "
+            f"({adaptation['learning_beats']:,} beats) adapted the model to this recording and "
+            "are not classified: the output holds the beats after them"
+        )
+        seconds["adapt"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    result = Prediction(
-        model, beats, proba, {"load_model": t1 - t0, "read_input": t2 - t1, "predict": t3 - t2}
-    )
+    proba = model.proba(beats.inputs(model))
+    seconds["predict"] = time.perf_counter() - t3
+    result = Prediction(model, beats, proba, seconds, adaptation)
     if out is not None:
         write_prediction(result, out)
     return result

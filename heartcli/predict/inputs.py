@@ -6,7 +6,7 @@ rhythm model takes; and the check that beats are in the range the model was trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,24 @@ class Beats:
     notes: list[str] = field(default_factory=list)
     detection: dict[str, Any] | None = None
     rhythm: np.ndarray | None = None  # float32 [n, 9], when the input has beat timing
+    fs: float | None = None  # a record's own sampling rate (``sample`` is at it)
+    duration_s: float | None = None  # a record's length in seconds
 
     def inputs(self, model: Model) -> list[np.ndarray]:
         """What ``model`` takes: the beats, and their rhythm features for a rhythm model."""
         return model_inputs(self.x, self.rhythm, model.rhythm, self.source)
+
+    def subset(self, keep: np.ndarray) -> Beats:
+        """The beats where ``keep`` is True, with everything that comes per beat."""
+        return replace(
+            self,
+            x=self.x[keep],
+            record=self.record[keep],
+            sample=self.sample[keep],
+            reference=None if self.reference is None else self.reference[keep],
+            rhythm=None if self.rhythm is None else self.rhythm[keep],
+            notes=list(self.notes),
+        )
 
 
 def read_input(
@@ -72,6 +86,8 @@ def read_input(
             seg.notes,
             seg.detection,
             seg.rhythm,
+            seg.fs_in,
+            seg.duration_s,
         )
     elif path.suffix.lower() in BEAT_SUFFIXES:
         if not path.is_file():

@@ -51,6 +51,10 @@ class Model:
 
     rhythm: bool = False  # takes the rhythm features as a second input
 
+    # A run folder's PyTorch module (what `--adapt` copies and adapts); None for an export.
+    module: Any = field(default=None, repr=False)
+    seed: int = 0  # the run's [train] seed: --adapt labels seeds its fine-tuning with it
+
     def proba(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Probabilities for the model's inputs (beats, and rhythm for a rhythm model)."""
         if len(inputs[0]) == 0:
@@ -100,6 +104,8 @@ def _load_run_model(path: Path) -> Model:
         dict(run.config.data.classes),
         (float(lo), float(hi)),
         uses_rhythm(run.model),
+        run.model,
+        int(run.config.train.seed),
     )
 
 

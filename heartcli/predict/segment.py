@@ -1,12 +1,16 @@
 """A raw WFDB record cut into model-ready beats, for `heart predict`.
 
-The cut is the one `heart fetch` makes (:func:`heartcli.data.beats.segment_beats`, the
+The cut is the recipe of `heart fetch` (:func:`heartcli.data.beats.segment_beats`, the
 Kaggle-exact recipe), on one lead in raw ADC units at 360 Hz:
 
-* **boundaries**: every annotation of the record's ``.atr`` when there is one (the beats
-  are then exactly the dataset's rows, and their AAMI labels are the reference); without
-  it, the R-peaks detected in the signal, and only those: by wfdb's gqrs (the default),
-  each mark moved to the R-peak, or by wfdb's XQRS (``detector="xqrs"``);
+* **boundaries**: the beats' own R-peaks and nothing else, one cut for both kinds of peaks
+  (:func:`heartcli.data.beats.cut_beats`): the beat annotations of the record's ``.atr`` when
+  there is one (their AAMI labels are the reference), or without it the R-peaks detected
+  in the signal: by wfdb's gqrs (the default), each mark moved to the R-peak, or by wfdb's
+  XQRS (``detector="xqrs"``). A beat at the same R-peaks is the same beat whichever found
+  it. `heart fetch`'s dataset rows (the Kaggle recipe) also let the .atr's non-beat
+  annotations (rhythm changes ``+``, noise ``~``, ...) cut the beat before them; here
+  they do not, so a predicted beat equals its dataset row except where one did;
 * **rate**: a record sampled at another rate is first resampled to 360 Hz with
   ``scipy.signal.resample_poly`` (a polyphase FIR with an anti-aliasing low-pass), and the
   annotation positions are scaled with it, so beats reach the model at the 120 Hz
@@ -39,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from heartcli.data.beats import BEAT_LENGTH, segment_beats
+from heartcli.data.beats import BEAT_LENGTH, cut_beats
 from heartcli.data.mitdb import AAMI_MAP, FS_HZ
 from heartcli.data.rhythm import MIN_BEATS, rows_rhythm
 from heartcli.errors import DataError, UsageError
@@ -87,6 +91,7 @@ class SegmentedRecord:
     notes: list[str]
     detection: dict[str, Any] | None = None  # detected vs reference peaks, when both exist
     rhythm: np.ndarray | None = None  # float32 [n, 9]: the rhythm columns of every beat
+    duration_s: float = 0.0  # the record's length in seconds
 
 
 def is_record(path: str | Path) -> bool:
@@ -311,7 +316,7 @@ def segment_record(
     notes = list(rec.notes)
     if ref is not None:
         samples, symbols = ref
-        x, y, r_peaks = segment_beats(rec.signal, samples, symbols)
+        x, y, r_peaks = cut_beats(rec.signal, samples, symbols)
         rhythm = _rhythm(samples, symbols, r_peaks, x, notes)
         return SegmentedRecord(
             path.name,
@@ -323,15 +328,15 @@ def segment_record(
             rec.fs_in,
             notes,
             rhythm=rhythm,
+            duration_s=len(rec.signal) / FS_HZ,
         )
 
     signal_mv = (np.asarray(rec.signal, dtype=np.float64) - rec.baseline) / rec.gain
     detected = detect_r_peaks(signal_mv, FS_HZ, detector)
     if len(detected) < 2:
         raise DataError(f"{path}: fewer than 2 R-peaks detected; is this an ECG lead?")
-    # The detected peaks are the boundaries and the beats; every one is a beat ("N" here is
-    # only a placeholder symbol, the labels it gives are dropped).
-    x, _, r_peaks = segment_beats(rec.signal, detected, ["N"] * len(detected))
+    # The detected peaks are the boundaries and the beats, cut as annotated ones are.
+    x, _, r_peaks = cut_beats(rec.signal, detected)
     rhythm = _rhythm(detected, ["N"] * len(detected), r_peaks, x, notes)
     detection: dict[str, Any] | None = None
     reference: np.ndarray | None = None
@@ -349,6 +354,7 @@ def segment_record(
         notes,
         detection,
         rhythm,
+        len(rec.signal) / FS_HZ,
     )
 
 
