@@ -136,8 +136,8 @@ def _start(
     n_jobs = resolve_jobs(jobs, cluster=on_ray)
     if jobs is not None and on_ray:
         config.search.concurrency = n_jobs
+    check_refit(config, config.search.parsed_space())
     search = Search.plan(config, name, config_base)
-    check_refit(search.config, search.space)
     if on_ray:
         from heartcli.search.ray import start_ray
 
