@@ -425,3 +425,78 @@ def test_a_key_under_a_choice_that_does_not_exist_is_one_line(heart, tmp_path):
         f"error: {path}:6 search.space.model.rhythm: when.yes: model.rhythm has no choice "
         '"yes" (its choices: false, true)'
     ]
+
+
+def test_keys_under_a_when_are_drawn_only_with_their_option(tmp_path):
+    from heartcli.config import load_config
+    from heartcli.search.tpe import Suggester
+
+    config = load_config(refit_config(tmp_path))
+    space = config.search.parsed_space()
+    assert space.keys == [
+        "train.lr", "train.label_smoothing", "train.epochs", "model.rhythm",
+        "model.rhythm_columns", "model.rhythm_wide",
+    ]  # fmt: skip
+    suggester = Suggester(space, 1, seed=7, startup_trials=3)
+    seen = set()
+    for number in range(1, 25):
+        vals = suggester.suggest(number)
+        values = suggester.values(vals)
+        on = values["model.rhythm"]
+        seen.add(on)
+        # The option is a plain choice's index; its keys carry the branch in their label.
+        assert vals["model.rhythm"] == [int(on)]
+        assert bool(vals["model.rhythm_columns|model.rhythm=true"]) == on
+        assert ("model.rhythm_columns" in values) == on == ("model.rhythm_wide" in values)
+        if on:
+            assert values["model.rhythm_columns"] in RHYTHM_SETS
+        suggester.add(number, vals, -values["train.lr"])
+    assert seen == {False, True}
+
+
+def test_greedy_selection_with_replacement_keeps_the_best_prefix():
+    # Three candidates on six beats of two classes, each wrong on two beats of its own
+    # (mildly: 0.4 / 0.6), so any two of them averaged are right on every beat.
+    y = np.array([0, 0, 0, 1, 1, 1])
+
+    def candidate(mistakes: set[int]) -> np.ndarray:
+        rows = []
+        for i in range(6):
+            p = 0.4 if i in mistakes else 0.9  # the probability of the true class
+            rows.append([p, 1 - p] if y[i] == 0 else [1 - p, p])
+        return np.array(rows)
+
+    probas = [candidate({0, 3}), candidate({1, 4}), candidate({2, 5})]
+    chosen = select.greedy(probas, y, rounds=6)
+    # Round 1: the first candidate (ties go to the earlier one); round 2 adds the second,
+    # and the pair is perfect; the later rounds tie with it, so the prefix of 2 is kept.
+    assert chosen.trace[0] == pytest.approx(select.macro_f1(y, probas[0]))
+    assert chosen.trace[1] == 1.0 and chosen.kept == 2
+    np.testing.assert_allclose(chosen.weights, [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(chosen.mix(probas), (probas[0] + probas[1]) / 2)
+    # With replacement: a candidate right everywhere is picked again every round, and the
+    # kept prefix is its first round alone.
+    best = select.greedy([probas[0], np.eye(2)[y] * 0.8 + 0.1], y, rounds=4)
+    assert best.trace == [1.0] * 4 and best.kept == 1 and list(best.weights) == [0.0, 1.0]
+
+
+def test_the_ray_backend_refits_through_the_same_workers_on_the_driver(heart, tmp_path):
+    ray = pytest.importorskip("ray")
+    # Ray Tune runs the rungs; the refit stage then runs on the driver's worker processes.
+    config = refit_config(tmp_path, evals=3, startup_trials=2, refit=2, folds=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        summary = heart.json(
+            "tune", "--config", config, "--name", "r", "--backend", "ray", "--jobs", "1"
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+    search = tmp_path / "runs" / "r"
+    refit = summary["refit"]
+    assert refit["order"] == sh_order(summary["records"])[:2]
+    for number in refit["order"]:
+        assert refit["trials"][str(number)]["refit"] == "completed"
+        oof = read_oof(search / f"trial-{number:03d}")
+        assert sorted(set(oof["fold"].tolist())) == [1, 2]
+    assert (tmp_path / "runs" / "best").resolve() == (search / "final").resolve()
+    assert heart.json("evaluate", search / "final")["n"] > 0
