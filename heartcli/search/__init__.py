@@ -70,6 +70,8 @@ def tune(
     address: str | None = None,
 ) -> SearchResult:
     """Start a new search from ``config``, or continue the one in ``resume``; with
+    ``[search] refit = m``, the top m trials then train on K folds and the search's
+    recommendation becomes ``SEARCH/final`` (``search/refit.py``, ``search/final.py``); with
     ``[search] ensemble = k``, then the top k trials as one model (``search/ensemble.py``).
     A search whose every trial failed is a HeartError (exit 1) naming the first failure.
 

@@ -298,7 +298,8 @@ class Refit:
         entry["folds"][str(fold)] = {"status": "running", "started_at": time.time()}
         self.hooks.save()
         self.hooks.progress.stage(
-            f"refit {trial_name(number)}: fold {fold} of {self.k} (the other folds train it)"
+            f"refit {trial_name(number)}: fold {fold} of {self.k} (trains on the other "
+            f"{self.k - 1}, validates and predicts on this one)"
         )
 
     def epoch(self, number: int, fold: int, epoch: int, epochs: int, value: float) -> bool:

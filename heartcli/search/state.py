@@ -5,7 +5,10 @@ kept), ``search.json`` (every trial, written atomically by the one process that 
 search), ``trial-NNN/`` (a full `heart train` run folder per trial), ``.lock`` (held for the
 life of the process running it), and at the end ``best`` (a link to the best trial's folder),
 ``best.toml`` (its config, runnable by `heart train --config`), ``report.png`` /
-``report.json`` and ``runs/best`` (a link to the latest search's best trial).
+``report.json`` and ``runs/best`` (a link to the latest search's best trial). With
+``[search] refit``: ``trial-NNN/folds/fold-<i>`` and ``trial-NNN/oof.npz`` for the refitted
+trials, ``search.json``'s ``refit`` section, and ``final`` (what the search recommends, one
+model), which ``best`` and ``runs/best`` then point at (search/refit.py, search/final.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """One trial of a search, for both backends: a `heart train` run (or ``heart train --folds
-K`` with ``[search] folds``) of the trial's config, scored into its :class:`TrialRecord`.
+K`` with ``[search] folds`` and no ``refit``) of the trial's config, scored into its
+:class:`TrialRecord`. With ``[search] refit`` the folds come after the rungs, for the top
+trials only (search/refit.py).
 
 :func:`run_trial` is the one trial runner. What differs between the backends is a
 :class:`TrialHooks`: where the trial's data and folder come from, and what happens after
