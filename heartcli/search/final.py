@@ -62,8 +62,8 @@ def run_refit(
             refit._assemble(number)
     hooks.save()
     drive_folds(refit, args, jobs)
-    refit.book["out_of_time"] = refit.out_of_time
-    if refit.out_of_time:
+    refit.book["out_of_time"] = refit.out_of_time and bool(refit.pending())
+    if refit.book["out_of_time"]:  # folds left to train: `heart tune --resume` trains them
         hooks.save()
         return None
     ranked = refit.finished()

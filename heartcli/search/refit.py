@@ -308,7 +308,7 @@ class Refit:
         figures.update(epoch=epoch, epochs=epochs, value=value)
         self.hooks.progress.done(f"refit {trial_name(number)} fold {fold} epoch {epoch}", figures)
         deadline = self.hooks.deadline
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline is not None and time.monotonic() >= deadline and epoch < epochs:
             self.out_of_time = True
             return True
         return False
