@@ -21,29 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from heartcli.metrics import confusion_matrix, macro_f1_from_confusion
-
-GRID = np.exp(np.linspace(-2.5, 2.5, 41))  # weights from 0.08 to 12
-SWEEPS = 3
+# The fitting lives in the package: `heart tune` with [search] refit decides with it whether
+# decision weights join its recommended model (heartcli/search/select.py).
+from heartcli.search.select import fit_decision_weights as fit_weights
+from heartcli.search.select import macro_f1 as _macro_f1
 
 
 def macro_f1(proba: np.ndarray, y: np.ndarray, weights: np.ndarray) -> float:
-    pred = (proba * weights).argmax(axis=1)
-    return macro_f1_from_confusion(confusion_matrix(y, pred, proba.shape[1]))
-
-
-def fit_weights(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """One weight per class maximising macro-F1 on these beats (class 0 stays 1)."""
-    weights = np.ones(proba.shape[1])
-    for _ in range(SWEEPS):
-        for c in range(1, proba.shape[1]):
-            trial = weights.copy()
-            scores = []
-            for g in GRID:
-                trial[c] = g
-                scores.append(macro_f1(proba, y, trial))
-            weights[c] = GRID[int(np.argmax(scores))]
-    return weights
+    return _macro_f1(y, proba, weights)
 
 
 def measure(run: Path) -> None:

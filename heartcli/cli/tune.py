@@ -43,7 +43,7 @@ class LiveTable(Progress):
         self.keys: list[str] = []
         self.evals = 0
         self.best: TrialRecord | None = None  # the best trial so far
-        self.running: dict[int, str] = {}  # trial number -> its progress text (--jobs)
+        self.running: dict[Any, str] = {}  # trial number (or (trial, fold)) -> its text
 
     def start(self, summary: dict[str, Any]) -> None:
         from heartcli.search import TrialRecord
@@ -63,7 +63,7 @@ class LiveTable(Progress):
             self.o.log(f"MLflow parent run {summary['tracking_run_id']}")
 
     def _show(self) -> None:
-        text = "; ".join(self.running[n] for n in sorted(self.running))
+        text = "; ".join(self.running[n] for n in sorted(self.running, key=str))
         if self.status is None and text:
             self.status = self.o.err.status(text)
             self.status.start()
@@ -78,8 +78,24 @@ class LiveTable(Progress):
         self.running[number] = f"trial {number}/{self.evals}: starting"
         self._show()
 
+    def _line(self, text: str) -> None:
+        """A line between spinner updates."""
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+        self.rows.print(text, highlight=False)
+        self._show()
+
+    def stage(self, text: str) -> None:
+        self._line(text)
+
+    def note(self, text: str) -> None:
+        self._line(f"note: {text}")
+
     def done(self, name: str, result: Any = None) -> None:
-        if isinstance(result, dict):  # an epoch of a trial
+        if isinstance(result, dict) and ("refit" in result or name == "final"):
+            self._refit(name, result)
+        elif isinstance(result, dict):  # an epoch of a trial
             n, value = result["trial"], result["value"]
             self.running[n] = (
                 f"trial {n}/{self.evals}: epoch {result['epoch']}/{result['epochs']}, "
@@ -88,6 +104,38 @@ class LiveTable(Progress):
             self._show()
         else:
             self._trial_end(result)
+
+    def _refit(self, name: str, result: dict[str, Any]) -> None:
+        """The refit stage: a fold's epoch (spinner), a fold's end, a trial's out-of-fold
+        figures, the recommendation."""
+        if name == "final":
+            lo, hi = result["macro_f1_ci95"]
+            self._line(
+                f"recommended: {result['dir']} ({result['kind']}), out-of-fold macro-F1 "
+                f"{result['macro_f1']:.4f} ({lo:.4f}-{hi:.4f})"
+            )
+            return
+        n, fold = result["refit"], result.get("fold")
+        if "epoch" in result:
+            self.running[(n, fold)] = (
+                f"refit trial {n} fold {fold}/{result['folds']}: epoch {result['epoch']}/"
+                f"{result['epochs']}, val_macro_f1 {result['value']:.4f}"
+            )
+            self._show()
+        elif fold is not None:
+            self.running.pop((n, fold), None)
+            if result.get("status") != "completed":
+                self._line(f"refit trial {n} fold {fold}: {result['status']} {result['reason']}")
+            else:
+                self._show()
+        else:
+            oof = result["oof"]
+            lo, hi = oof["macro_f1_ci95"]
+            self._line(
+                f"refit trial {n:03d}: out-of-fold macro-F1 {oof['macro_f1']:.4f} "
+                f"({lo:.4f}-{hi:.4f}) on {oof['n']:,} beats, {self.metric} {result['metric']:.4f}"
+                f", {result['seconds']:.0f}s"
+            )
 
     def _trial_end(self, record: TrialRecord) -> None:
         from heartcli.search import best_of
@@ -195,7 +243,86 @@ def render_report(data: dict[str, Any], keys: list[str] | None = None) -> None:
         f"{data['trials']} of {data['evals']} trials ({counts}), pruner {data['pruner']}{rungs}",
         highlight=False,
     )
+    if data.get("rung_table"):
+        render_rungs(data["rung_table"])
+    if data.get("refit"):
+        render_refit(data["refit"])
     o.console.print(f"curves: {data['png']}", highlight=False)
+
+
+def _f(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+def render_rungs(rows: list[dict[str, Any]]) -> None:
+    """Successive halving's choice at each rung."""
+    table = Table(title="rungs (successive halving)", title_justify="left", box=None)
+    for title in ("epoch", "reached", "went on", "best", "lowest that went on"):
+        table.add_column(title, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["epoch"]), str(r["reached"]), str(r["went_on"]), _f(r["best"]), _f(r["lowest_on"])
+        )
+    out().console.print(table, highlight=False)
+
+
+def render_refit(refit: dict[str, Any]) -> None:
+    """The refit table (validation, out of fold with its CI), then what the search chose."""
+    o = out()
+    table = Table(
+        title=f"refit: top {refit['trials']} trials on {refit['folds']} folds, by out-of-fold "
+        "macro-F1",
+        title_justify="left",
+        box=None,
+    )
+    for title, justify in (
+        ("trial", "right"), ("val", "right"), ("rung", "right"), ("out of fold", "right"),
+        ("95% CI", "left"), ("folds", "right"), ("time", "right"), ("status", "left"),
+    ):  # fmt: skip
+        table.add_column(title, justify=justify)  # type: ignore[arg-type]
+    for r in refit["rows"]:
+        ci = r["oof_macro_f1_ci95"]
+        table.add_row(
+            f"{r['number']:03d}",
+            _f(r["val"]),
+            str(r["rung"] or "-"),
+            _f(r["oof_macro_f1"]),
+            f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "-",
+            f"{r['folds_done']}/{refit['folds']}",
+            f"{r['seconds']:.0f}s" if r["seconds"] else "-",
+            f"{r['refit']} {r['reason']}".strip(),
+        )
+    o.console.print(table, highlight=False)
+    final = refit.get("final")
+    if not final:
+        return
+    ens = final.get("ensemble")
+    if ens:
+        picks = ", ".join(f"{int(n):03d} x {w:.3f}" for n, w in ens["weights"].items())
+        o.console.print(
+            f"greedy ensemble ({ens['kept_rounds']} of {ens['rounds']} rounds): {picks}; "
+            f"out of fold {ens['macro_f1_fitted']:.4f} fitted, {ens['macro_f1_cross_fitted']:.4f}"
+            f" cross-fitted, best single trial {ens['best_single_macro_f1']:.4f}: "
+            + ("kept" if ens["kept"] else "not kept (the rule below)"),
+            highlight=False,
+        )
+    d = final["decision"]
+    weights = final["decision_weights"]
+    shown = ", ".join(f"{c} {w:.2f}" for c, w in weights.items()) if weights else "none"
+    o.console.print(
+        f"decision weights: {shown} (out of fold {d['plain']:.4f} without, {d['cross_fitted']:.4f}"
+        " cross-fitted with)",
+        highlight=False,
+    )
+    members = ", ".join(f"{m['trial']:03d} x {m['weight']:.3f}" for m in final["members"])
+    lo, hi = final["macro_f1_ci95"]
+    o.console.print(
+        f"final: {final['dir']}: trials {members} ({final['folds']} fold models each); "
+        f"out-of-fold macro-F1 {final['macro_f1']:.4f} (95% CI {lo:.4f}-{hi:.4f}), every "
+        "choice cross-fitted",
+        highlight=False,
+    )
+    o.console.print(f"rule: {final['rule']}", highlight=False)
 
 
 def tune_cmd(

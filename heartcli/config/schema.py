@@ -405,17 +405,32 @@ class SearchConfig(Section):
     folds: int = Field(
         0,
         ge=0,
-        description="select on K-fold cross-validation of the training split (record-wise "
-        "for inter-patient, stratified beats for random), as "
-        "`heart train --folds K`: a trial's value is the folds' mean val_macro_f1 (needs "
-        'pruner = "none"); 0 = one validation fold',
+        description="K-fold cross-validation of the training split (record-wise for "
+        "inter-patient, stratified beats for random), as `heart train --folds K`. With "
+        "refit: the folds the refitted trials train on (any pruner). Without: every trial "
+        "is cross-validated and its value is the folds' mean val_macro_f1 (needs pruner = "
+        '"none"); 0 = one validation fold',
     )
-    ensemble: int = Field(
+    refit: int = Field(
         0,
         ge=0,
+        description="after the rungs, the top `refit` trials (the furthest through the "
+        "successive-halving rungs, then by their value there) are trained again on `folds` "
+        "K folds: each fold model predicts the beats it never trained on, so every training "
+        "beat gets an out-of-fold prediction; these trials are ranked by out-of-fold "
+        "macro-F1 (with its bootstrap 95% CI), and runs/best is the best one as one model "
+        'of its K fold models (or, with ensemble = "greedy", their ensemble); per-class '
+        "decision weights join where they gain out of fold. A finished fold is never "
+        "trained again (--resume); 0 = off",
+    )
+    ensemble: int | str = Field(
+        0,
         description="after the search, also make RUN/ensemble: the top k finished trials as "
         "one model averaging their probabilities, scored on validation (out-of-fold with "
-        "folds), never on test; 0 = off",
+        'folds), never on test; 0 = off. "greedy" (with refit): greedy ensemble selection '
+        "with replacement (Caruana et al. 2004) over the refitted trials' out-of-fold "
+        "probabilities, kept as runs/best only when it beats the best single trial out of "
+        "fold by more than 0.002 (its weights chosen on the other folds' beats)",
     )
     space: dict[str, Any] = Field(
         default_factory=dict,
@@ -423,6 +438,17 @@ class SearchConfig(Section):
         "choice, uniform, loguniform, quniform ([low, high, q], integers), bool, "
         "each = [...] (one per list item), per_layer = [...] (one per conv layer)",
     )
+
+    @field_validator("ensemble", mode="before")
+    @classmethod
+    def _valid_ensemble(cls, value: Any) -> Any:
+        # One message for every wrong shape, before the int | str union adds one per member.
+        count = isinstance(value, int) and not isinstance(value, bool)
+        if value == "greedy" or (count and value >= 0):
+            return value
+        raise ValueError(
+            f'use 0 (off), a number k of top trials, or "greedy" (with refit) (got {value!r})'
+        )
 
     @field_validator("metric")
     @classmethod

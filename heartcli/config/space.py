@@ -16,6 +16,20 @@ A space maps config keys (``section.key``) to distributions::
 for the layers a trial has: the layer count is chosen first (an ``hp.choice`` over
 ``model.conv_layers``), and every branch has its own per-layer parameters, so TPE models
 each depth on its own. A list of ``per_layer`` entries needs one entry per possible layer.
+
+Keys that exist only under one choice of another key work the same way, with ``when``
+beside a ``choice`` or ``bool``: the choice is drawn first, and each option has its own
+keys (plain distributions or ``each``), which a trial of another option neither draws nor
+sets (its config keeps the file's value)::
+
+    "model.rhythm" = {bool = true, when = {true = {
+        "model.rhythm_columns" = {choice = [["rr_pre_local", "rr_post_pre"], [...]]},
+        "model.rhythm_wide" = {bool = true},
+    }}}
+
+An option named under ``when`` must be one of the choice's (``true``/``false`` for a bool,
+a choice's value as text); a key under ``when`` is not also searched at the top level, and
+``when`` does not nest.
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ from typing import Annotated, Any, get_args
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 KINDS = ("choice", "uniform", "loguniform", "quniform", "bool")
+WHEN = "when"  # the keys under each option of a choice (see the module docstring)
+CHOSEN = "__chosen__"  # a when-branch's own value, in a hyperopt sample
 QUNIFORM_MAX_STEPS = 100_000  # a grid of (high - low) / q steps; more is a typo, not a search
 PER_LAYER_KEYS = ("model.channels", "model.kernel_sizes", "model.pooling")
 LAYERS_KEY = "model.conv_layers"
@@ -39,6 +55,14 @@ class SpaceError(ValueError):
         self.key = key
         self.message = message
         super().__init__(f"{key}: {message}")
+
+
+class SpaceProblems(ValueError):
+    """Several problems of one key (the keys under its ``when``), each a SpaceError."""
+
+    def __init__(self, problems: list[SpaceError]):
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True)
@@ -81,12 +105,14 @@ class Dist:
 
 @dataclass(frozen=True)
 class Param:
-    """One key of the space: a plain distribution, one per list item, or one per conv layer."""
+    """One key of the space: a plain distribution, one per list item, or one per conv layer;
+    a choice may carry the keys that exist only under each of its options (``when``)."""
 
     key: str
     dist: Dist | None = None
     each: tuple[Dist, ...] | None = None
     per_layer: tuple[Dist, ...] | None = None  # one per possible layer (repeated if shared)
+    when: tuple[tuple[Any, tuple[Param, ...]], ...] | None = None  # (option, its keys) each
 
 
 @dataclass(frozen=True)
@@ -95,10 +121,21 @@ class Space:
 
     @property
     def keys(self) -> list[str]:
-        return [p.key for p in self.params]
+        """Every key a trial may set, those under a ``when`` too (each once, in order)."""
+        return list(dict.fromkeys(p.key for p in self.all_params()))
 
     def param(self, key: str) -> Param | None:
+        """The top-level parameter of ``key`` (None when absent or only under a ``when``)."""
         return next((p for p in self.params if p.key == key), None)
+
+    def all_params(self) -> list[Param]:
+        """The top-level parameters and, after each, the ones under its ``when`` options."""
+        out: list[Param] = []
+        for p in self.params:
+            out.append(p)
+            for _, subs in p.when or ():
+                out.extend(subs)
+        return out
 
 
 # --------------------------------------------------------------------------- parsing
@@ -224,6 +261,19 @@ def _parse(space: dict[str, Any], sections: dict[str, Any]) -> tuple[list[Param]
             params.append(_parse_param(key, spec, sections))
         except SpaceError as exc:
             problems.append(exc)
+        except SpaceProblems as exc:
+            problems.extend(exc.problems)
+    for p in params:
+        for option, subs in p.when or ():
+            problems += [
+                SpaceError(
+                    p.key,
+                    f"{WHEN}.{_option_text(option)}: {s.key} is also searched at the top level; "
+                    "search it in one place",
+                )
+                for s in subs
+                if s.key in space
+            ]
     if problems:
         return params, problems
     by_key = {p.key: p for p in params}
@@ -268,6 +318,8 @@ def _parse_param(key: str, spec: Any, sections: dict[str, Any]) -> Param:
         hint = difflib.get_close_matches(name, list(fields), n=1)
         tip = f'; did you mean "{section}.{hint[0]}"?' if hint else ""
         raise SpaceError(key, f"unknown config key{tip}")
+    if isinstance(spec, dict) and WHEN in spec:
+        return _parse_when(key, spec, sections)
     if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("per_layer", "each"):
         ((form, items),) = spec.items()
         origin = getattr(fields[name].annotation, "__origin__", None)
@@ -299,6 +351,78 @@ def _parse_param(key: str, spec: Any, sections: dict[str, Any]) -> Param:
     return Param(key, dist=dist)
 
 
+def _option_text(value: Any) -> str:
+    """How a choice's option is named under ``when``: true/false, or the value as text."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parse_when(key: str, spec: dict[str, Any], sections: dict[str, Any]) -> Param:
+    """A choice (or bool) with the keys that exist only under each of its options."""
+    rest = {k: v for k, v in spec.items() if k != WHEN}
+    if key == LAYERS_KEY or key in PER_LAYER_KEYS:
+        raise SpaceError(key, f"{WHEN} is not for the layer keys (per_layer already is)")
+    dist = parse_dist(key, rest)
+    if dist.kind not in ("choice", "bool"):
+        raise SpaceError(key, f"{WHEN} goes with a choice or a bool, not {dist.kind}")
+    section, _, name = key.partition(".")
+    _check_values(key, dist, _adapter(sections, section, name), key)
+    options = dist.values() or []
+    if not all(isinstance(o, str | int | float) for o in options):
+        raise SpaceError(key, f"{WHEN} needs a choice of plain values (numbers, strings, bools)")
+    texts = [_option_text(o) for o in options]
+    table = spec[WHEN]
+    if not isinstance(table, dict) or not table:
+        raise SpaceError(
+            key,
+            f"{WHEN} takes a table: option -> {{key = distribution}}, e.g. {WHEN} = "
+            f'{{{texts[0]} = {{"train.lr" = {{loguniform = [1e-4, 1e-2]}}}}}}',
+        )
+    problems: list[SpaceError] = []
+    for name in table:
+        if str(name) not in texts:
+            problems.append(
+                SpaceError(
+                    key,
+                    f'{WHEN}.{name}: {key} has no choice "{name}" (its choices: '
+                    f"{', '.join(texts)})",
+                )
+            )
+    branches = []
+    for option, text in zip(options, texts, strict=True):
+        subs = table.get(text) or {}
+        branches.append((option, tuple(_parse_branch(key, text, subs, sections, problems))))
+    if problems:
+        raise SpaceProblems(problems)
+    return Param(key, dist=dist, when=tuple(branches))
+
+
+def _parse_branch(
+    key: str, text: str, subs: Any, sections: dict[str, Any], problems: list[SpaceError]
+) -> list[Param]:
+    """The keys under one option of ``key``; their problems go to ``problems``."""
+    where = f"{WHEN}.{text}"
+    if not isinstance(subs, dict):
+        problems.append(SpaceError(key, f"{where}: a table of key = distribution"))
+        return []
+    params = []
+    for sub, sub_spec in subs.items():
+        nested = isinstance(sub_spec, dict) and (WHEN in sub_spec or "per_layer" in sub_spec)
+        if sub in (key, LAYERS_KEY, *PER_LAYER_KEYS) or nested:
+            problems.append(
+                SpaceError(
+                    key,
+                    f"{where}: {sub} cannot be under a {WHEN} ({WHEN} does not nest, and the "
+                    "layer keys stay at the top level)",
+                )
+            )
+            continue
+        try:
+            params.append(_parse_param(sub, sub_spec, sections))
+        except SpaceError as exc:
+            problems.append(SpaceError(key, f"{where}: {exc.key}: {exc.message}"))
+    return params
+
+
 def layer_counts(param: Param) -> list[int]:
     assert param.dist is not None
     return [int(v) for v in param.dist.values() or []]
@@ -319,11 +443,10 @@ def to_hyperopt(space: Space, fixed_layers: int) -> dict[str, Any]:
     for p in space.params:
         if p.key == LAYERS_KEY or p.per_layer is not None:
             continue
-        if p.each is not None:
-            plain[p.key] = [d.hp(label(f"{p.key}[{i}]")) for i, d in enumerate(p.each)]
+        if p.when is not None:
+            plain[p.key] = _when_hp(p)
         else:
-            assert p.dist is not None
-            plain[p.key] = p.dist.hp(label(p.key))
+            plain[p.key] = _param_hp(p)
     expr: dict[str, Any] = {"plain": plain}
     layers = space.param(LAYERS_KEY)
     if layers is not None:
@@ -346,6 +469,43 @@ def to_hyperopt(space: Space, fixed_layers: int) -> dict[str, Any]:
     return expr
 
 
+def _param_hp(p: Param, branch: str = "") -> Any:
+    """A plain or ``each`` parameter's hyperopt expression; ``branch`` tells the labels of
+    one ``when`` option apart (``key|parent=option``)."""
+    if p.each is not None:
+        return [d.hp(label(f"{p.key}[{i}]") + branch) for i, d in enumerate(p.each)]
+    assert p.dist is not None
+    return p.dist.hp(label(p.key) + branch)
+
+
+def _when_hp(p: Param) -> Any:
+    """A choice whose options carry their own keys: one hyperopt branch per option, with
+    the option's index as the choice's value (the same labels and values as a plain
+    choice), so TPE models each option's keys on their own."""
+    from hyperopt import hp
+
+    assert p.when is not None
+    branches = []
+    for option, subs in p.when:
+        suffix = f"|{p.key}={_option_text(option)}"
+        branch: dict[str, Any] = {CHOSEN: option}
+        branch.update({s.key: _param_hp(s, suffix) for s in subs})
+        branches.append(branch)
+    return hp.choice(label(p.key), branches)
+
+
+def _expand(sample: dict[str, Any]) -> dict[str, Any]:
+    """A sample's ``when`` branches ({CHOSEN: option, key: value}) as plain keys."""
+    out: dict[str, Any] = {}
+    for key, value in sample.items():
+        if isinstance(value, dict) and CHOSEN in value:
+            out[key] = value[CHOSEN]
+            out.update({k: v for k, v in value.items() if k != CHOSEN})
+        else:
+            out[key] = value
+    return out
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars and tuples from hyperopt -> plain Python."""
     if isinstance(value, tuple | list):
@@ -366,9 +526,14 @@ def _cast(dist: Dist, value: Any) -> Any:
 def flatten(space: Space, sample: dict[str, Any]) -> dict[str, Any]:
     """A sample of :func:`to_hyperopt` -> ``config key -> value``, integers where meant."""
     values: dict[str, Any] = {}
-    for key, value in {**sample.get("plain", {}), **sample.get("layers", {})}.items():
+    for key, value in _expand({**sample.get("plain", {}), **sample.get("layers", {})}).items():
         values[key] = _plain(value)
+    active: list[Param] = []
     for p in space.params:
+        active.append(p)
+        chosen = values.get(p.key)
+        active += [s for option, subs in p.when or () if option == chosen for s in subs]
+    for p in active:
         if p.key not in values:
             continue
         if p.dist is not None:

@@ -189,17 +189,33 @@ def _ensemble_lines(ensemble: dict[str, Any] | None) -> list[str]:
     """The card's ensemble section: what it averages and its members, by checksum."""
     if not ensemble:
         return []
+    members = ensemble["members"]
+    weighted = any("weight" in m for m in members)
+    decision = ensemble.get("decision_weights")
+    decide = (
+        [
+            f"Decision weights (the graph's last layer, {ensemble.get('decide')}): "
+            + ", ".join(f"{md(str(c))} {float(w):.3g}" for c, w in decision.items())
+            + ".",
+            "",
+        ]
+        if decision
+        else []
+    )
     return [
         "## Ensemble",
         "",
-        f"One graph holding {len(ensemble['members'])} models ({ensemble.get('source')}); "
+        f"One graph holding {len(members)} models ({ensemble.get('source')}); "
         f"output: the {ensemble.get('combine')}.",
         "",
-        "| member | folder | weights SHA-256 |",
-        "|---|---|---|",
+        *decide,
+        "| member | folder | " + ("weight | " if weighted else "") + "weights SHA-256 |",
+        "|---|---|" + ("---|" if weighted else "") + "---|",
         *[
-            f"| {m['name']} | `{m['path']}` | `{m['weights_sha256']}` |"
-            for m in ensemble["members"]
+            f"| {m['name']} | `{m['path']}` | "
+            + (f"{float(m.get('weight', 0.0)):.4f} | " if weighted else "")
+            + f"`{m['weights_sha256']}` |"
+            for m in members
         ],
         "",
     ]

@@ -2,18 +2,26 @@
 
 An ensemble is a run folder like any other (``config.toml``, ``manifest.json``) whose
 manifest has an ``ensemble`` section instead of a ``model.safetensors``: the members (run
-folders, relative to the ensemble's folder) with the SHA-256 of their weights and config.
+folders, relative to the ensemble's folder) with the SHA-256 of their weights and config,
+and, where the members do not count alike, each one's ``weight`` (positive, summing to 1).
 `heart train --folds K` with ``[train] final = "ensemble"`` makes one of its fold models
 (``RUN/folds/fold-<i>``); `heart tune` with ``[search] ensemble = k`` makes one of its top
-k trials (``SEARCH/ensemble``).
+k trials (``SEARCH/ensemble``), and with ``[search] refit`` its recommended model
+(``SEARCH/final``: the fold models of the trials it chose, weighted).
 
 :func:`heartcli.model.load.load_ensemble` (through ``load_run``) checks every member against
 its checksums, so a member missing or changed on disk is one DataError line naming it, and
-returns :class:`Ensemble`: an ``nn.Module`` whose output is the log of the members' mean
-probability. Every consumer applies a softmax to a model's output; the softmax of
-``log(mean p)`` is ``mean p`` exactly (its entries sum to 1), so `heart evaluate`,
-`heart predict` and the exported graphs (ONNX, .pt2, TorchScript: one graph holding every
-member) all give the mean of the members' probabilities.
+returns :class:`Ensemble`: an ``nn.Module`` whose output is the log of the members'
+(weighted) mean probability. Every consumer applies a softmax to a model's output; the
+softmax of ``log(mean p)`` is ``mean p`` exactly (its entries sum to 1), so `heart evaluate`,
+`heart predict` and the exported graphs (ONNX, .pt2, TorchScript, .pte: one graph holding
+every member) all give the weighted mean of the members' probabilities.
+
+Per-class **decision weights** (the manifest's ``decision_weights``, one positive number a
+class, fitted out of fold by `heart tune`) are the graph's last layer: ``log w_c`` is added
+to the output, so every consumer's softmax gives ``w_c p_c / sum_j w_j p_j`` and its argmax
+is the argmax of ``w_c p_c``. Every runtime applies them identically, because they are in
+the graph.
 """
 
 from __future__ import annotations
@@ -31,7 +39,10 @@ if TYPE_CHECKING:
 
 
 COMBINE = "mean of the members' softmax probabilities"
+COMBINE_WEIGHTED = "weighted mean of the members' softmax probabilities"
+DECIDE = "then each class's probability times its decision weight, renormalised"
 FLOOR = 1e-30  # the mean probability is floored here before its log (no -inf in a graph)
+WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 def _module_class() -> type[nn.Module]:
@@ -41,31 +52,84 @@ def _module_class() -> type[nn.Module]:
     from heartcli.model.inference import uses_rhythm
 
     class Ensemble(nn.Module):
-        """The members' mean probability, as log-probabilities (a softmax undoes the log).
+        """The members' weighted mean probability, as log-probabilities (a softmax undoes
+        the log), plus the log of the decision weights when there are any.
 
         ``forward(beats)`` or ``forward(beats, rhythm)`` when any member takes the rhythm
         features; a member without them gets the beats alone.
         """
 
-        def __init__(self, members: list[nn.Module]):
+        def __init__(
+            self,
+            members: list[nn.Module],
+            weights: list[float] | None = None,
+            decision: list[float] | None = None,
+        ):
             super().__init__()
             self.members = nn.ModuleList(members)
             self.takes = [uses_rhythm(m) for m in members]
             self.uses_rhythm = any(self.takes)
+            share = weights if weights is not None else [1.0 / len(members)] * len(members)
+            self.register_buffer("weights", torch.tensor(share, dtype=torch.float32).view(-1, 1, 1))
+            self.decides = decision is not None
+            log_w = torch.log(torch.tensor(decision, dtype=torch.float32)) if decision else None
+            self.register_buffer("log_decision", log_w if log_w is not None else torch.zeros(1))
 
         def forward(self, beats: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
             probs = [
                 torch.softmax((member(beats, *rest) if rhythm else member(beats)).float(), dim=1)
                 for member, rhythm in zip(self.members, self.takes, strict=True)
             ]
-            return torch.log(torch.stack(probs).mean(dim=0).clamp_min(FLOOR))
+            shares: torch.Tensor = self.get_buffer("weights")
+            out = torch.log((torch.stack(probs) * shares).sum(dim=0).clamp_min(FLOOR))
+            return out + self.get_buffer("log_decision") if self.decides else out
 
     return Ensemble
 
 
-def ensemble_module(members: list[nn.Module]) -> nn.Module:
-    """One module averaging ``members``' probabilities (eval mode); see the module docstring."""
-    return _module_class()(members).eval()
+def ensemble_module(
+    members: list[nn.Module],
+    weights: list[float] | None = None,
+    decision: list[float] | None = None,
+) -> nn.Module:
+    """One module averaging ``members``' probabilities (``weights``: each member's share,
+    None = equal), then ``decision`` weights per class (None = none); eval mode. See the
+    module docstring."""
+    return _module_class()(members, weights, decision).eval()
+
+
+def ensemble_weights(
+    ensemble_dir: Path, section: dict[str, Any], classes: list[str]
+) -> tuple[list[float] | None, list[float] | None]:
+    """(the members' weights, the decision weights in class order) of a manifest's
+    ``ensemble`` section, each None when absent; any that cannot be right (not positive, not
+    summing to 1, not one per member or class) is one DataError line."""
+    import math
+
+    how = "make the ensemble again"
+    members = section.get("members") or []
+    given = [m.get("weight") for m in members]
+    weights: list[float] | None = None
+    if any(w is not None for w in given):
+        ok = all(isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in given)
+        if not ok or abs(sum(given) - 1.0) > WEIGHT_SUM_TOLERANCE:
+            raise DataError(
+                f"{ensemble_dir}: the ensemble's member weights must be positive and sum to 1 "
+                f"(got {given}); {how}"
+            )
+        weights = [float(w) for w in given]
+    table = section.get("decision_weights")
+    if table is None:
+        return weights, None
+    values = [table.get(c) for c in classes] if isinstance(table, dict) else []
+    if len(values) != len(classes) or not all(
+        isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values
+    ):
+        raise DataError(
+            f"{ensemble_dir}: decision_weights need one positive number for each class "
+            f"({', '.join(classes)}); {how}"
+        )
+    return weights, [float(v) for v in values]  # type: ignore[arg-type]
 
 
 def member_entry(ensemble_dir: Path, member_dir: Path, label: str) -> dict[str, Any]:
@@ -110,9 +174,14 @@ def write_ensemble(
     *,
     source: str,
     scores: dict[str, Any],
+    weights: list[float] | None = None,
+    decision: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write the manifest (and config.toml) of an ensemble of ``member_dirs`` (label, folder)
-    into ``ensemble_dir``; the manifest is written last. Returns it."""
+    into ``ensemble_dir``; the manifest is written last. Returns it.
+
+    ``weights``: each member's share (positive; normalised to sum to 1), None = equal;
+    ``decision``: class -> decision weight, the graph's last layer (module docstring)."""
     from datetime import UTC, datetime
 
     from heartcli import __version__
@@ -122,6 +191,12 @@ def write_ensemble(
     ensemble_dir = Path(ensemble_dir)
     ensemble_dir.mkdir(parents=True, exist_ok=True)
     entries = [member_entry(ensemble_dir, path, label) for label, path in member_dirs]
+    if weights is not None:
+        if len(weights) != len(entries) or not all(w > 0 for w in weights):
+            raise UsageError("ensemble weights: one positive number per member")
+        total = float(sum(weights))
+        for entry, w in zip(entries, weights, strict=True):
+            entry["weight"] = float(w) / total
     first = read_json(Path(member_dirs[0][1]) / runs.MANIFEST, "retrain the member")
     lows, highs = [], []
     for _, path in member_dirs:
@@ -152,7 +227,13 @@ def write_ensemble(
                 for _, p in member_dirs
             )
         },
-        "ensemble": {"source": source, "combine": COMBINE, "members": entries, **scores},
+        "ensemble": {
+            "source": source,
+            "combine": COMBINE if weights is None else COMBINE_WEIGHTED,
+            "members": entries,
+            **({"decision_weights": decision, "decide": DECIDE} if decision else {}),
+            **scores,
+        },
         "metrics": {k: v for k, v in scores.items() if isinstance(v, float)},
         "versions": {"heartcli": __version__},
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from heartcli.errors import DataError, HeartError
-from heartcli.model.ensemble import check_member, ensemble_module
+from heartcli.model.ensemble import check_member, ensemble_module, ensemble_weights
 from heartcli.model.runs import (
     CONFIG,
     WEIGHTS,
@@ -32,8 +32,10 @@ def load_run(path: str | Path) -> LoadedRun:
     classes = [str(c) for c in manifest["classes"]]
     input_length = int(manifest["input_length"])
     if manifest.get("ensemble"):  # K member runs as one model (heartcli/ensemble.py)
+        shares, decision = ensemble_weights(run_dir, manifest["ensemble"], classes)
         members = [m.model for m in load_ensemble(run_dir, manifest)]
-        return LoadedRun(run_dir, config, ensemble_module(members), manifest, classes, input_length)
+        module = ensemble_module(members, shares, decision)
+        return LoadedRun(run_dir, config, module, manifest, classes, input_length)
     weights = run_dir / WEIGHTS
     if not weights.exists():
         raise DataError(

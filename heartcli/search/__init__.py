@@ -15,7 +15,11 @@ Files, by what they do:
   ``cluster.py`` (joining a cluster), ``ray_trial.py`` (what runs on a node) and
   ``ray_results.py`` (the driver's record: trial folders, MLflow, search.json);
 - ``report.py``: the top trials and the successive-halving picture; a search's end;
-- ``ensemble.py``: ``[search] ensemble = k``, the top trials as one model.
+- ``ensemble.py``: ``[search] ensemble = k``, the top trials as one model;
+- ``refit.py``: ``[search] refit = m``: after the rungs, the top m trials on K folds, each
+  fold a job for the same workers; ``select.py`` chooses out of fold (greedy ensemble
+  selection, decision weights, the rule that keeps them); ``final.py`` writes the choice as
+  ``SEARCH/final``, which ``runs/best`` points at.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def tune(
     address: str | None = None,
 ) -> SearchResult:
     """Start a new search from ``config``, or continue the one in ``resume``; with
+    ``[search] refit = m``, the top m trials then train on K folds and the search's
+    recommendation becomes ``SEARCH/final`` (``search/refit.py``, ``search/final.py``); with
     ``[search] ensemble = k``, then the top k trials as one model (``search/ensemble.py``).
     A search whose every trial failed is a HeartError (exit 1) naming the first failure.
 
@@ -95,7 +101,7 @@ def tune(
             f"{failed[0].number}: {failed[0].reason}); fix the cause and continue with "
             f"`heart tune --resume {result.search_dir}`"
         )
-    if search.s.ensemble:
+    if isinstance(search.s.ensemble, int) and search.s.ensemble:  # "greedy": the refit's
         info = make_ensemble(replace(search, folder=result.search_dir), result.records)
         result.ensemble = info
         result.notes.append(ensemble_note(info))
@@ -122,6 +128,7 @@ def _start(
 ) -> tuple[Search, SearchResult]:
     """A new search: planned (checked) once, then claimed and run by its backend."""
     from heartcli.search.ensemble import check_ensemble
+    from heartcli.search.refit import check_refit
     from heartcli.search.state import new_search
     from heartcli.search.tpe import run_search
 
@@ -131,6 +138,7 @@ def _start(
     n_jobs = resolve_jobs(jobs, cluster=on_ray)
     if jobs is not None and on_ray:
         config.search.concurrency = n_jobs
+    check_refit(config, config.search.parsed_space())
     search = Search.plan(config, name, config_base)
     if on_ray:
         from heartcli.search.ray import start_ray
@@ -150,11 +158,13 @@ def _resume(
     progress: Progress,
 ) -> tuple[Search, SearchResult]:
     """Continue the search in ``folder`` with its own config, read once."""
+    from heartcli.search.refit import check_folders
     from heartcli.search.tpe import run_search
 
     n_jobs = resolve_jobs(jobs, cluster=backend == "ray")
-    read_state(folder)
+    state = read_state(folder)
     search = Search.read(folder)
+    check_folders(search, state)  # a finished fold lost: one line, before anything runs
     if (backend or search.s.backend) == "ray":
         from heartcli.search.ray import resume_ray
 

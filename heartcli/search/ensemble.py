@@ -27,6 +27,8 @@ ENSEMBLE = "ensemble"
 def check_ensemble(config: HeartConfig) -> None:
     """Before a search starts: k cannot exceed the trials it will run."""
     k, evals = config.search.ensemble, config.search.evals
+    if not isinstance(k, int):  # "greedy": search/refit.py checks it
+        return
     if k == 1:
         raise UsageError("search.ensemble = 1 is the best trial alone; use 0 (off) or 2 or more")
     if k > evals:
@@ -38,7 +40,7 @@ def check_ensemble(config: HeartConfig) -> None:
 
 def top_trials(records: list[TrialRecord], config: HeartConfig) -> list[TrialRecord]:
     """The ``[search] ensemble`` best finished (not pruned) trials; one line if too few."""
-    k = config.search.ensemble
+    k = int(config.search.ensemble)
     done = [r for r in records if r.finished and r.status != "pruned" and r.metric is not None]
     if len(done) < k:
         raise UsageError(

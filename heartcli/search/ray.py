@@ -45,7 +45,6 @@ from heartcli.search.state import (
     SearchLock,
     SearchResult,
     TrialRecord,
-    link_best,
     new_search,
     read_state,
     records_of,
@@ -130,6 +129,7 @@ def run_ray(
     activate(book)
     try:
         _fit(_tuner(search, datasets, book.inbox, resume), book)
+        _refit_on_driver(search, book, parent)
         status = "completed"
     finally:
         activate(None)
@@ -144,7 +144,7 @@ def run_ray(
             jobs=search.s.concurrency,
         )
         book.save()
-        _wrap_up(search, result, parent, status)
+        _wrap_up(search, result, parent, status, book.state)
         _kill(book.inbox)
         result.seconds = time.perf_counter() - begun
     return result
@@ -370,8 +370,31 @@ def _tuner(search: Search, datasets: dict[str, tuple[Any, Any]], inbox: Any, res
     )
 
 
-def _wrap_up(search: Search, result: SearchResult, parent: Any, status: str) -> None:
+def _refit_on_driver(search: Search, book: Any, parent: Any) -> None:
+    """``[search] refit`` on Ray: the refit stage runs after Ray Tune's trials, on this
+    (the driver's) machine, through the hyperopt backend's worker processes and code
+    (search/final.py), ``[search] concurrency`` folds at once (at most one per core here)."""
+    from heartcli.search.final import run_refit
+    from heartcli.search.refit import Hooks
+    from heartcli.search.workers import WorkerArgs, cores
+
+    if not search.s.refit:
+        return
+    jobs = max(1, min(search.s.concurrency, cores()))
+    args = WorkerArgs(
+        search, str(Path.cwd()), parent.uri, parent.run_id, max(1, cores() // jobs), "refit"
+    )
+    hooks = Hooks(book.save, book.progress, None, parent.log_metrics)
+    records = sorted(book.records.values(), key=lambda r: r.number)
+    run_refit(search, book.state, records, jobs=jobs, hooks=hooks, args=args)
+
+
+def _wrap_up(
+    search: Search, result: SearchResult, parent: Any, status: str, state: dict[str, Any]
+) -> None:
     """The best trial's links, the report, and the search's own MLflow run closed."""
-    result.best, result.best_config, result.notes = link_best(search, result.records)
+    from heartcli.search.final import link_result
+
+    link_result(search, result, state)
     tags = {"heart.backend": "ray", "heart.pruner": search.s.pruner}
     finish(search, result, parent, status, tags=tags)

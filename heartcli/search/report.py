@@ -20,6 +20,7 @@ from heartcli.search.pruners import rungs
 from heartcli.search.spec import Search
 from heartcli.search.state import (
     BEST_CONFIG,
+    REFERENCE,
     STATE,
     SearchResult,
     TrialRecord,
@@ -71,6 +72,74 @@ def _best_so_far(records: list[TrialRecord], maximise: bool) -> list[dict[str, A
     return points
 
 
+def _rung_table(records: list[TrialRecord], milestones: list[int], maximise: bool) -> list[Any]:
+    """Per rung: the trials that reached it, how many went on, its best value and the
+    lowest value that went on (successive halving's choice at that rung)."""
+    table = []
+    for epoch in milestones:
+        at = [(r, r.rungs[str(epoch)]) for r in records if str(epoch) in r.rungs]
+        if not at:
+            continue
+        on = [v for r, v in at if r.epochs_run > epoch or r.status in REFERENCE]
+        pick = max if maximise else min
+        table.append(
+            {
+                "epoch": epoch,
+                "reached": len(at),
+                "went_on": len(on),
+                "best": pick(v for _, v in at),
+                "lowest_on": (min if maximise else max)(on) if on else None,
+            }
+        )
+    return table
+
+
+def _refit_rows(book: dict[str, Any]) -> list[dict[str, Any]]:
+    """The refit table: each refitted trial's validation value, out-of-fold figures, time."""
+    rows = []
+    for number in book.get("order") or []:
+        entry = (book.get("trials") or {}).get(str(number)) or {}
+        oof = entry.get("oof") or {}
+        done = sum((f or {}).get("status") == "completed" for f in entry.get("folds", {}).values())
+        rows.append(
+            {
+                "number": number,
+                "val": entry.get("metric"),
+                "rung": entry.get("rung", 0),
+                "refit": entry.get("refit"),
+                "folds_done": done,
+                "oof_macro_f1": oof.get("macro_f1"),
+                "oof_macro_f1_ci95": oof.get("macro_f1_ci95"),
+                "oof_f1": oof.get("f1"),
+                "seconds": entry.get("seconds"),
+                "reason": entry.get("reason", ""),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["oof_macro_f1"] is None, -(r["oof_macro_f1"] or 0.0)))
+
+
+def _best_oof_so_far(book: dict[str, Any], origin: float | None) -> list[dict[str, Any]]:
+    """(minutes, best out-of-fold macro-F1 so far, what) as each refitted trial ended,
+    then the recommended model's (cross-fitted) figure."""
+    if origin is None:
+        return []
+    ends = [
+        (float(e["ended_at"]), float(e["oof"]["macro_f1"]), f"trial {n}")
+        for n, e in (book.get("trials") or {}).items()
+        if e.get("refit") == "completed" and e.get("ended_at")
+    ]
+    final = book.get("final")
+    if final:
+        ends.append((float(final["ended_at"]), float(final["macro_f1"]), "final"))
+    points, best = [], -1.0
+    for at, value, what in sorted(ends):
+        best = max(best, value)
+        points.append(
+            {"minutes": round((at - origin) / 60, 3), "best": best, "value": value, "what": what}
+        )
+    return points
+
+
 def build_report(search: Search, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's data of a search (finished or running): its search.json as it is now
     (``state``: just read)."""
@@ -86,11 +155,15 @@ def build_report(search: Search, state: dict[str, Any] | None = None) -> dict[st
         counts[r.status] = counts.get(r.status, 0) + 1
     most = search.max_epochs
     best = best_of(records, maximise)
+    milestones = rungs(s.min_epochs, s.reduction_factor, most) if s.pruner == "asha" else []
+    book = state.get("refit") or {}
+    starts = [r.started_at for r in records if r.started_at is not None]
     return {
         "search_dir": str(search_dir),
         "metric": s.metric,
         "pruner": s.pruner,
-        "rungs": rungs(s.min_epochs, s.reduction_factor, most) if s.pruner == "asha" else [],
+        "rungs": milestones,
+        "rung_table": _rung_table(records, milestones, maximise),
         "evals": state.get("evals"),
         "trials": len(records),
         "status_counts": counts,
@@ -100,6 +173,15 @@ def build_report(search: Search, state: dict[str, Any] | None = None) -> dict[st
         "curves": {str(r.number): r.curve for r in records if r.curve},
         "statuses": {str(r.number): r.status for r in records},
         "best_so_far": _best_so_far(records, maximise),
+        "refit": {
+            "trials": s.refit,
+            "folds": s.folds,
+            "rows": _refit_rows(book),
+            "final": book.get("final"),
+            "best_oof_so_far": _best_oof_so_far(book, min(starts) if starts else None),
+        }
+        if s.refit
+        else None,
         "seconds": round(sum(r.seconds for r in records), 2),
         "png": str(search_dir / REPORT_PNG),
     }
@@ -145,7 +227,9 @@ def draw(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    refit = report.get("refit")
+    fig, axes = plt.subplots(1, 3 if refit else 2, figsize=(18 if refit else 12, 4))
+    left, right = axes[0], axes[1]
     best = str(report["best"])
     for number, curve in report["curves"].items():
         status = report["statuses"].get(number, "")
@@ -180,9 +264,30 @@ def draw(report: dict[str, Any], path: Path) -> None:
     right.set_xlabel("wall time (minutes)")
     right.set_ylabel(f"best {report['metric']} so far")
     right.set_title(f"{report['trials']} trials", fontsize=9)
-    for ax in (left, right):
+    if refit:
+        _draw_oof(axes[2], refit)
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+
+
+def _draw_oof(ax: Any, refit: dict[str, Any]) -> None:
+    """The best out-of-fold macro-F1 so far against wall time: each refitted trial as it
+    ended, then the recommended model."""
+    points = refit["best_oof_so_far"]
+    if points:
+        minutes = [p["minutes"] for p in points]
+        ax.step(minutes, [p["best"] for p in points], where="post", lw=2, color="tab:green")
+        ax.plot(minutes, [p["value"] for p in points], "o", color="0.6", ms=3,
+                label="each refitted trial")  # fmt: skip
+        finals = [p for p in points if p["what"] == "final"]
+        for p in finals:
+            ax.plot([p["minutes"]], [p["value"]], "*", color="tab:red", ms=10,
+                    label="recommended (cross-fitted)")  # fmt: skip
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("wall time (minutes)")
+    ax.set_ylabel("best out-of-fold macro-F1 so far")
+    ax.set_title(f"refit: top {refit['trials']} trials on {refit['folds']} folds", fontsize=9)

@@ -5,7 +5,10 @@ kept), ``search.json`` (every trial, written atomically by the one process that 
 search), ``trial-NNN/`` (a full `heart train` run folder per trial), ``.lock`` (held for the
 life of the process running it), and at the end ``best`` (a link to the best trial's folder),
 ``best.toml`` (its config, runnable by `heart train --config`), ``report.png`` /
-``report.json`` and ``runs/best`` (a link to the latest search's best trial).
+``report.json`` and ``runs/best`` (a link to the latest search's best trial). With
+``[search] refit``: ``trial-NNN/folds/fold-<i>`` and ``trial-NNN/oof.npz`` for the refitted
+trials, ``search.json``'s ``refit`` section, and ``final`` (what the search recommends, one
+model), which ``best`` and ``runs/best`` then point at (search/refit.py, search/final.py).
 """
 
 from __future__ import annotations
@@ -162,12 +165,12 @@ def history(run_dir: Path) -> list[dict[str, Any]]:
 def max_trial_epochs(config: HeartConfig, space: Space) -> int:
     """The most epochs any trial can run: train.epochs (or its searched maximum), capped."""
     epochs = config.train.epochs
-    param = space.param("train.epochs") if "train.epochs" in space.keys else None
-    if param is not None and param.dist is not None:
-        if param.dist.kind == "choice":
-            epochs = int(max(float(a) for a in param.dist.args))
-        else:
-            epochs = int(max(float(a) for a in param.dist.args[:2]))
+    searched = [p.dist for p in space.all_params() if p.key == "train.epochs" and p.dist]
+    if searched:  # at the top level or under the options of a `when` (the most of them)
+        epochs = max(
+            int(max(float(a) for a in (d.args if d.kind == "choice" else d.args[:2])))
+            for d in searched
+        )
     if config.search.max_epochs:
         epochs = min(epochs, config.search.max_epochs)
     return max(1, epochs)
@@ -180,6 +183,8 @@ def check_folds(config: HeartConfig) -> None:
         return
     if s.folds == 1:
         raise UsageError("search.folds: 1 fold is no cross-validation; use 0 (off) or 2 or more")
+    if s.refit:  # the folds of the refit stage, after the rungs (search/refit.py)
+        return
     if s.backend == "ray":
         raise UsageError(
             "search.folds runs on the hyperopt backend (a Ray trial trains one fold); use "
@@ -573,6 +578,7 @@ class SearchResult:
     jobs: int = 1
     report: dict[str, Any] = field(default_factory=dict)
     ensemble: dict[str, Any] | None = None  # [search] ensemble: its folder and scores
+    refit: dict[str, Any] | None = None  # [search] refit: the refit stage and its choice
 
     def summary(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -594,6 +600,7 @@ class SearchResult:
             "records": [asdict(r) for r in self.records],
             "report": self.report,
             "ensemble": self.ensemble,
+            "refit": self.refit,
         }
 
 

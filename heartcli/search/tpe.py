@@ -28,6 +28,7 @@ from heartcli.config.space import Space, flatten, to_hyperopt
 from heartcli.errors import HeartError, UsageError
 from heartcli.progress import Progress
 from heartcli.search.pruners import Pruner, make_pruner, why
+from heartcli.search.refit import check_refit
 from heartcli.search.report import finish
 from heartcli.search.spec import Search
 from heartcli.search.state import (
@@ -37,7 +38,6 @@ from heartcli.search.state import (
     TrialRecord,
     check_pruner,
     check_space_unchanged,
-    link_best,
     mark_ended,
     read_state,
     records_of,
@@ -144,9 +144,9 @@ class Loop:
         check_space_unchanged(search, self.state)
         check_pruner(search.config, search.space)
         s = self.s = search.s
-        if evals is not None:
-            self.state["evals"] = evals
-        self.evals = int(self.state["evals"])
+        self.evals = int(self.state["evals"] if evals is None else evals)
+        check_refit(search.config, search.space, self.evals)
+        self.state["evals"] = self.evals
         minutes = s.max_minutes if max_minutes is None else max_minutes
         self.deadline = time.monotonic() + minutes * 60 if minutes > 0 else None
         self.maximise = search.maximise
@@ -379,6 +379,7 @@ def run_search(
         status = "completed"
         try:
             drive(loop, jobs)
+            refit_stage(loop, jobs)
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -393,12 +394,31 @@ def run_search(
         lock.release()
 
 
+def refit_stage(loop: Loop, jobs: int) -> None:
+    """``[search] refit``: once every trial has run, the top ones on K folds, then the
+    recommendation (search/refit.py, search/final.py), on the same worker machinery."""
+    from heartcli.search.final import run_refit
+    from heartcli.search.refit import Hooks
+
+    if not loop.s.refit or loop.stopped or loop.remaining() > 0:
+        return
+    hooks = Hooks(loop.save, loop.progress, loop.deadline, loop.parent.log_metrics)
+    args = replace(_worker_args(loop, jobs), stage="refit")
+    records = list(loop.records.values())
+    run_refit(loop.search, loop.state, records, jobs=jobs, hooks=hooks, args=args)
+    if loop.state["refit"].get("out_of_time"):
+        loop.stopped = "max_minutes"
+
+
 def wrap_up(loop: Loop, result: SearchResult, status: str, started: float) -> None:
     """Best links, the report, and the parent MLflow run's summary; done even after a failure."""
+    from heartcli.search.final import link_result
+
     with contextlib.suppress(Exception):
         loop.save()
     with contextlib.suppress(Exception):
-        result.best, result.best_config, result.notes = link_best(loop.search, result.records)
+        link_result(loop.search, result, loop.state)
+    result.stopped = loop.stopped
     result.seconds = time.perf_counter() - started
     tags = {"heart.pruner": str(loop.s.pruner)}
     finish(loop.search, result, loop.parent, status, tags=tags, artifacts=(CONFIG,))

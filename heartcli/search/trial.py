@@ -1,5 +1,7 @@
 """One trial of a search, for both backends: a `heart train` run (or ``heart train --folds
-K`` with ``[search] folds``) of the trial's config, scored into its :class:`TrialRecord`.
+K`` with ``[search] folds`` and no ``refit``) of the trial's config, scored into its
+:class:`TrialRecord`. With ``[search] refit`` the folds come after the rungs, for the top
+trials only (search/refit.py).
 
 :func:`run_trial` is the one trial runner. What differs between the backends is a
 :class:`TrialHooks`: where the trial's data and folder come from, and what happens after
@@ -123,7 +125,7 @@ def shared_folds(search: Search) -> tuple[Any, Any]:
     if any(k.startswith("data.") or k in DATA_KEYS for k in search.space.keys):
         return None, None
     beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
-    if config.search.folds:
+    if config.search.folds and not config.search.refit:  # with refit: the folds come after
         return beats, None
     train_idx, val_idx = split_validation(config, beats)  # [train] val_records too
     return beats.subset(train_idx), beats.subset(val_idx)
@@ -171,7 +173,7 @@ def run_trial(search: Search, record: TrialRecord, run_dir: Path, hooks: TrialHo
     except (HeartError, OSError) as exc:  # a link out of runs/, a folder that cannot go
         hooks.fail(record, failure(exc))
         return _ended(record)
-    if cfg.search.folds:
+    if cfg.search.folds and not cfg.search.refit:
         return _cross_validated(search, cfg, record, run_dir, hooks, train_data, started)
     curve = [v for v in (metric_value(metric, row) for row in history(run_dir)) if v is not None]
 

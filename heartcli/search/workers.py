@@ -20,12 +20,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from heartcli.errors import UsageError
+from heartcli.errors import HeartError, UsageError
 
 if TYPE_CHECKING:  # the search package loads torch: imported in the worker
     from heartcli.search.spec import Search
@@ -76,6 +77,7 @@ class WorkerArgs:
     tracking_uri: str | None
     parent_run_id: str | None
     threads: int
+    stage: str = "trials"  # or "refit": the folds of the refit stage (search/refit.py)
 
 
 def _watch_parent() -> None:
@@ -105,7 +107,6 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
 
 
 def _serve(conn: Connection, args: WorkerArgs) -> None:
-    from heartcli.errors import HeartError
     from heartcli.search.state import TrialRecord
     from heartcli.search.trial import AskParent, run_trial, shared_folds
 
@@ -113,6 +114,11 @@ def _serve(conn: Connection, args: WorkerArgs) -> None:
     if args.tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     search = args.search
+    if args.stage == "refit":
+        from heartcli.search.refit import serve_folds
+
+        serve_folds(conn, search, args.threads)
+        return
     try:
         train_data, val_data = shared_folds(search)
     except HeartError as exc:
@@ -159,6 +165,7 @@ class Worker:
         child.close()
         self.ready = False
         self.number: int | None = None  # the trial it runs
+        self.job: dict[str, Any] | None = None  # the fold it trains (the refit stage)
 
     def send(self, message: Any) -> bool:
         """False when the worker is gone."""
@@ -219,3 +226,63 @@ def _join_all(workers: list[Worker], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     for w in workers:
         w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+# --------------------------------------------------------------------------- the refit stage
+
+
+def drive_folds(refit: Any, args: WorkerArgs, jobs: int) -> None:
+    """The refit stage's loop (``refit``: search/refit.py's ``Refit``): keep ``jobs``
+    workers busy with its pending folds until every one has run, or the search's time is
+    up. Each worker trains one fold at a time (``serve_folds``) and asks after every epoch."""
+    from multiprocessing.connection import wait
+
+    queue = refit.pending()
+    workers = [Worker(args) for _ in range(min(jobs, len(queue)))]
+    try:
+        while True:
+            for w in workers:
+                if w.ready and w.job is None and queue and not _late(refit):
+                    w.job = queue.pop(0)
+                    refit.started(w.job)
+                    w.send(("fold", w.job))
+            if all(w.job is None for w in workers) and (not queue or _late(refit)):
+                return
+            ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
+            for w in list(workers):
+                if w.conn not in ready and w.process.sentinel not in ready:
+                    continue
+                messages, alive = w.messages()
+                for message in messages:
+                    _handle(refit, w, message)
+                if alive:
+                    continue
+                workers.remove(w)
+                if not w.ready:
+                    raise HeartError(f"a search worker could not start: {w.exit_reason()}")
+                if w.job is not None:
+                    refit.died(w.job, w.exit_reason())
+                if queue and not _late(refit):
+                    workers.append(Worker(args))
+    finally:
+        stop_all(workers)
+
+
+def _late(refit: Any) -> bool:
+    deadline = refit.hooks.deadline
+    if refit.out_of_time or (deadline is not None and time.monotonic() >= deadline):
+        refit.out_of_time = True
+    return refit.out_of_time
+
+
+def _handle(refit: Any, worker: Worker, message: Any) -> None:
+    kind = message[0]
+    if kind == "error":  # the worker could not load the training part: nothing can run
+        raise (UsageError if message[2] == 2 else HeartError)(message[1])
+    if kind == "ready":
+        worker.ready = True
+    elif kind == "fold-epoch":
+        worker.send(("decision", refit.epoch(*message[1:])))
+    elif kind == "fold-done":
+        worker.job = None
+        refit.fold_done(message[1])
