@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from heartcli.config.space import Space, flatten, to_hyperopt
-from heartcli.errors import HeartError, UsageError
 from heartcli.progress import Progress
 from heartcli.search.pruners import Pruner, make_pruner, why
 from heartcli.search.refit import check_refit
@@ -46,7 +45,7 @@ from heartcli.search.state import (
     tell_epoch,
     trial_name,
 )
-from heartcli.search.workers import Worker, WorkerArgs, cores, stop_all
+from heartcli.search.workers import Worker, WorkerArgs, cores, run_pool
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -288,61 +287,45 @@ def _worker_args(loop: Loop, jobs: int) -> WorkerArgs:
     )
 
 
-def _handle(loop: Loop, worker: Worker, message: Any) -> None:
-    kind = message[0]
-    if kind == "error":  # the worker could not load the search's data: nothing can run
-        raise (UsageError if message[2] == 2 else HeartError)(message[1])
-    if kind == "ready":
-        worker.ready = True
-    elif kind == "epoch":
-        _, number, epoch, epochs, curve = message
-        worker.send(("decision", loop.epoch(number, epoch, epochs, curve)))
-    elif kind == "done":
-        worker.number = None
-        loop.finished(TrialRecord(**message[1]))
+class _Trials:
+    """The search loop's trials as a worker pool's jobs (workers.Jobs)."""
 
+    def __init__(self, loop: Loop):
+        self.loop = loop
 
-def _assign(loop: Loop, workers: list[Worker]) -> None:
-    for w in workers:
-        if w.ready and w.number is None:
-            record = loop.next_trial()
-            if record is None:
-                return
-            w.number = record.number
-            record.worker = w.process.pid
-            loop.save()
-            w.send(("trial", asdict(record)))
+    def assign(self, workers: list[Worker]) -> None:
+        for w in workers:
+            if w.ready and w.number is None:
+                record = self.loop.next_trial()
+                if record is None:
+                    return
+                w.number = record.number
+                record.worker = w.process.pid
+                self.loop.save()
+                w.send(("trial", asdict(record)))
+
+    def done(self, workers: list[Worker]) -> bool:
+        return not any(w.number is not None for w in workers) and not self.loop.has_more()
+
+    def handle(self, worker: Worker, message: Any) -> None:
+        if message[0] == "epoch":
+            _, number, epoch, epochs, curve = message
+            worker.send(("decision", self.loop.epoch(number, epoch, epochs, curve)))
+        elif message[0] == "done":
+            worker.number = None
+            self.loop.finished(TrialRecord(**message[1]))
+
+    def died(self, worker: Worker) -> None:
+        if worker.number is not None:
+            self.loop.died(worker.number, worker.exit_reason())
+
+    def more(self) -> bool:
+        return self.loop.has_more()
 
 
 def drive(loop: Loop, jobs: int) -> None:
     """Keep ``jobs`` workers busy until every trial has run (or the time is up)."""
-    from multiprocessing.connection import wait
-
-    args = _worker_args(loop, jobs)
-    workers = [Worker(args) for _ in range(min(jobs, loop.remaining()))]
-    try:
-        while True:
-            _assign(loop, workers)
-            if not any(w.number is not None for w in workers) and not loop.has_more():
-                return
-            ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
-            for w in list(workers):
-                if w.conn not in ready and w.process.sentinel not in ready:
-                    continue
-                messages, alive = w.messages()
-                for message in messages:
-                    _handle(loop, w, message)
-                if alive:
-                    continue
-                workers.remove(w)
-                if not w.ready:
-                    raise HeartError(f"a search worker could not start: {w.exit_reason()}")
-                if w.number is not None:
-                    loop.died(w.number, w.exit_reason())
-                if loop.has_more():
-                    workers.append(Worker(args))
-    finally:
-        stop_all(workers)
+    run_pool(_worker_args(loop, jobs), min(jobs, loop.remaining()), _Trials(loop))
 
 
 def run_search(

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from heartcli.errors import HeartError, UsageError
 
@@ -228,25 +228,40 @@ def _join_all(workers: list[Worker], seconds: float) -> None:
         w.process.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-# --------------------------------------------------------------------------- the refit stage
+# --------------------------------------------------------------------------- the pool
 
 
-def drive_folds(refit: Any, args: WorkerArgs, jobs: int) -> None:
-    """The refit stage's loop (``refit``: search/refit.py's ``Refit``): keep ``jobs``
-    workers busy with its pending folds until every one has run, or the search's time is
-    up. Each worker trains one fold at a time (``serve_folds``) and asks after every epoch."""
+class Jobs(Protocol):
+    """What a pool of workers runs: the trials of the search loop (tpe.py) or the refit
+    stage's folds (below). Only the parent calls these; they keep search.json."""
+
+    def assign(self, workers: list[Worker]) -> None:
+        """Give every ready worker without a job its next one, while any are left."""
+
+    def done(self, workers: list[Worker]) -> bool:
+        """Nothing runs and nothing more will start: the pool can end."""
+
+    def handle(self, worker: Worker, message: Any) -> None:
+        """A worker's message about its job (not "ready" or "error")."""
+
+    def died(self, worker: Worker) -> None:
+        """The worker died; its job, if it had one, ends as failed."""
+
+    def more(self) -> bool:
+        """Jobs are left to start: a worker that died is replaced."""
+
+
+def run_pool(args: WorkerArgs, count: int, jobs: Jobs) -> None:
+    """Keep ``count`` workers busy with ``jobs`` until ``jobs.done``; a worker that dies
+    fails its job and is replaced while jobs are left; every worker is stopped however the
+    pool ends (stop_all: bounded, even for a stopped worker)."""
     from multiprocessing.connection import wait
 
-    queue = refit.pending()
-    workers = [Worker(args) for _ in range(min(jobs, len(queue)))]
+    workers = [Worker(args) for _ in range(count)]
     try:
         while True:
-            for w in workers:
-                if w.ready and w.job is None and queue and not _late(refit):
-                    w.job = queue.pop(0)
-                    refit.started(w.job)
-                    w.send(("fold", w.job))
-            if all(w.job is None for w in workers) and (not queue or _late(refit)):
+            jobs.assign(workers)
+            if jobs.done(workers):
                 return
             ready = wait([w.conn for w in workers] + [w.process.sentinel for w in workers])
             for w in list(workers):
@@ -254,35 +269,73 @@ def drive_folds(refit: Any, args: WorkerArgs, jobs: int) -> None:
                     continue
                 messages, alive = w.messages()
                 for message in messages:
-                    _handle(refit, w, message)
+                    _common(jobs, w, message)
                 if alive:
                     continue
                 workers.remove(w)
                 if not w.ready:
                     raise HeartError(f"a search worker could not start: {w.exit_reason()}")
-                if w.job is not None:
-                    refit.died(w.job, w.exit_reason())
-                if queue and not _late(refit):
+                jobs.died(w)
+                if jobs.more():
                     workers.append(Worker(args))
     finally:
         stop_all(workers)
 
 
-def _late(refit: Any) -> bool:
-    deadline = refit.hooks.deadline
-    if refit.out_of_time or (deadline is not None and time.monotonic() >= deadline):
-        refit.out_of_time = True
-    return refit.out_of_time
-
-
-def _handle(refit: Any, worker: Worker, message: Any) -> None:
+def _common(jobs: Jobs, worker: Worker, message: Any) -> None:
     kind = message[0]
-    if kind == "error":  # the worker could not load the training part: nothing can run
+    if kind == "error":  # the worker could not load the search's data: nothing can run
         raise (UsageError if message[2] == 2 else HeartError)(message[1])
     if kind == "ready":
         worker.ready = True
-    elif kind == "fold-epoch":
-        worker.send(("decision", refit.epoch(*message[1:])))
-    elif kind == "fold-done":
-        worker.job = None
-        refit.fold_done(message[1])
+    else:
+        jobs.handle(worker, message)
+
+
+# --------------------------------------------------------------------------- the refit stage
+
+
+def drive_folds(refit: Any, args: WorkerArgs, jobs: int) -> None:
+    """The refit stage's loop (``refit``: search/refit.py's ``Refit``): keep ``jobs``
+    workers busy with its pending folds until every one has run, or the search's time is
+    up. Each worker trains one fold at a time (``serve_folds``) and asks after every epoch."""
+    folds = _Folds(refit)
+    run_pool(args, min(jobs, len(folds.queue)), folds)
+
+
+class _Folds:
+    """The refit stage's folds as a pool's jobs (``Jobs``)."""
+
+    def __init__(self, refit: Any):
+        self.refit = refit
+        self.queue: list[dict[str, Any]] = refit.pending()
+
+    def late(self) -> bool:
+        deadline = self.refit.hooks.deadline
+        if self.refit.out_of_time or (deadline is not None and time.monotonic() >= deadline):
+            self.refit.out_of_time = True
+        return bool(self.refit.out_of_time)
+
+    def assign(self, workers: list[Worker]) -> None:
+        for w in workers:
+            if w.ready and w.job is None and self.queue and not self.late():
+                w.job = self.queue.pop(0)
+                self.refit.started(w.job)
+                w.send(("fold", w.job))
+
+    def done(self, workers: list[Worker]) -> bool:
+        return all(w.job is None for w in workers) and (not self.queue or self.late())
+
+    def handle(self, worker: Worker, message: Any) -> None:
+        if message[0] == "fold-epoch":
+            worker.send(("decision", self.refit.epoch(*message[1:])))
+        elif message[0] == "fold-done":
+            worker.job = None
+            self.refit.fold_done(message[1])
+
+    def died(self, worker: Worker) -> None:
+        if worker.job is not None:
+            self.refit.died(worker.job, worker.exit_reason())
+
+    def more(self) -> bool:
+        return bool(self.queue) and not self.late()
