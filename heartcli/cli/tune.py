@@ -203,7 +203,10 @@ def tune_cmd(
     set_: SetOption = None,
     evals: Annotated[
         int | None,
-        typer.Option("--evals", min=1, metavar="N", help="Number of trials ([search] evals)."),
+        # max: config.MAX_COUNT, max_minutes's: config.MAX_MINUTES (cli/ imports no config)
+        typer.Option(
+            "--evals", min=1, max=100_000, metavar="N", help="Number of trials ([search] evals)."
+        ),
     ] = None,
     name: Annotated[
         str | None,
@@ -219,6 +222,7 @@ def tune_cmd(
         typer.Option(
             "--max-minutes",
             min=0.0,
+            max=525_600.0,
             metavar="MINUTES",
             help="Wall-clock budget of this invocation; 0 = none.",
         ),

@@ -10,6 +10,7 @@ are left out by default (EC57's reporting rules), and named in the result.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ from heartcli.evaluate import ec57
 from heartcli.predict.wfdb import Header, read_header, test_labels
 
 PEAKS = ("detect", "annotations")
+# -f/--learning-period at most a week: longer than any record (Holter: 24-48 h), so every
+# finite value that means something is accepted, and the matching never sees a start
+# beyond its sample counter.
+MAX_LEARNING_PERIOD_S = 7 * 86_400.0
 
 
 # --------------------------------------------------------------------------- records
@@ -122,8 +127,13 @@ def score_records(
 
     if peaks not in PEAKS:
         raise UsageError(f"--peaks {peaks}: use detect or annotations")
-    if learning_period_s < 0:
-        raise UsageError(f"--learning-period {learning_period_s:g}: must be 0 or more seconds")
+    if not (
+        math.isfinite(learning_period_s) and 0 <= learning_period_s <= MAX_LEARNING_PERIOD_S
+    ):
+        raise UsageError(
+            f"-f/--learning-period {learning_period_s:.6g}: use 0 to "
+            f"{MAX_LEARNING_PERIOD_S:,.0f} seconds (a week; EC57's is 300)"
+        )
     selection = select_records(
         list_records(records), include_paced=include_paced, skip_missing=skip_missing
     )

@@ -12,13 +12,14 @@ file names here cost an ONNX-only `heart predict` nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
@@ -58,6 +59,11 @@ def check_name(name: str, option: str = "--name") -> str:
     return name
 
 
+LOCK = ".lock"  # held (flock) by the process training into the folder; gone when it ends
+FINISHED = ("completed", "early_stopped", "budget")  # a run that needs no --resume
+_held: dict[Path, IO[str]] = {}
+
+
 def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
     """The path of a fresh run folder under ``[train] runs_dir``: NAME, or a timestamp.
 
@@ -65,8 +71,7 @@ def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
     """
     name = check_name(name) if name is not None else datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(config.train.runs_dir) / name
-    if path.exists():
-        raise _in_use(path)
+    _check_free(path)
     return path
 
 
@@ -77,26 +82,97 @@ def _in_use(path: Path) -> UsageError:
     )
 
 
+def _check_free(path: Path) -> None:
+    """Refuse a name whose folder holds a run (continue it with --resume), is being made by
+    another `heart train`, or holds something heart did not make. A folder a killed `heart
+    train` left before its run started (no manifest, its lock free) is free again."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if (path / MANIFEST).exists():
+        raise _in_use(path)
+    if path.is_symlink() or not path.is_dir():
+        raise UsageError(f"{path}: not a folder; choose another --name")
+    entries = {p.name for p in path.iterdir()}
+    if entries and LOCK not in entries:
+        raise UsageError(
+            f"{path} exists and holds files that are not a heart run; choose another --name"
+        )
+
+
+def _lock(path: Path, what: str) -> None:
+    """Hold ``path/.lock`` (flock) until :func:`unlock_run_dir`; released by the kernel
+    when the process dies, so a kill -9 never leaves a name taken."""
+    try:
+        fh = open(path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until unlock)
+    except OSError as exc:
+        raise HeartError(f"cannot write to {path}: {exc.strerror}") from None
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover (not POSIX: the atomic mkdir alone)
+        pass
+    except OSError:
+        fh.close()
+        raise UsageError(
+            f"{path} is in use by another `heart train` ({what}); wait for it to finish or "
+            "choose another --name"
+        ) from None
+    _held[path] = fh
+
+
 def claim_run_dir(path: Path) -> Path:
-    """Create ``path`` as a new, empty folder, or fail: of two runs racing for one name,
-    exactly one gets it (``mkdir`` is atomic); the other gets a UsageError (exit 2)."""
+    """Create ``path`` as a new folder and hold its lock, or fail: of two runs racing for one
+    name, exactly one gets it; the other gets a UsageError (exit 2). A folder left by a
+    `heart train` killed before its run started (no manifest, no live lock) is taken over."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()
     except FileExistsError:
-        raise _in_use(path) from None
+        _check_free(path)
     except OSError as exc:
         raise HeartError(
             f"cannot create {path}: {exc.strerror}; choose a writable [train] runs_dir"
         ) from None
+    _lock(path, "starting a run")
+    if (path / MANIFEST).exists():  # another one got there first and started
+        unlock_run_dir(path)
+        raise _in_use(path)
+    for entry in path.iterdir():  # what a killed start left (no manifest: nothing finished)
+        if entry.name != LOCK:
+            _remove(entry)
     return path
 
 
+def lock_run_dir(path: Path) -> None:
+    """Hold the lock of an existing run folder for ``--resume`` (refused while it trains)."""
+    _lock(Path(path), "training it now")
+
+
+def unlock_run_dir(path: Path) -> None:
+    """Let go of the folder's lock (and its file, when the folder is still there)."""
+    fh = _held.pop(Path(path), None)
+    if fh is None:
+        return
+    with contextlib.suppress(OSError):
+        (Path(path) / LOCK).unlink()
+    fh.close()
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
 def release_run_dir(path: Path) -> None:
-    """Undo :func:`claim_run_dir` for a run that failed before writing anything lasting."""
+    """Undo :func:`claim_run_dir` for a run that failed before writing anything lasting
+    (no manifest): the folder goes, and the name is free again."""
     path = Path(path)
     if path.is_dir() and not (path / MANIFEST).exists():
+        unlock_run_dir(path)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -131,7 +207,8 @@ def check_run_config(run_dir: Path, manifest: dict[str, Any]) -> None:
     if sha256_file(file) != recorded:
         raise DataError(
             f"{file}: does not match the checksum in {MANIFEST} (truncated or edited); "
-            "restore the run's config.toml, or change keys with --set on resume"
+            "restore the run's config.toml as it was (keys change with --set on "
+            "`heart train --resume`, never by editing the file)"
         )
 
 

@@ -248,10 +248,15 @@ def rhythm_statistics(model: nn.Module, train: BeatSet) -> dict[str, Any] | None
 def open_run(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(checkpoint, manifest) of the run to resume, or (None, {}) for a fresh folder.
 
-    A run folder holds one run: a fresh run refuses a folder that already holds one.
+    A run folder holds one run: a fresh run refuses a folder that already holds one. A run
+    stopped before its first epoch ended has no checkpoint: resumed, it starts at epoch 1
+    (with its own config), so a name is always either free or continued by ``--resume``.
     """
     if resume:
-        return runs.load_checkpoint(run_dir), runs.read_run_manifest(run_dir)
+        manifest = runs.read_run_manifest(run_dir)
+        if not (run_dir / runs.CHECKPOINT).exists():
+            return None, manifest
+        return runs.load_checkpoint(run_dir), manifest
     if (run_dir / runs.MANIFEST).exists():
         raise UsageError(
             f"{run_dir} already holds a run; pick another name or `heart train --resume {run_dir}`"
@@ -408,6 +413,8 @@ def start_manifest(
         "started": old_manifest.get("started", _now()),
         "best_epoch": state.best_epoch,
         "metrics": old_manifest.get("metrics", {}),
+        # the final run of --folds keeps what the cross-validation recorded (crossval.py)
+        **({"crossval": old_manifest["crossval"]} if "crossval" in old_manifest else {}),
     }
 
 
