@@ -22,11 +22,10 @@ def evaluate_records(
     out_csv: Path | None,
     detector: str | None = None,
 ) -> None:
-    from heartcli.errors import UsageError
-    from heartcli.evaluate.records import score_records, write_csv
+    from heartcli.evaluate.records import check_csv_out, score_records, write_csv
 
-    if out_csv is not None and out_csv.suffix.lower() != ".csv":
-        raise UsageError(f"--out {out_csv}: name a .csv file")
+    if out_csv is not None:
+        check_csv_out(out_csv, model, records)  # before any record is scored
     o = out()
 
     def progress(entry: dict[str, Any], i: int, n: int) -> None:

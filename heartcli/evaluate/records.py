@@ -233,6 +233,19 @@ def classify_record(
 # ------------------------------------------------------------------ bxb's -L lines
 
 
+def check_csv_out(out: str | Path, model_path: str | Path, records: str | Path) -> Path:
+    """``--out FILE.csv``, checked before any record is scored: a .csv that is a new or
+    regular file, none of the records' own files nor the model's, and no file of a folder
+    heart keeps (a run's history.csv...): :func:`heartcli.io.check_output`."""
+    from heartcli.io import check_output
+    from heartcli.predict import own_files
+
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise UsageError(f"--out {out}: name a .csv file")
+    return check_output(out, inputs=own_files(model_path, *list_records(records)))
+
+
 def write_csv(document: dict[str, Any], out: str | Path) -> Path:
     """One line per record in bxb's -L column order (then V FPR), then sumstats' totals:
     Gross (the pooled counts and their figures) and Average (the figures only), as CSV."""

@@ -285,7 +285,45 @@ def read_run_manifest(run_dir: Path) -> dict[str, Any]:
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise DataError(f"{file}: truncated (no {', '.join(missing)}); retrain the run")
+    wrong = _wrong_types(manifest)
+    if wrong:
+        raise DataError(
+            f"{file}: {wrong} (edited by hand?); restore the file or retrain the run"
+        )
     return manifest
+
+
+def _wrong_types(manifest: dict[str, Any]) -> str | None:
+    """What in a run's manifest is not of the type heart wrote (None when all is)."""
+    classes, length = manifest["classes"], manifest["input_length"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes is not a list of class names"
+    if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= 100_000:
+        return "input_length is not a number of samples"
+    if not isinstance(manifest["status"], str):
+        return "status is not a word"
+    for key in ("data", "crossval", "tracking", "rhythm"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"{key} is not a table"
+    span = (manifest.get("data") or {}).get("input_range")
+    if span is not None and not (
+        isinstance(span, list)
+        and len(span) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in span)
+    ):
+        return "data.input_range is not [min, max]"
+    ensemble = manifest.get("ensemble")
+    if ensemble is None:
+        return None
+    members = ensemble.get("members") if isinstance(ensemble, dict) else None
+    if not isinstance(members, list) or not members:
+        return "ensemble is not a table listing its members"
+    for member in members:
+        if not isinstance(member, dict) or not all(
+            isinstance(member.get(k), str) for k in ("path", "weights_sha256", "config_sha256")
+        ):
+            return "ensemble.members holds an entry that is not a member (path and checksums)"
+    return None
 
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> HeartConfig:

@@ -40,7 +40,7 @@ from heartcli.model import runs
 from heartcli.model.inference import torch_logits, uses_rhythm
 from heartcli.model.network import build_model, count_parameters
 from heartcli.progress import Progress
-from heartcli.threads import ThreadPolicy
+from heartcli.threads import ThreadPolicy, omp_wait_policy
 from heartcli.training.ema import WeightAverage
 from heartcli.training.folds import Folds, prepare_folds
 from heartcli.training.precision import autocast, pick_device, resolve_precision
@@ -707,7 +707,7 @@ def start_summary(
         "threads": setup.threads.choice.threads,
         "threads_text": setup.threads.choice.describe(),
         "threads_warning": setup.threads.choice.warning(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "omp_wait_policy": omp_wait_policy(),
         "classes": setup.classes,
         "train_counts": folds.before,
         "resampled_counts": folds.after,
