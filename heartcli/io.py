@@ -85,8 +85,8 @@ def heart_folder(folder: str | Path) -> str | None:
 
 
 def _owner(path: Path) -> tuple[str, Path] | None:
-    """The heart folder ``path`` lies in (its folder or the one above), if any."""
-    for folder in (path.parent, path.parent.parent):
+    """The innermost heart folder ``path`` lies in, at any depth (a run's folds/fold-1/...)."""
+    for folder in list(path.parents)[:64]:
         kind = heart_folder(folder)
         if kind is not None:
             return kind, folder
@@ -116,7 +116,7 @@ def check_output(
     with ``folder`` what is not a folder), a parent that is a file, any of ``inputs`` (the
     command's input files, a record's .hea/.dat/.atr among them, in any spelling: a link,
     a relative path, a hard link), and a file of a folder heart keeps (a run, a search, an
-    export, a dataset: :func:`heart_folder`, the folder or the one above it).
+    export, a dataset: :func:`heart_folder`, at any depth below it).
 
     ``folder``: ``target`` is a folder the command writes into; refused when it is a file,
     or a folder heart keeps of another kind than ``kind`` (what the command makes there).

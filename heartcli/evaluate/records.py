@@ -34,26 +34,59 @@ MAX_LEARNING_PERIOD_S = 7 * 86_400.0
 
 
 def list_records(spec: str | Path) -> list[Path]:
-    """A folder of WFDB records (every ``*.hea`` in it) or comma-separated record paths."""
+    """A folder of WFDB records (every ``*.hea`` in it) or comma-separated record paths,
+    each once (:func:`listed_records`)."""
+    return listed_records(spec)[0]
+
+
+def listed_records(spec: str | Path) -> tuple[list[Path], list[str]]:
+    """The records of ``--records`` (a folder, or record paths ``a,b,c`` with or without
+    extension), resolved, each once in the order given, and a note per record listed more
+    than once (twice, or spelled two ways: ``100``, ``./100.hea``, a link)."""
     text = str(spec).strip()
     folder = Path(text)
     if folder.is_dir():
         found = sorted(p.with_suffix("") for p in folder.glob("*.hea"))
         if not found:
             raise UsageError(f"--records {folder}: no WFDB records (*.hea) in this folder")
-        return found
+        return found, []
     paths = [Path(p.strip()) for p in text.split(",") if p.strip()]
     if not paths:
         raise UsageError("--records: give a folder of WFDB records or record paths a,b,c")
-    for path in paths:
-        if path.suffix in (".hea", ".dat", ".atr"):
-            path = path.with_suffix("")
-        if not Path(f"{path}.hea").is_file():
+    records: list[Path] = []
+    seen: dict[Path, Path] = {}  # resolved header -> the record as first given
+    notes: list[str] = []
+    for given in paths:
+        path = given.with_suffix("") if given.suffix in (".hea", ".dat", ".atr") else given
+        header = Path(f"{path}.hea")
+        if not header.is_file():
             raise UsageError(
                 f"--records: {path}: no WFDB record here ({path.name}.hea missing); give record "
                 "paths without extension, e.g. ../shared/data/mitdb/100"
             )
-    return [p.with_suffix("") if p.suffix in (".hea", ".dat", ".atr") else p for p in paths]
+        key = header.resolve()
+        if key in seen:
+            notes.append(f"{given} is {seen[key]} again: scored once")
+            continue
+        seen[key] = path
+        records.append(path)
+    return records, notes
+
+
+def record_labels(records: list[Path]) -> dict[Path, str]:
+    """The name each record's row gets: its own name, or where two different records share
+    one (``a/100``, ``b/100``) enough of its path to tell them apart."""
+    labels: dict[Path, str] = {}
+    for path in records:
+        label = path.name
+        clash = [p for p in records if p.name == path.name and p != path]
+        depth = 1
+        while clash and depth <= len(path.parts):
+            depth += 1
+            label = "/".join(path.parts[-depth:])
+            clash = [p for p in clash if "/".join(p.parts[-depth:]) == label]
+        labels[path] = label if not clash else str(path.resolve())
+    return labels
 
 
 @dataclass
@@ -134,9 +167,9 @@ def score_records(
             f"-f/--learning-period {learning_period_s:.6g}: use 0 to "
             f"{MAX_LEARNING_PERIOD_S:,.0f} seconds (a week; EC57's is 300)"
         )
-    selection = select_records(
-        list_records(records), include_paced=include_paced, skip_missing=skip_missing
-    )
+    listed, notes = listed_records(records)
+    selection = select_records(listed, include_paced=include_paced, skip_missing=skip_missing)
+    labels = record_labels(selection.records)
     references = []
     for path in selection.records:
         header = read_header(path)
@@ -149,7 +182,6 @@ def score_records(
     model = load_model(model_path)
     to_ec57 = test_labels(model.classes)
     entries: list[dict[str, Any]] = []
-    notes: list[str] = []
     seconds = {"predict": 0.0, "score": 0.0}
     for i, (path, header, reference) in enumerate(references):
         t0 = time.perf_counter()
@@ -158,7 +190,7 @@ def score_records(
         )
         t1 = time.perf_counter()
         entry, note = score_record(
-            path,
+            labels[path],
             header,
             reference,
             ec57.BeatAnnotations(sample, to_ec57[predicted]),
@@ -189,7 +221,7 @@ def score_records(
 
 
 def score_record(
-    path: Path,
+    name: str,
     header: Header,
     reference: ec57.BeatAnnotations,
     test: ec57.BeatAnnotations,
@@ -206,11 +238,11 @@ def score_record(
         end=header.length or None,
         window_s=window_s,
     )
-    entry = ec57.record_entry(path.name, comparison, header.fs)
+    entry = ec57.record_entry(name, comparison, header.fs)
     entry["fs"] = header.fs
     if entry["qrs_tp"] + entry["qrs_fn"] == 0:
         return entry, (
-            f"{path.name}: no reference beat after the learning period "
+            f"{name}: no reference beat after the learning period "
             f"({learning_period_s:g} s; the record is {header.length / header.fs:.0f} s): "
             "nothing scored; lower -f/--learning-period"
         )

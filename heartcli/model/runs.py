@@ -213,18 +213,26 @@ def check_run_config(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+    """The weights as safetensors, serialised in memory and written by Python: a full disk
+    is an OSError naming the file ("No space left on device"), not a C++ library's words."""
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save(state, metadata={"format": FORMAT})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+        tmp.write_bytes(data)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """checkpoint.pt, serialised in memory and written by Python (see save_weights)."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:

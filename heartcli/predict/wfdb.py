@@ -26,9 +26,35 @@ class Header:
     length: int  # samples in the record
 
 
+MAX_HEADER_BYTES = 1 << 20
+
+
+def check_ascii_names(path: Path) -> None:
+    """WFDB names are ASCII: the wfdb package reads a signal file ``é100.dat`` as
+    ``100.dat`` and then reports that file missing. One line that says so instead."""
+    from heartcli.io import read_bounded
+
+    names = [path.name]
+    header = Path(f"{path}.hea")
+    if header.is_file():
+        try:
+            text = read_bounded(header, MAX_HEADER_BYTES, "WFDB header").decode("utf-8", "replace")
+        except DataError:
+            text = ""
+        lines = [ln.split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        names += [ln[0] for ln in lines if ln]
+    bad = next((n for n in names if not n.isascii()), None)
+    if bad is not None:
+        raise DataError(
+            f"{path}: the record's name or a file its header names ({bad!r}) is not ASCII; "
+            "WFDB reads only ASCII names: rename the record's files (and the names in its .hea)"
+        )
+
+
 def read_header(path: Path) -> Header:
     import wfdb
 
+    check_ascii_names(path)
     try:
         header = wfdb.rdheader(str(path))
     except (FileNotFoundError, OSError, ValueError) as exc:

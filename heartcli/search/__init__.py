@@ -125,8 +125,19 @@ def _start(
     from heartcli.search.state import new_search
     from heartcli.search.tpe import run_search
 
+    from heartcli.tracking import reachable_config
+
     hold_credentials(config)
     check_ensemble(config)
+    if config.search.folds:  # the data can be cut into that many folds, before any trial
+        from heartcli.training.crossval import check_fold_data
+
+        check_fold_data(config, config.search.folds)
+    # An MLflow server that does not answer: one line in seconds, before the folder is
+    # claimed (the name stays free), as `heart train` does.
+    config, note = reachable_config(config)
+    if note:
+        progress.note(note)
     on_ray = config.search.backend == "ray"
     n_jobs = resolve_jobs(jobs, cluster=on_ray)
     if jobs is not None and on_ray:
@@ -137,7 +148,28 @@ def _start(
 
         return search, start_ray(search, address=address, progress=progress)
     lock = new_search(search)
-    return search, run_search(search, jobs=n_jobs, progress=progress, lock=lock)
+    try:
+        return search, run_search(search, jobs=n_jobs, progress=progress, lock=lock)
+    except BaseException:
+        release_search(search.folder)  # failed before any trial: the name is free again
+        raise
+
+
+def release_search(folder: Path) -> None:
+    """Undo :func:`heartcli.search.state.new_search` for a search that stopped before any
+    trial was recorded (its folder holds its config, its state and nothing else)."""
+    import shutil
+
+    from heartcli.search.report import REPORT_JSON, REPORT_PNG
+    from heartcli.search.state import CONFIG, LOCK, STATE
+
+    try:
+        if read_state(folder).get("trials"):
+            return
+    except HeartError:
+        return
+    if all(p.name in (CONFIG, LOCK, STATE, REPORT_JSON, REPORT_PNG) for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _resume(
