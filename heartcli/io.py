@@ -11,7 +11,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ def _same(a: Path, b: Path) -> bool:
 def check_output(
     target: str | Path,
     *,
-    inputs: tuple[str | Path, ...] | list[str | Path] = (),
+    inputs: Sequence[str | Path] = (),
     option: str = "--out",
     folder: bool = False,
     kind: str | None = None,
@@ -137,9 +137,7 @@ def check_output(
         raise UsageError(f"{option} {target}: {parent} is a file, not a folder")
     for given in inputs:
         if _same(target, Path(given)):
-            raise UsageError(
-                f"{option} {target}: is the input {given}; write the output elsewhere"
-            )
+            raise UsageError(f"{option} {target}: is the input {given}; write the output elsewhere")
     owner = None if folder else _owner(target.absolute())
     if owner is not None:
         kind, where = owner

@@ -56,8 +56,8 @@ def test_sigterm_in_a_fold_keeps_the_finished_folds_and_resume_finishes(heart, t
     err = stop_when(proc, run / "folds" / "fold-2" / "history.csv", signal.SIGTERM)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
-        f"error: interrupted: runs/cv keeps its finished folds (1); continue it with "
-        f"`heart train --resume runs/cv`"
+        "error: interrupted: runs/cv keeps its finished folds (1); continue it with "
+        "`heart train --resume runs/cv`"
     )
     assert manifest(run / "folds" / "fold-1")["status"] == "completed"
     assert manifest(run)["status"] == "interrupted" and manifest(run)["crossval"]["k"] == 2

@@ -195,8 +195,11 @@ def test_records_listed_twice_are_scored_once_and_namesakes_get_their_own_rows(
     twice = heart.json(*args, f"{a},{a}.hea,{tmp_path / 'a' / '.' / '100'}")
     assert [r["record"] for r in twice["records"]] == ["100"]
     assert twice["gross"] == once["gross"]  # not counted twice
-    assert twice["notes"] == [f"{a}.hea is {a} again: scored once",
-                              f"{tmp_path / 'a' / '.' / '100'} is {a} again: scored once"]  # fmt: skip
+    dotted = tmp_path / "a" / "." / "100"
+    assert twice["notes"] == [
+        f"{a}.hea is {a} again: scored once",
+        f"{dotted} is {a} again: scored once",
+    ]
     both = heart.json(*args, f"{a},{b}")
     assert [r["record"] for r in both["records"]] == ["a/100", "b/100"]
     beats = [r["qrs_tp"] + r["qrs_fn"] for r in both["records"]]

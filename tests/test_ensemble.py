@@ -269,7 +269,10 @@ def test_a_hand_edited_ensemble_manifest_is_one_line(heart, trained_run, tmp_pat
         ({"members": [member]}, "changed on disk"),
     ):
         (run_dir / "manifest.json").write_text(json.dumps({**manifest, "ensemble": ensemble}))
-        for args in (("evaluate", run_dir), ("predict", run_dir, SAMPLE / "random" / "test.parquet")):
+        for args in (
+            ("evaluate", run_dir),
+            ("predict", run_dir, SAMPLE / "random" / "test.parquet"),
+        ):
             r = heart(*args, expect=1)
             assert expected in last_line(r.stderr) and len(r.stderr.strip().splitlines()) == 1
     (run_dir / "manifest.json").write_text(json.dumps({**manifest, "input_length": "187"}))

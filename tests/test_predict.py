@@ -275,7 +275,10 @@ def test_outputs_never_replace_a_records_own_files_or_a_runs(heart, tiny, tmp_pa
     assert _error(r) == f"error: --out {a_file}: a file, not a folder; name a folder"
     heart("-q", "predict", tiny.run, record, "--format", "wfdb", "--out", record.parent)
     assert sorted(p.name for p in record.parent.iterdir()) == [
-        "100.atr", "100.dat", "100.hea", "100.heart",
+        "100.atr",
+        "100.dat",
+        "100.hea",
+        "100.heart",
     ]  # fmt: skip  (nothing left of the annotation file's making)
 
 

@@ -71,7 +71,7 @@ def test_a_1mb_config_is_shown_in_seconds(tmp_path):
     config = tmp_path / "big.toml"
     size = (1 << 20) - 400
     config.write_text(
-        f"# {'a' * (size // 2)}\n[tracking]\nexperiment = \"{'b' * (size // 2)}?key=1\"\n"
+        f'# {"a" * (size // 2)}\n[tracking]\nexperiment = "{"b" * (size // 2)}?key=1"\n'
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = run_heart("config", "show", "-c", config, cwd=tmp_path)

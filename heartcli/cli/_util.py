@@ -278,13 +278,24 @@ def redacting_hooks() -> None:
     def thread_hook(args: Any) -> None:
         if args.exc_type is SystemExit:
             return
-        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
-        sys.stderr.write(redact(f"exception in thread {getattr(args.thread, 'name', '?')}:\n{text}"))
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        sys.stderr.write(
+            redact(f"exception in thread {getattr(args.thread, 'name', '?')}:\n{text}")
+        )
 
     shown = warnings.showwarning
 
-    def showwarning(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
-        shown(redact(str(message)), category, filename, lineno, *rest)
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        shown(redact(str(message)), category, filename, lineno, file, line)
 
     sys.excepthook = excepthook
     threading.excepthook = thread_hook

@@ -160,9 +160,7 @@ class ModelConfig(Section):
     attention: bool = Field(
         False, description="multi-head temporal self-attention over the final conv features"
     )
-    attention_heads: int = Field(
-        4, ge=1, le=64, description="heads of the self-attention layer"
-    )
+    attention_heads: int = Field(4, ge=1, le=64, description="heads of the self-attention layer")
     pool_output: int = Field(
         8, ge=1, le=1024, description="length of the adaptive average pool output"
     )
@@ -241,7 +239,10 @@ class ResampleConfig(Section):
         'beats an epoch, drawn by the sampler), "smote", "adasyn", "smote_tomek"',
     )
     target: int = Field(
-        15000, ge=1, le=MAX_BEATS, description="beats per class after resampling (seed search: 5,000-25,000)"
+        15000,
+        ge=1,
+        le=MAX_BEATS,
+        description="beats per class after resampling (seed search: 5,000-25,000)",
     )
     majority: Literal["keep", "cap", "drop"] = Field(
         "cap",
@@ -263,7 +264,10 @@ class TrainConfig(Section):
 
     epochs: int = Field(50, ge=1, le=MAX_COUNT, description="maximum epochs")
     batch_size: int = Field(
-        256, ge=1, le=65536, description="beats per batch (scale lr with it: twice the batch, twice the lr)"
+        256,
+        ge=1,
+        le=65536,
+        description="beats per batch (scale lr with it: twice the batch, twice the lr)",
     )
     optimizer: Literal["adam", "adamw"] = Field(
         "adamw", description='"adamw" (decoupled weight decay) or "adam"'
@@ -277,7 +281,9 @@ class TrainConfig(Section):
         description='LR schedule: "cosine" (warm-up, then cosine decay to 0 over epochs), '
         '"onecycle", "plateau" (halve on a stalled val macro-F1) or "none"',
     )
-    patience: int = Field(10, ge=1, le=MAX_COUNT, description="early stopping: epochs without val improvement")
+    patience: int = Field(
+        10, ge=1, le=MAX_COUNT, description="early stopping: epochs without val improvement"
+    )
     val_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="share of the training split held out for validation"
     )
@@ -330,7 +336,10 @@ class TrainConfig(Section):
         "0 = the balanced fold's size (the sum of the [resample] class targets)",
     )
     warmup_epochs: float = Field(
-        1.0, ge=0.0, le=MAX_COUNT, description='linear LR warm-up before "cosine" decays it (per step)'
+        1.0,
+        ge=0.0,
+        le=MAX_COUNT,
+        description='linear LR warm-up before "cosine" decays it (per step)',
     )
     max_minutes: float = Field(
         0.0,
@@ -414,7 +423,10 @@ class SearchConfig(Section):
     )
     min_epochs: int = Field(1, ge=1, le=MAX_COUNT, description="asha: epochs of the first rung")
     reduction_factor: int = Field(
-        3, ge=2, le=1000, description="asha: rungs at min_epochs x factor^k; 1/factor of trials go on"
+        3,
+        ge=2,
+        le=1000,
+        description="asha: rungs at min_epochs x factor^k; 1/factor of trials go on",
     )
     warmup_epochs: int = Field(
         3, ge=0, le=MAX_COUNT, description="median: epochs before a trial can be pruned"
@@ -423,7 +435,9 @@ class SearchConfig(Section):
         3, ge=1, le=MAX_COUNT, description="median: finished trials before pruning starts"
     )
     backend: Literal["hyperopt", "ray"] = Field("hyperopt", description='"hyperopt" or "ray"')
-    concurrency: int = Field(2, ge=1, le=MAX_THREADS, description="parallel trials (ray backend; --jobs sets it)")
+    concurrency: int = Field(
+        2, ge=1, le=MAX_THREADS, description="parallel trials (ray backend; --jobs sets it)"
+    )
     max_failures: int = Field(
         2,
         ge=0,

@@ -33,7 +33,6 @@ github.com/bemoody/wfdb):
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any

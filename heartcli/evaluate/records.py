@@ -160,9 +160,7 @@ def score_records(
 
     if peaks not in PEAKS:
         raise UsageError(f"--peaks {peaks}: use detect or annotations")
-    if not (
-        math.isfinite(learning_period_s) and 0 <= learning_period_s <= MAX_LEARNING_PERIOD_S
-    ):
+    if not (math.isfinite(learning_period_s) and 0 <= learning_period_s <= MAX_LEARNING_PERIOD_S):
         raise UsageError(
             f"-f/--learning-period {learning_period_s:.6g}: use 0 to "
             f"{MAX_LEARNING_PERIOD_S:,.0f} seconds (a week; EC57's is 300)"

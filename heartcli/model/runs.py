@@ -295,9 +295,7 @@ def read_run_manifest(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{file}: truncated (no {', '.join(missing)}); retrain the run")
     wrong = _wrong_types(manifest)
     if wrong:
-        raise DataError(
-            f"{file}: {wrong} (edited by hand?); restore the file or retrain the run"
-        )
+        raise DataError(f"{file}: {wrong} (edited by hand?); restore the file or retrain the run")
     return manifest
 
 

@@ -193,7 +193,10 @@ def write_prediction(result: Prediction, out: str | Path) -> None:
 
 
 def check_wfdb_out(
-    model_path: str | Path, input_path: str | Path, out_dir: str | Path | None, annotator: str,
+    model_path: str | Path,
+    input_path: str | Path,
+    out_dir: str | Path | None,
+    annotator: str,
     force: bool,
 ) -> Path:
     """`heart predict --format wfdb`, checked before anything is predicted: a record as

@@ -124,7 +124,6 @@ def _start(
     from heartcli.search.ensemble import check_ensemble
     from heartcli.search.state import new_search
     from heartcli.search.tpe import run_search
-
     from heartcli.tracking import reachable_config
 
     hold_credentials(config)
