@@ -115,8 +115,8 @@ def _lock(path: Path, what: str) -> None:
     except OSError:
         fh.close()
         raise UsageError(
-            f"{path} is in use by another `heart train` ({what}); wait for it to finish or "
-            "choose another --name"
+            f"{path}: the name is in use by another `heart train` ({what}); wait for it to "
+            "finish or choose another --name"
         ) from None
     _held[path] = fh
 
