@@ -113,7 +113,7 @@ def check_output(
     """The one check of a path a command is about to write, made before any work starts.
 
     Refused (UsageError, exit 2): what is not a regular file (a device, a FIFO, a folder;
-    with ``folder`` what is not a folder), a parent that is a file, any of ``inputs`` (the
+    with ``folder`` what is not a folder), any of ``inputs`` (the
     command's input files, a record's .hea/.dat/.atr among them, in any spelling: a link,
     a relative path, a hard link), and a file of a folder heart keeps (a run, a search, an
     export, a dataset: :func:`heart_folder`, at any depth below it).
@@ -132,9 +132,6 @@ def check_output(
             )
     else:
         check_output_file(target)
-    parent = target.parent
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{option} {target}: {parent} is a file, not a folder")
     for given in inputs:
         if _same(target, Path(given)):
             raise UsageError(f"{option} {target}: is the input {given}; write the output elsewhere")

@@ -203,7 +203,7 @@ def tune_cmd(
     set_: SetOption = None,
     evals: Annotated[
         int | None,
-        # max: config.MAX_COUNT, max_minutes's: config.MAX_MINUTES (cli/ imports no config)
+        # max: config.MAX_COUNT (cli/ imports no config); --max-minutes: option_overrides
         typer.Option(
             "--evals", min=1, max=100_000, metavar="N", help="Number of trials ([search] evals)."
         ),
@@ -222,7 +222,6 @@ def tune_cmd(
         typer.Option(
             "--max-minutes",
             min=0.0,
-            max=525_600.0,
             metavar="MINUTES",
             help="Wall-clock budget of this invocation; 0 = none.",
         ),

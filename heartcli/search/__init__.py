@@ -128,20 +128,21 @@ def _start(
 
     hold_credentials(config)
     check_ensemble(config)
+    on_ray = config.search.backend == "ray"
+    n_jobs = resolve_jobs(jobs, cluster=on_ray)
+    if jobs is not None and on_ray:
+        config.search.concurrency = n_jobs
+    search = Search.plan(config, name, config_base)
     if config.search.folds:  # the data can be cut into that many folds, before any trial
         from heartcli.training.crossval import check_fold_data
 
         check_fold_data(config, config.search.folds)
     # An MLflow server that does not answer: one line in seconds, before the folder is
     # claimed (the name stays free), as `heart train` does.
-    config, note = reachable_config(config)
+    checked, note = reachable_config(config)
     if note:
         progress.note(note)
-    on_ray = config.search.backend == "ray"
-    n_jobs = resolve_jobs(jobs, cluster=on_ray)
-    if jobs is not None and on_ray:
-        config.search.concurrency = n_jobs
-    search = Search.plan(config, name, config_base)
+        search = Search.plan(checked, name, config_base)
     if on_ray:
         from heartcli.search.ray import start_ray
 
