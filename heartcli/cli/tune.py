@@ -205,7 +205,7 @@ def tune_cmd(
         int | None,
         # max: config.MAX_COUNT (cli/ imports no config); --max-minutes: option_overrides
         typer.Option(
-            "--evals", min=1, max=100_000, metavar="N", help="Number of trials ([search] evals)."
+            "--evals", min=1, max=1_000_000, metavar="N", help="Number of trials ([search] evals)."
         ),
     ] = None,
     name: Annotated[

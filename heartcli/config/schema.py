@@ -52,7 +52,7 @@ MAX_THREADS = 1024  # heartcli.threads.MAX_THREADS: more is a typo, not a machin
 # Every numeric key has an upper bound (tests/test_config.py checks that none lacks one):
 # a count beyond these is a typo, and would size a loop, an allocation or a thread pool.
 MAX_FOLDS = 100  # train --folds K and [search] folds
-MAX_COUNT = 100_000  # epochs, trials, patience, rungs: more than a year of CPU at a second each
+MAX_COUNT = 1_000_000  # epochs, trials, patience, rungs: a million (11 days at one a second)
 MAX_BEATS = 1_000_000  # beats of one class after resampling, parity or calibration beats
 MAX_WIDTH = 4096  # conv channels, FC units
 MAX_RECORDS = 10_000  # train.val_records (MIT-BIH has 48 records)
