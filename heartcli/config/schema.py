@@ -518,13 +518,8 @@ class ExportConfig(Section):
         ["onnx", "pt2", "torchscript"],
         description='formats `heart export` writes by default ("pte": ExecuTorch, heart[edge])',
     )
-    opset: int = Field(
-        18,
-        ge=7,
-        le=64,
-        description="ONNX opset (at most the newest the installed onnx knows: heart export "
-        "checks it, and refuses a file written at another opset)",
-    )
+    # at most the newest opset the installed onnx knows: heart export checks it
+    opset: int = Field(18, ge=7, le=64, description="ONNX opset")
     parity_beats: int = Field(
         1000, ge=1, le=MAX_BEATS, description="real test beats used by the parity check"
     )
