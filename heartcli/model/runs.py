@@ -23,7 +23,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
-from heartcli.io import atomic_path, read_json, sha256_file, write_json, write_text
+from heartcli.io import (
+    atomic_path,
+    heart_folder,
+    read_json,
+    sha256_file,
+    write_json,
+    write_text,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,6 +71,15 @@ FINISHED = ("completed", "early_stopped", "budget")  # a run that needs no --res
 _held: dict[Path, IO[str]] = {}
 
 
+def _left_by_a_start(entries: set[str]) -> bool:
+    """Whether ``entries`` are what a `heart train` killed before its manifest can leave in
+    its folder: the lock, config.toml, TensorBoard's folder, an atomic write's temp file."""
+    return LOCK in entries and all(
+        n in (LOCK, CONFIG, "tensorboard") or (n.startswith(".") and n.endswith(".tmp"))
+        for n in entries
+    )
+
+
 def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
     """The path of a fresh run folder under ``[train] runs_dir``: NAME, or a timestamp.
 
@@ -92,11 +108,11 @@ def _check_free(path: Path) -> None:
         raise _in_use(path)
     if path.is_symlink() or not path.is_dir():
         raise UsageError(f"{path}: not a folder; choose another --name")
+    kind = heart_folder(path)
     entries = {p.name for p in path.iterdir()}
-    if entries and LOCK not in entries:
-        raise UsageError(
-            f"{path} exists and holds files that are not a heart run; choose another --name"
-        )
+    if kind is not None or (entries and not _left_by_a_start(entries)):
+        what = f"a heart {kind}" if kind else "files that are not a heart run"
+        raise UsageError(f"{path} exists and holds {what}; choose another --name")
 
 
 def _lock(path: Path, what: str) -> None:
