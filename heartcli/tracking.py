@@ -103,14 +103,14 @@ def flatten(config: HeartConfig) -> dict[str, str]:
 
 # MLflow's own retries against a server that stopped answering: its defaults (7 retries,
 # backoff factor 2, 120 s a request) keep a run waiting about 8 minutes in silence per
-# call. heart's, unless the environment sets them: 2 retries (0 s, then 2 s apart), 15 s a
-# request, so a dead server ends the run in one line within seconds (about 50 s at most
-# for a server that accepts connections and never answers).
+# call. heart's, unless the environment sets them: 2 retries (at once, then 2 s later) and
+# 30 s a request (an artifact upload included), so a server that died ends the run in one
+# line within seconds, and one that accepts connections and never answers in about 95 s.
 HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
 

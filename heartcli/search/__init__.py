@@ -93,7 +93,8 @@ def tune(
         raise HeartError(
             f"{result.search_dir}: every trial failed ({len(failed)}; trial "
             f"{failed[0].number}: {failed[0].reason}); fix the cause and continue with "
-            f"`heart tune --resume {result.search_dir}`"
+            f"`heart tune --resume {result.search_dir}` (a resumed search keeps its config: "
+            "for a config key, start a new search)"
         )
     if search.s.ensemble:
         info = make_ensemble(replace(search, folder=result.search_dir), result.records)
