@@ -39,7 +39,7 @@ def stop_when(proc: subprocess.Popen[str], path: Path, sig: int) -> str:
     """Send ``sig`` as soon as ``path`` exists; the process's stderr."""
     deadline = time.monotonic() + 120
     while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert path.exists(), proc.communicate()[1]
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -81,7 +81,8 @@ def test_sigkill_in_a_fold_leaves_a_run_that_resume_continues(heart, tmp_path):
 
 def test_resume_of_a_stopped_final_run_continues_it_without_validation(heart, tmp_path):
     run = tmp_path / "runs" / "cv"
-    proc = start(tmp_path, "--folds", "2", "--name", "cv")
+    # 4 times the beats an epoch: the final run's epochs last long enough to stop one
+    proc = start(tmp_path, "--folds", "2", "--name", "cv", "--set", "resample.target=600")
     stop_when(proc, run / "history.csv", signal.SIGTERM)  # the final run's first epoch
     assert proc.returncode == 130
     stopped = manifest(run)
@@ -92,10 +93,22 @@ def test_resume_of_a_stopped_final_run_continues_it_without_validation(heart, tm
     # the final run it was: no validation fold carved, its own number of epochs, resumed
     assert final["data"]["validation"] is False
     assert sum(final["data"]["val_counts"].values()) == 0
-    assert final["epochs_run"] == done["final_epochs"] >= epochs
+    assert final["epochs_run"] == done["final_epochs"] > epochs >= 1
     assert all(row["val_loss"] != row["val_loss"] for row in done["final"]["history"])  # NaN
-    # and the cross-validation's figures, which the stopped run never wrote
+    # and the cross-validation's figures, which a plain resume of the final run dropped
     assert set(final["crossval"]) >= {"folds", "figures", "oof", "final_epochs"}
     assert (run / "oof.npz").is_file()
     r = heart("train", "--resume", "runs/cv", "--set", "train.epochs=3", expect=2)
     assert "continues with the config its folds trained with" in r.stderr
+
+
+def test_keys_cross_validation_would_ignore_are_refused(heart, tmp_path):
+    config = make_config(tmp_path)
+    r = heart("train", "-c", config, "--folds", "2", "--set", "train.val_records=2", expect=2)
+    assert r.stderr.strip() == (
+        "error: train.val_records picks the validation records of one run; cross-validation "
+        "validates on every fold in turn and would ignore it: set it to 0"
+    )
+    r = heart("train", "-c", config, "--folds", "101", expect=2)
+    assert r.stderr.strip() == "error: --folds 101: use 2 to 100 folds"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -317,7 +318,9 @@ def test_a_pte_that_outputs_nan_is_refused_like_an_onnx(heart, edge, tmp_path):
 def test_a_pte_of_random_bytes_is_one_line_and_json(edge, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(edge.export, bad)
-    (bad / "model.pte").write_bytes(os.urandom(20_000))  # the loader aborted on these
+    noise = bytearray(random.Random(3).randbytes(20_000))
+    noise[4:8] = b"\xa7\xe3\x91\xfc"  # where a program's identifier is: not UTF-8, as most
+    (bad / "model.pte").write_bytes(bytes(noise))  # random bytes; ExecuTorch aborted on them
     _with_card_for(bad, "model.pte")
     damaged = tmp_path / "damaged"
     shutil.copytree(edge.export, damaged)

@@ -26,10 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from heartcli.config import MAX_FOLDS, HeartConfig
-from heartcli.errors import DataError, UsageError
+from heartcli.errors import DataError, Interrupted, UsageError
 from heartcli.model import runs
 from heartcli.progress import Progress
-from heartcli.training.crossval import CrossValResult, check_crossval, cross_validate
+from heartcli.training.crossval import (
+    CrossValResult,
+    check_crossval,
+    cross_validate,
+    resume_hint,
+)
 from heartcli.training.loop import TrainResult, train
 
 
@@ -89,9 +94,7 @@ def _resume(
         if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= MAX_FOLDS:
             raise DataError(f"{run_dir / runs.MANIFEST}: crossval.k is not a fold count")
         config, config_base = resume_config(run_dir, [])
-        return cross_validate(
-            config, run_dir, k, progress=progress, config_base=config_base, resume=True
-        )
+        return _cross_validate(config, run_dir, k, progress, config_base, resume=True)
     if manifest.get("ensemble"):
         raise UsageError(
             f"{run_dir} is an ensemble of other runs' weights: it has no epochs to continue; "
@@ -138,5 +141,26 @@ def _train_new(
     progress: Progress,
 ) -> TrainResult | CrossValResult:
     if folds is not None:
-        return cross_validate(config, run_dir, folds, progress=progress, config_base=config_base)
+        return _cross_validate(config, run_dir, folds, progress, config_base, resume=False)
     return train(config, run_dir, progress=progress, config_base=config_base)
+
+
+def _cross_validate(
+    config: HeartConfig,
+    run_dir: Path,
+    k: int,
+    progress: Progress,
+    config_base: Any,
+    *,
+    resume: bool,
+) -> CrossValResult:
+    """`--folds K` (or its ``--resume``); Ctrl-C or SIGTERM ends in one line that says
+    what stays and how to continue (exit 130)."""
+    try:
+        return cross_validate(
+            config, run_dir, k, progress=progress, config_base=config_base, resume=resume
+        )
+    except KeyboardInterrupt:
+        if not (run_dir / runs.MANIFEST).exists():
+            raise  # stopped before the cross-validation began: nothing stays
+        raise Interrupted(resume_hint(run_dir)) from None

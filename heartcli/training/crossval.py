@@ -32,7 +32,7 @@ import numpy as np
 from heartcli import tracking
 from heartcli.config import MAX_FOLDS, HeartConfig
 from heartcli.data.dataset import BeatSet, load_split
-from heartcli.errors import HeartError, Interrupted, UsageError
+from heartcli.errors import HeartError, UsageError
 from heartcli.metrics import aami, macro_f1_from_confusion
 from heartcli.model import runs
 from heartcli.progress import Progress
@@ -175,7 +175,7 @@ def cross_validate(
         )
     except KeyboardInterrupt:
         _mark(run_dir, "interrupted")
-        raise Interrupted(resume_hint(run_dir)) from None
+        raise
     except BaseException:
         _mark(run_dir, "failed")
         raise
