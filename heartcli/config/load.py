@@ -310,18 +310,19 @@ def load_document(path: str | Path) -> tomlkit.TOMLDocument:
     """The TOML document of the config at ``path``. A command reads its config twice (the
     values, then the comments config.toml keeps): the second read of the same text is a
     copy of the first parse, not a second one (tomlkit takes seconds on a 1 MB file)."""
-    path = Path(path)
     text = read_config_text(path)
     last = _last_parsed.get(str(path))
     if last is not None and last[0] == text:
         return copy.deepcopy(last[1])
-    document = _parse(path, text)
+    document = _parse_document(path)
     _last_parsed.clear()
     _last_parsed[str(path)] = (text, copy.deepcopy(document))
     return document
 
 
-def _parse(path: Path, text: str) -> tomlkit.TOMLDocument:
+def _parse_document(path: str | Path) -> tomlkit.TOMLDocument:
+    path = Path(path)
+    text = read_config_text(path)
     try:
         return tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
