@@ -173,7 +173,7 @@ def test_every_numeric_key_has_an_upper_bound(heart):
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{section}.{key}" in lines[0], (key, r.stderr)
     r = heart("config", "show", "--set", f"export.latency_threads={2**32}", expect=2)
-    assert "less than or equal to 1024" in r.stderr
+    assert "less than or equal to 1,024" in r.stderr
     r = heart("config", "show", "--set", "export.opset=99", expect=2)
     assert "export.opset" in r.stderr
 

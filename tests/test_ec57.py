@@ -7,7 +7,6 @@ annotation pairs for bxb's matching rules."""
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +208,7 @@ def test_records_listed_twice_are_scored_once_and_namesakes_get_their_own_rows(
 def test_learning_period_and_out_are_refused_before_any_record_is_scored(
     heart, model, tmp_path, mitdb_dir
 ):
+    import shutil
     import subprocess
     import sys
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, Exported, copy_record, make_config, record_at_250_hz
+from conftest import SAMPLE, Exported, copy_record, record_at_250_hz
 
 from heartcli.data.beats import record_beats
 from heartcli.data.mitdb import AAMI_MAP
@@ -283,6 +283,8 @@ def test_outputs_never_replace_a_records_own_files_or_a_runs(heart, tiny, tmp_pa
 
 
 def test_a_rhythm_column_of_text_is_one_line(heart, tmp_path):
+    from conftest import make_config
+
     heart("-q", "train", "-c", make_config(tmp_path, model={"rhythm": True}), "--name", "rh")
     table = pq.read_table(TEST_BEATS)
     i = table.schema.get_field_index("rr_pre")

@@ -108,12 +108,18 @@ def _predict_wfdb(
     force: bool,
     detector: str | None,
 ) -> tuple[Any, dict[str, Any]]:
-    """--format wfdb: the checks first (folder, annotator, the file it may write), then predict."""
+    """--format wfdb: the checks first (folder, annotator, an existing file), then predict."""
+    from heartcli.errors import UsageError
     from heartcli.predict import check_wfdb_out, write_wfdb
     from heartcli.predict import predict as run_predict
+    from heartcli.predict.wfdb import check_annotator
 
-    check_wfdb_out(model, input_, out_dir, annotator, force)
-    assert out_dir is not None  # checked
+    check_wfdb_out(model, input_, out_dir, annotator, force)  # the output guard, first
+    if out_dir is None:
+        raise UsageError("--format wfdb writes OUT/<record>.<annotator>: pass --out DIR")
+    target = out_dir / f"{input_.name}.{check_annotator(annotator)}"
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to replace it")
     result = run_predict(model, input_, lead=lead, peaks=peaks, detector=detector)
     summary = result.summary()
     summary["out"] = str(write_wfdb(result, out_dir, annotator=annotator, force=force))

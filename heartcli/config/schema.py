@@ -57,6 +57,42 @@ MAX_BEATS = 1_000_000  # beats of one class after resampling, parity or calibrat
 MAX_WIDTH = 4096  # conv channels, FC units
 MAX_RECORDS = 10_000  # train.val_records (MIT-BIH has 48 records)
 MAX_FLOAT = 1e30  # finite floats with no natural ceiling (lr = 1e30 is a divergence test)
+# The upper bound of each numeric key that has none in its Field (checked by Section after
+# the section's own checks), by section class: one table, every key in one place.
+UPPER_BOUNDS: dict[str, dict[str, float]] = {
+    "ModelConfig": {"attention_heads": 64, "pool_output": 1024},
+    "ResampleConfig": {"target": MAX_BEATS, "k_neighbors": 1000, "min_beats": MAX_BEATS},
+    "TrainConfig": {
+        "epochs": MAX_COUNT,
+        "batch_size": 65_536,
+        "lr": MAX_FLOAT,
+        "weight_decay": MAX_FLOAT,
+        "patience": MAX_COUNT,
+        "warmup_epochs": MAX_COUNT,
+    },
+    "AugmentConfig": {"shift": MAX_FLOAT, "noise": MAX_FLOAT},
+    "SearchConfig": {
+        "evals": MAX_COUNT,
+        "min_epochs": MAX_COUNT,
+        "reduction_factor": 1000,
+        "warmup_epochs": MAX_COUNT,
+        "min_trials": MAX_COUNT,
+        "concurrency": MAX_THREADS,
+        "max_failures": 1000,
+        "startup_trials": MAX_COUNT,
+        "max_epochs": MAX_COUNT,
+        "folds": MAX_FOLDS,
+        "ensemble": MAX_FOLDS,
+    },
+    "ExportConfig": {
+        "opset": 64,  # and at most the newest the installed onnx knows: heart export checks
+        "parity_beats": MAX_BEATS,
+        "atol": 1.0,
+        "calibration_beats": MAX_BEATS,
+        "int8_tolerance": 1.0,
+        "latency_threads": MAX_THREADS,
+    },
+}
 
 
 class Section(BaseModel):
@@ -64,6 +100,22 @@ class Section(BaseModel):
     model_config = ConfigDict(
         strict=True, extra="forbid", validate_assignment=True, allow_inf_nan=False
     )
+
+    @model_validator(mode="after")
+    def _within_upper_bounds(self) -> Section:
+        for key, most in UPPER_BOUNDS.get(type(self).__name__, {}).items():
+            value = getattr(self, key, None)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and value > most:
+                bound = f"{int(most):,}" if most < 1e15 else f"{most:g}"
+                text = str(value)  # an over-long number is not echoed whole
+                got = f"{value:,}" if len(text) <= 16 else f"{text[:16]}...{text[-4:]}"
+                got += f" ({len(text):,} digits)" if len(text) > 16 else ""
+                raise ValueError(
+                    f"{key}: input should be less than or equal to {bound} (expected a value "
+                    f"<= {bound}, got {got})"
+                )
+        return self
 
 
 class DataConfig(Section):
@@ -160,10 +212,8 @@ class ModelConfig(Section):
     attention: bool = Field(
         False, description="multi-head temporal self-attention over the final conv features"
     )
-    attention_heads: int = Field(4, ge=1, le=64, description="heads of the self-attention layer")
-    pool_output: int = Field(
-        8, ge=1, le=1024, description="length of the adaptive average pool output"
-    )
+    attention_heads: int = Field(4, ge=1, description="heads of the self-attention layer")
+    pool_output: int = Field(8, ge=1, description="length of the adaptive average pool output")
     fc: list[int] = Field([384, 256, 96], description="sizes of the fully connected layers")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout after each FC layer")
     separable: bool = Field(
@@ -239,21 +289,17 @@ class ResampleConfig(Section):
         'beats an epoch, drawn by the sampler), "smote", "adasyn", "smote_tomek"',
     )
     target: int = Field(
-        15000,
-        ge=1,
-        le=MAX_BEATS,
-        description="beats per class after resampling (seed search: 5,000-25,000)",
+        15000, ge=1, description="beats per class after resampling (seed search: 5,000-25,000)"
     )
     majority: Literal["keep", "cap", "drop"] = Field(
         "cap",
         description='class 0 (N): "cap" at target like every class, "keep" all, or "drop" it',
     )
-    k_neighbors: int = Field(5, ge=1, le=1000, description="neighbours for SMOTE / ADASYN")
+    k_neighbors: int = Field(5, ge=1, description="neighbours for SMOTE / ADASYN")
     seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the resampler")
     min_beats: int = Field(
         50,
         ge=0,
-        le=MAX_BEATS,
         description="refuse to oversample a class from fewer real beats than this "
         "(drop or merge it with data.classes instead); 0 = no limit",
     )
@@ -262,28 +308,21 @@ class ResampleConfig(Section):
 class TrainConfig(Section):
     """Training loop. Validation is carved from the training split; test is never read."""
 
-    epochs: int = Field(50, ge=1, le=MAX_COUNT, description="maximum epochs")
+    epochs: int = Field(50, ge=1, description="maximum epochs")
     batch_size: int = Field(
-        256,
-        ge=1,
-        le=65536,
-        description="beats per batch (scale lr with it: twice the batch, twice the lr)",
+        256, ge=1, description="beats per batch (scale lr with it: twice the batch, twice the lr)"
     )
     optimizer: Literal["adam", "adamw"] = Field(
         "adamw", description='"adamw" (decoupled weight decay) or "adam"'
     )
-    lr: float = Field(
-        2e-3, gt=0.0, le=MAX_FLOAT, description="learning rate (the peak, after any warm-up)"
-    )
-    weight_decay: float = Field(0.01, ge=0.0, le=MAX_FLOAT, description="weight decay")
+    lr: float = Field(2e-3, gt=0.0, description="learning rate (the peak, after any warm-up)")
+    weight_decay: float = Field(0.01, ge=0.0, description="weight decay")
     scheduler: Literal["plateau", "onecycle", "cosine", "none"] = Field(
         "cosine",
         description='LR schedule: "cosine" (warm-up, then cosine decay to 0 over epochs), '
         '"onecycle", "plateau" (halve on a stalled val macro-F1) or "none"',
     )
-    patience: int = Field(
-        10, ge=1, le=MAX_COUNT, description="early stopping: epochs without val improvement"
-    )
+    patience: int = Field(10, ge=1, description="early stopping: epochs without val improvement")
     val_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="share of the training split held out for validation"
     )
@@ -336,10 +375,7 @@ class TrainConfig(Section):
         "0 = the balanced fold's size (the sum of the [resample] class targets)",
     )
     warmup_epochs: float = Field(
-        1.0,
-        ge=0.0,
-        le=MAX_COUNT,
-        description='linear LR warm-up before "cosine" decays it (per step)',
+        1.0, ge=0.0, description='linear LR warm-up before "cosine" decays it (per step)'
     )
     max_minutes: float = Field(
         0.0,
@@ -393,12 +429,8 @@ class AugmentConfig(Section):
     scale: float = Field(
         0.0, ge=0.0, lt=1.0, description="amplitude scale: each beat times 1 + U(-scale, scale)"
     )
-    shift: float = Field(
-        0.0, ge=0.0, le=MAX_FLOAT, description="baseline shift: each beat plus U(-shift, shift)"
-    )
-    noise: float = Field(
-        0.0, ge=0.0, le=MAX_FLOAT, description="Gaussian noise of this standard deviation"
-    )
+    shift: float = Field(0.0, ge=0.0, description="baseline shift: each beat plus U(-shift, shift)")
+    noise: float = Field(0.0, ge=0.0, description="Gaussian noise of this standard deviation")
     time_shift: int = Field(
         0, ge=0, le=32, description="move each beat by up to this many samples (zero-filled)"
     )
@@ -410,7 +442,7 @@ SearchKind = Literal["choice", "uniform", "loguniform", "quniform", "bool"]
 class SearchConfig(Section):
     """Hyperparameter search (`heart tune`)."""
 
-    evals: int = Field(20, ge=1, le=MAX_COUNT, description="number of trials")
+    evals: int = Field(20, ge=1, description="number of trials")
     seed: int = Field(42, ge=0, le=SEED_MAX, description="seed of the TPE sampler")
     metric: str = Field("val_macro_f1", description="validation metric to maximise")
     max_minutes: float = Field(
@@ -421,40 +453,27 @@ class SearchConfig(Section):
         description='stop poor trials early: "asha" (successive halving), "median" '
         '(median stopping rule) or "none"',
     )
-    min_epochs: int = Field(1, ge=1, le=MAX_COUNT, description="asha: epochs of the first rung")
+    min_epochs: int = Field(1, ge=1, description="asha: epochs of the first rung")
     reduction_factor: int = Field(
-        3,
-        ge=2,
-        le=1000,
-        description="asha: rungs at min_epochs x factor^k; 1/factor of trials go on",
+        3, ge=2, description="asha: rungs at min_epochs x factor^k; 1/factor of trials go on"
     )
-    warmup_epochs: int = Field(
-        3, ge=0, le=MAX_COUNT, description="median: epochs before a trial can be pruned"
-    )
-    min_trials: int = Field(
-        3, ge=1, le=MAX_COUNT, description="median: finished trials before pruning starts"
-    )
+    warmup_epochs: int = Field(3, ge=0, description="median: epochs before a trial can be pruned")
+    min_trials: int = Field(3, ge=1, description="median: finished trials before pruning starts")
     backend: Literal["hyperopt", "ray"] = Field("hyperopt", description='"hyperopt" or "ray"')
-    concurrency: int = Field(
-        2, ge=1, le=MAX_THREADS, description="parallel trials (ray backend; --jobs sets it)"
-    )
+    concurrency: int = Field(2, ge=1, description="parallel trials (ray backend; --jobs sets it)")
     max_failures: int = Field(
         2,
         ge=0,
-        le=1000,
         description="ray backend: times a failed trial is retried from its last epoch "
         "(a lost node); 0 = never",
     )
     startup_trials: int = Field(
-        10, ge=1, le=MAX_COUNT, description="random trials before TPE starts to model the results"
+        10, ge=1, description="random trials before TPE starts to model the results"
     )
-    max_epochs: int = Field(
-        0, ge=0, le=MAX_COUNT, description="cap on train.epochs of every trial; 0 = none"
-    )
+    max_epochs: int = Field(0, ge=0, description="cap on train.epochs of every trial; 0 = none")
     folds: int = Field(
         0,
         ge=0,
-        le=MAX_FOLDS,
         description="select on K-fold cross-validation of the training split (record-wise "
         "for inter-patient, stratified beats for random), as "
         "`heart train --folds K`: a trial's value is the folds' mean val_macro_f1 (needs "
@@ -463,7 +482,6 @@ class SearchConfig(Section):
     ensemble: int = Field(
         0,
         ge=0,
-        le=MAX_FOLDS,
         description="after the search, also make RUN/ensemble: the top k finished trials as "
         "one model averaging their probabilities, scored on validation (out-of-fold with "
         "folds), never on test; 0 = off",
@@ -518,16 +536,12 @@ class ExportConfig(Section):
         ["onnx", "pt2", "torchscript"],
         description='formats `heart export` writes by default ("pte": ExecuTorch, heart[edge])',
     )
-    # at most the newest opset the installed onnx knows: heart export checks it
-    opset: int = Field(18, ge=7, le=64, description="ONNX opset")
-    parity_beats: int = Field(
-        1000, ge=1, le=MAX_BEATS, description="real test beats used by the parity check"
-    )
-    atol: float = Field(1e-4, gt=0.0, le=1.0, description="max |p_export - p_torch| allowed")
+    opset: int = Field(18, ge=7, description="ONNX opset")
+    parity_beats: int = Field(1000, ge=1, description="real test beats used by the parity check")
+    atol: float = Field(1e-4, gt=0.0, description="max |p_export - p_torch| allowed")
     calibration_beats: int = Field(
         2000,
         ge=1,
-        le=MAX_BEATS,
         description="--quantize static: training beats (never test) drawn in equal shares per "
         "class to calibrate the int8 activations",
     )
@@ -539,15 +553,11 @@ class ExportConfig(Section):
     int8_tolerance: float = Field(
         0.005,
         ge=0.0,
-        le=1.0,
         description="largest test macro-F1 an int8 file may lose against the float model; "
         "a bigger loss is flagged (and --strict exits 1)",
     )
     latency_threads: int = Field(
-        1,
-        ge=1,
-        le=MAX_THREADS,
-        description="threads of every runtime when the card's latency is measured",
+        1, ge=1, description="threads of every runtime when the card's latency is measured"
     )
 
 

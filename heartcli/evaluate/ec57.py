@@ -32,7 +32,6 @@ github.com/bemoody/wfdb):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,11 +175,8 @@ def compare(
 ) -> Comparison:
     """bxb's comparison of ``test`` against ``reference`` (sample positions at ``fs``):
     beats from ``start_s`` seconds to sample ``end`` (default: the last beat of either)."""
-    if not (math.isfinite(start_s) and math.isfinite(window_s) and start_s >= 0):
-        raise ValueError(f"compare: start_s {start_s!r} and window_s {window_s!r} must be finite")
     window = int(window_s * fs + 0.5)  # rounded as WFDB's strtim rounds
-    # at most HUGE (no more annotations): a later start ends the matching loops at once
-    start = min(int(start_s * fs + 0.5), HUGE)
+    start = int(min(start_s * fs + 0.5, HUGE))  # at most HUGE: the loops below end at it
     if end is None:
         last = [int(b.sample[-1]) for b in (reference, test) if len(b)]
         end = max(last, default=0)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from heartcli.errors import UsageError
-from heartcli.io import atomic_path, check_output, write_json
+from heartcli.io import atomic_path, write_json
 from heartcli.predict.inputs import Beats, check_range, read_input
 from heartcli.predict.load import Model, load_model
 from heartcli.threads import ThreadPolicy
@@ -99,7 +99,7 @@ class Prediction:
         return columns
 
 
-def check_suffix(out: str | Path | None) -> None:
+def check_output(out: str | Path | None) -> None:
     if out is not None and Path(out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--out {out}: unknown output type; name a .csv, .parquet or .json file")
 
@@ -127,8 +127,10 @@ def own_files(*paths: str | Path) -> list[Path]:
 def check_out_target(out: str | Path | None, *inputs: str | Path) -> None:
     """``--out`` is a new or regular file that is none of the command's input files (a beat
     file, a record's own files, the model) nor a file of a folder heart keeps."""
+    from heartcli.io import check_output as guard
+
     if out is not None:
-        check_output(out, inputs=own_files(*inputs))
+        guard(out, inputs=own_files(*inputs))
 
 
 def predict(
@@ -141,7 +143,7 @@ def predict(
     detector: str | None = None,
 ) -> Prediction:
     """Classify every beat of ``input_path`` with the model at ``model_path``."""
-    check_suffix(out)
+    check_output(out)
     check_out_target(out, input_path, model_path)
     if peaks not in ("auto", "annotations", "detect"):
         raise UsageError(f"--peaks {peaks}: use auto, annotations or detect")
@@ -168,7 +170,7 @@ def write_prediction(result: Prediction, out: str | Path) -> None:
     """One row per beat, as CSV, parquet or JSON by the suffix of ``out``."""
     out = Path(out)
     suffix = out.suffix.lower()
-    check_suffix(out)
+    check_output(out)
     if suffix == ".json":
         rows = result.rows()
         names = list(rows)

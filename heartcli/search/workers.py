@@ -25,7 +25,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
-from heartcli.config import MAX_THREADS
 from heartcli.errors import UsageError
 
 if TYPE_CHECKING:  # the search package loads torch: imported in the worker
@@ -61,6 +60,8 @@ def resolve_jobs(jobs: str | int | None, cluster: bool = False) -> int:
         value = int(jobs)
     except ValueError:
         raise UsageError(f'--jobs: "{jobs}" is not a number; use 1 to {n} or "auto"') from None
+    from heartcli.config import MAX_THREADS
+
     if cluster and not 1 <= value <= MAX_THREADS:
         raise UsageError(f"--jobs: {value} is not a number of trials at once (1 to {MAX_THREADS})")
     if not cluster and not 1 <= value <= n:
