@@ -22,8 +22,15 @@ def evaluate_records(
     out_csv: Path | None,
     detector: str | None = None,
 ) -> None:
-    from heartcli.evaluate.records import check_csv_out, score_records, write_csv
+    from heartcli.evaluate.records import (
+        check_csv_out,
+        check_learning_period,
+        name_records,
+        score_records,
+        write_csv,
+    )
 
+    check_learning_period(learning_period)
     if out_csv is not None:
         check_csv_out(out_csv, model, records)  # before any record is scored
     o = out()
@@ -45,6 +52,7 @@ def evaluate_records(
         progress=progress,
         detector=detector,
     )
+    document = name_records(document, records)  # namesakes' rows, records given twice
     if out_csv is not None:
         document["out"] = str(write_csv(document, out_csv))
     o.result(document, lambda: _render(document))

@@ -105,8 +105,7 @@ class Section(BaseModel):
     def _within_upper_bounds(self) -> Section:
         for key, most in UPPER_BOUNDS.get(type(self).__name__, {}).items():
             value = getattr(self, key, None)
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if number and value > most:
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > most:
                 bound = f"{int(most):,}" if most < 1e15 else f"{most:g}"
                 text = str(value)  # an over-long number is not echoed whole
                 got = f"{value:,}" if len(text) <= 16 else f"{text[:16]}...{text[-4:]}"

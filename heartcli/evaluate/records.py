@@ -24,10 +24,6 @@ from heartcli.evaluate import ec57
 from heartcli.predict.wfdb import Header, read_header, test_labels
 
 PEAKS = ("detect", "annotations")
-# -f/--learning-period at most a week: longer than any record (Holter: 24-48 h), so every
-# finite value that means something is accepted, and the matching never sees a start
-# beyond its sample counter.
-MAX_LEARNING_PERIOD_S = 7 * 86_400.0
 
 
 # --------------------------------------------------------------------------- records
@@ -160,14 +156,11 @@ def score_records(
 
     if peaks not in PEAKS:
         raise UsageError(f"--peaks {peaks}: use detect or annotations")
-    if not (math.isfinite(learning_period_s) and 0 <= learning_period_s <= MAX_LEARNING_PERIOD_S):
-        raise UsageError(
-            f"-f/--learning-period {learning_period_s:.6g}: use 0 to "
-            f"{MAX_LEARNING_PERIOD_S:,.0f} seconds (a week; EC57's is 300)"
-        )
-    listed, notes = listed_records(records)
-    selection = select_records(listed, include_paced=include_paced, skip_missing=skip_missing)
-    labels = record_labels(selection.records)
+    if learning_period_s < 0:
+        raise UsageError(f"--learning-period {learning_period_s:g}: must be 0 or more seconds")
+    selection = select_records(
+        list_records(records), include_paced=include_paced, skip_missing=skip_missing
+    )
     references = []
     for path in selection.records:
         header = read_header(path)
@@ -180,6 +173,7 @@ def score_records(
     model = load_model(model_path)
     to_ec57 = test_labels(model.classes)
     entries: list[dict[str, Any]] = []
+    notes: list[str] = []
     seconds = {"predict": 0.0, "score": 0.0}
     for i, (path, header, reference) in enumerate(references):
         t0 = time.perf_counter()
@@ -188,7 +182,7 @@ def score_records(
         )
         t1 = time.perf_counter()
         entry, note = score_record(
-            labels[path],
+            path,
             header,
             reference,
             ec57.BeatAnnotations(sample, to_ec57[predicted]),
@@ -219,7 +213,7 @@ def score_records(
 
 
 def score_record(
-    name: str,
+    path: Path,
     header: Header,
     reference: ec57.BeatAnnotations,
     test: ec57.BeatAnnotations,
@@ -236,11 +230,11 @@ def score_record(
         end=header.length or None,
         window_s=window_s,
     )
-    entry = ec57.record_entry(name, comparison, header.fs)
+    entry = ec57.record_entry(path.name, comparison, header.fs)
     entry["fs"] = header.fs
     if entry["qrs_tp"] + entry["qrs_fn"] == 0:
         return entry, (
-            f"{name}: no reference beat after the learning period "
+            f"{path.name}: no reference beat after the learning period "
             f"({learning_period_s:g} s; the record is {header.length / header.fs:.0f} s): "
             "nothing scored; lower -f/--learning-period"
         )
@@ -299,3 +293,46 @@ def write_csv(document: dict[str, Any], out: str | Path) -> Path:
     writer.writerow(["Average"] + [""] * (len(ec57.BXB_COLUMNS) - 9) + line[-8:])
     write_text(out, buffer.getvalue())
     return out
+
+
+# ------------------------------------------------------------------ before and after
+
+
+# -f/--learning-period at most a week: longer than any record (Holter: 24-48 h), so every
+# finite value that means something is accepted, and the matching never sees a start
+# beyond its sample counter.
+MAX_LEARNING_PERIOD_S = 7 * 86_400.0
+
+
+def check_learning_period(seconds: float) -> float:
+    """``-f/--learning-period``: a finite number of seconds, 0 to a week (one line, exit 2)."""
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_LEARNING_PERIOD_S):
+        raise UsageError(
+            f"-f/--learning-period {seconds:.6g}: use 0 to {MAX_LEARNING_PERIOD_S:,.0f} seconds "
+            "(a week; EC57's is 300)"
+        )
+    return seconds
+
+
+def name_records(document: dict[str, Any], records: str | Path) -> dict[str, Any]:
+    """The document of :func:`score_records` with a note for each record listed more than
+    once (it was scored once: :func:`list_records`), and distinct row names for different
+    records of one name (``a/100``, ``b/100``: :func:`record_labels`)."""
+    listed, notes = listed_records(records)
+    paced = set((document.get("excluded") or {}).get("paced") or [])
+    scored = [p for p in listed if Path(f"{p}.atr").is_file() and p.name not in paced]
+    labels = record_labels(scored)
+    groups: dict[str, list[Path]] = {}
+    for path in scored:
+        groups.setdefault(path.name, []).append(path)
+    for name, paths in groups.items():
+        rows = [e for e in document["records"] if e["record"] == name]
+        if len(paths) < 2:
+            continue
+        if len(rows) == len(paths):  # in the order they were scored: the order given
+            for row, path in zip(rows, paths, strict=True):
+                row["record"] = labels[path]
+        else:
+            notes.append(f"{', '.join(map(str, paths))} share the row name {name}")
+    document["notes"] = notes + list(document.get("notes") or [])
+    return document
