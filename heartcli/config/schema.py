@@ -83,6 +83,7 @@ UPPER_BOUNDS: dict[str, dict[str, float]] = {
         "max_epochs": MAX_COUNT,
         "folds": MAX_FOLDS,
         "ensemble": MAX_FOLDS,
+        "refit": 1000,  # the rungs' refit (a key of the search branch; skipped where absent)
     },
     "ExportConfig": {
         "opset": 64,  # and at most the newest the installed onnx knows: heart export checks
