@@ -128,9 +128,11 @@ def check_crossval(config: HeartConfig, k: int | None = None) -> None:
 
 
 def check_fold_data(config: HeartConfig, k: int) -> None:
-    """Whether the training split can be cut into ``k`` folds (every fold holding every
-    class, or S and V records): checked on the data before any fold (or trial) trains."""
-    check_crossval(config, k)
+    """Whether the training split can be cut into ``k`` folds (2 to MAX_FOLDS, every fold
+    holding every class, or S and V records): checked on the data before any fold (or
+    trial) trains."""
+    if not 2 <= k <= MAX_FOLDS:
+        raise UsageError(f"--folds {k}: use 2 to {MAX_FOLDS} folds")
     beats = load_split(config.data.dir, config.data.split, "train", classes=config.data.classes)
     fold_groups(config.data.split, beats, k, config.train.seed)
 
