@@ -29,3 +29,8 @@ class DataError(HeartError):
 
 class NonFiniteOutput(HeartError):
     """A model gave NaN or inf: nothing computed from it (a score, a prediction) is kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM that stopped a run which keeps what it finished: ``str(err)`` says
+    where it is and how to continue it (exit 130, as any interruption)."""

@@ -11,7 +11,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,101 @@ def check_output_file(target: str | Path) -> None:
             f"{target}: {_kind(mode)}, not a regular file; heart writes only regular files, "
             "choose another path"
         )
+
+
+# --------------------------------------------------------------------------- the output guard
+
+# The folders heart keeps, known by the JSON file that makes them what they are (the names
+# are those of model/runs.py, search/state.py, export/guard.py, data/dataset.py; a test
+# checks that they agree). A file heart did not write in such a folder would break it: a
+# run's history.csv replaced, an export that `--force` no longer recognises.
+HEART_FOLDERS = {
+    "manifest.json": ("run", "format", "heart-run/"),
+    "search.json": ("search", "format", "heart-search/"),
+    "model_card.json": ("export", "format", "heart-model-card/"),
+}
+DATASET_KEYS = ("heart_version", "splits")  # a dataset's manifest.json
+
+
+def heart_folder(folder: str | Path) -> str | None:
+    """What heart keeps in ``folder``: "run", "search", "export", "dataset", or None."""
+    folder = Path(folder)
+    for marker, (kind, key, prefix) in HEART_FOLDERS.items():
+        path = folder / marker
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(read_bounded(path, MAX_JSON_BYTES, "JSON").decode("utf-8"))
+        except (DataError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if str(data.get(key, "")).startswith(prefix):
+            return kind
+        if marker == "manifest.json" and all(k in data for k in DATASET_KEYS):
+            return "dataset"
+    return None
+
+
+def _owner(path: Path) -> tuple[str, Path] | None:
+    """The innermost heart folder ``path`` lies in, at any depth (a run's folds/fold-1/...)."""
+    for folder in list(path.parents)[:64]:
+        kind = heart_folder(folder)
+        if kind is not None:
+            return kind, folder
+    return None
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link, another spelling of a mount
+    except OSError:
+        return False
+
+
+def check_output(
+    target: str | Path,
+    *,
+    inputs: Sequence[str | Path] = (),
+    option: str = "--out",
+    folder: bool = False,
+    kind: str | None = None,
+) -> Path:
+    """The one check of a path a command is about to write, made before any work starts.
+
+    Refused (UsageError, exit 2): what is not a regular file (a device, a FIFO, a folder;
+    with ``folder`` what is not a folder), any of ``inputs`` (the
+    command's input files, a record's .hea/.dat/.atr among them, in any spelling: a link,
+    a relative path, a hard link), and a file of a folder heart keeps (a run, a search, an
+    export, a dataset: :func:`heart_folder`, at any depth below it).
+
+    ``folder``: ``target`` is a folder the command writes into; refused when it is a file,
+    or a folder heart keeps of another kind than ``kind`` (what the command makes there).
+    """
+    target = Path(target)
+    if folder:
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"{option} {target}: a file, not a folder; name a folder")
+        found = heart_folder(target) if target.is_dir() else None
+        if found is not None and found != kind:
+            raise UsageError(
+                f"{option} {target}: a {found} folder heart keeps; choose another folder"
+            )
+    else:
+        check_output_file(target)
+    for given in inputs:
+        if _same(target, Path(given)):
+            raise UsageError(f"{option} {target}: is the input {given}; write the output elsewhere")
+    owner = None if folder else _owner(target.absolute())
+    if owner is not None:
+        kind, where = owner
+        raise UsageError(
+            f"{option} {target}: a file of the {kind} folder {where} (heart keeps its "
+            "files); choose a path outside it"
+        )
+    return target
 
 
 def write_failed(target: str | Path, exc: BaseException) -> HeartError:

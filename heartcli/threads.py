@@ -199,5 +199,31 @@ def passive_openmp() -> None:
     point before anything imports torch. Spinning threads steal the CPU from a parked
     thread they wait for: beside one busy program, torch's default (active waiting) trained
     at 700 beats/s, passive waiting at 1,246 (2 threads; 2,057 and 2,052 on an idle machine).
+
+    A value libgomp does not know (it takes ACTIVE or PASSIVE, any case, and silently falls
+    back to its default for anything else) is replaced by PASSIVE, and
+    :func:`omp_wait_policy` says what was given.
     """
+    global _REPLACED_POLICY
+    given = os.environ.get("OMP_WAIT_POLICY")
+    if given is not None and given.strip().upper() not in OMP_POLICIES:
+        _REPLACED_POLICY = given
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+OMP_POLICIES = ("ACTIVE", "PASSIVE")
+_REPLACED_POLICY: str | None = None
+
+
+def omp_wait_policy() -> str:
+    """The OpenMP wait policy in effect, in words (what a run's start line shows)."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    if policy is None:
+        return "(libgomp default)"
+    if _REPLACED_POLICY is not None:
+        shown = _REPLACED_POLICY[:40] + ("..." if len(_REPLACED_POLICY) > 40 else "")
+        return f"{policy} (OMP_WAIT_POLICY={shown!r} is not ACTIVE or PASSIVE)"
+    if policy.strip().upper() not in OMP_POLICIES:
+        return f"libgomp's default ({policy[:40]!r} is not ACTIVE or PASSIVE)"
+    return policy

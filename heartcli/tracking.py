@@ -101,8 +101,33 @@ def flatten(config: HeartConfig) -> dict[str, str]:
     return flat
 
 
+# MLflow's own retries against a server that stopped answering: its defaults (7 retries,
+# backoff factor 2, 120 s a request) keep a run waiting about 8 minutes in silence per
+# call. heart's, unless the environment sets them: 2 retries (at once, then 2 s later) and
+# 30 s a request (an artifact upload included), so a server that died ends the run in one
+# line within seconds, and one that accepts connections and never answers in about 95 s.
+HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+class _Redacting(logging.Filter):
+    """Credentials out of MLflow's and urllib3's own log records (redact.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
 def _quiet() -> None:
-    """Import MLflow with its INFO chatter (database migrations, run links) silenced."""
+    """Import MLflow with its INFO chatter (database migrations, run links) silenced, its
+    retries bounded (HTTP_RETRIES) and its log records redacted."""
+    for key, value in HTTP_RETRIES.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # An HTTP tracking server makes MLflow print "View run ... at: http://..." on stdout,
@@ -112,7 +137,16 @@ def _quiet() -> None:
         warnings.simplefilter("ignore")
         import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
     for name in ("mlflow", "alembic", "sqlalchemy", "urllib3"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        if not any(isinstance(f, _Redacting) for f in logger.filters):
+            logger.addFilter(_Redacting())
+
+
+def tracking_failed(uri: str | None, exc: BaseException, remedy: str) -> HeartError:
+    """The one line for an MLflow call that failed: its first line, redacted, cut."""
+    first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
+    return HeartError(f"tracking: cannot log to MLflow at {redact(str(uri))} ({first}); {remedy}")
 
 
 class Tracker:
@@ -169,10 +203,8 @@ class Tracker:
                     self._client = client
                     self._log_params(flatten(config))
         except Exception as exc:
-            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0])[:200]
-            raise HeartError(
-                f"tracking: cannot log to MLflow at {redact(self.uri)} ({first}); "
-                "fix [tracking] uri or set tracking.enabled = false"
+            raise tracking_failed(
+                self.uri, exc, "fix [tracking] uri or set tracking.enabled = false"
             ) from None
         self._client = client
 
@@ -182,6 +214,22 @@ class Tracker:
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self._client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """One MLflow client call; any failure (a server that died mid-run, after MLflow's
+        bounded retries) is one HeartError line, credentials redacted."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                getattr(self._client, method)(*args, **kwargs)
+        except Exception as exc:
+            self._client = None  # no more calls to a server that failed
+            raise tracking_failed(
+                self.uri,
+                exc,
+                "the run's files are kept: start the server and `heart train --resume` the "
+                "run, or set tracking.enabled = false",
+            ) from None
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._tb is not None:
@@ -194,19 +242,16 @@ class Tracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self._client.log_batch(self.run_id, metrics=batch)
+        self._call("log_batch", self.run_id, metrics=batch)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if self._client is None:
-            return
         for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, value)
+            if self._client is not None:
+                self._call("set_tag", self.run_id, key, value)
 
     def log_artifact(self, path: Path) -> None:
         if self._client is not None and path.exists():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._client.log_artifact(self.run_id, str(path))
+            self._call("log_artifact", self.run_id, str(path))
 
     def end(self, status: str) -> None:
         """``status`` is heart's (completed, early_stopped, pruned, interrupted, failed)."""
@@ -216,8 +261,9 @@ class Tracker:
         if self._client is None:
             return
         mlflow_status = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
-        self._client.set_tag(self.run_id, "heart.status", status)
-        self._client.set_terminated(self.run_id, status=mlflow_status)
+        self._call("set_tag", self.run_id, "heart.status", status)
+        if self._client is not None:
+            self._call("set_terminated", self.run_id, status=mlflow_status)
         self._client = None
 
 

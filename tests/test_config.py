@@ -140,3 +140,44 @@ def test_missing_config_file(heart):
     assert (
         "error: nope.toml: config file not found; create one with `heart config init nope.toml`"
     ) in err
+
+
+def _numeric_keys() -> list[tuple[str, str, str]]:
+    """(section, key, a value far beyond any sensible bound) for every numeric key."""
+    from heartcli.config import SECTIONS
+
+    keys = []
+    for section, model in SECTIONS.items():
+        for key, field in model.model_fields.items():
+            kind = str(field.annotation)
+            default = field.default
+            if "int" in kind and "list[int]" in kind:
+                huge = "[" + ", ".join([str(2**40)] * len(default)) + "]"
+            elif "int" in kind:
+                huge = str(2**64)
+            elif "float" in kind:
+                huge = "1e300"
+            else:
+                continue
+            keys.append((section, key, huge))
+    return keys
+
+
+def test_every_numeric_key_has_an_upper_bound(heart):
+    """`[export] latency_threads` = 2^32 and its kind: a number no machine means is one
+    line naming the key (exit 2), never a traceback or an allocation of that size."""
+    keys = _numeric_keys()
+    assert ("export", "latency_threads", str(2**64)) in keys and len(keys) > 40
+    for section, key, huge in keys:
+        r = heart("config", "show", "--set", f"{section}.{key}={huge}", expect=2)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{section}.{key}" in lines[0], (key, r.stderr)
+    r = heart("config", "show", "--set", f"export.latency_threads={2**32}", expect=2)
+    assert "less than or equal to 1,024" in r.stderr
+    r = heart("config", "show", "--set", "export.opset=99", expect=2)
+    assert "export.opset" in r.stderr
+
+
+def test_an_overlong_number_is_not_echoed_whole(heart):
+    r = heart("config", "show", "--set", f"train.epochs={'9' * 300}", expect=2)
+    assert "9999999999999999...9999 (300 digits)" in r.stderr and "9" * 40 not in r.stderr

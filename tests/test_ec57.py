@@ -168,6 +168,52 @@ def test_records_folder_csv_paced_and_missing(heart, model, tmp_path, mitdb_dir)
     assert sum(paced["records"][0]["matrix"]["Q"].values()) > 100
 
 
+def test_records_listed_twice_are_scored_once_and_namesakes_get_their_own_rows(
+    heart, model, tmp_path, mitdb_dir
+):
+    a = cut_record(mitdb_dir, tmp_path / "a", "100", minutes=2)
+    b = cut_record(mitdb_dir, tmp_path / "b", "100", minutes=3)  # another record named 100
+    args = ("evaluate", model, "--peaks", "annotations", "-f", "0", "--records")
+    once = heart.json(*args, str(a))
+    twice = heart.json(*args, f"{a},{a}.hea,{tmp_path / 'a' / '.' / '100'}")
+    assert [r["record"] for r in twice["records"]] == ["100"]
+    assert twice["gross"] == once["gross"]  # not counted twice
+    dotted = tmp_path / "a" / "." / "100"
+    assert twice["notes"] == [
+        f"{a}.hea is {a} again: scored once",
+        f"{dotted} is {a} again: scored once",
+    ]
+    both = heart.json(*args, f"{a},{b}")
+    assert [r["record"] for r in both["records"]] == ["a/100", "b/100"]
+    beats = [r["qrs_tp"] + r["qrs_fn"] for r in both["records"]]
+    assert beats[0] < beats[1] and both["gross"]["qrs_tp"] + both["gross"]["qrs_fn"] == sum(beats)
+
+
+def test_learning_period_and_out_are_refused_before_any_record_is_scored(
+    heart, model, tmp_path, mitdb_dir
+):
+    import shutil
+    import subprocess
+    import sys
+
+    record = cut_record(mitdb_dir, tmp_path / "rec", "100", minutes=1)
+    for value in ("inf", "1e17", "1" + "0" * 400):  # a number too long to echo whole
+        done = subprocess.run(
+            [sys.executable, "-m", "heartcli", "evaluate", str(model), "--records", str(record),
+             "-f", value],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert _error(done).startswith(f"error: -f/--learning-period {float(value):.6g}: use 0 ")
+    run = tmp_path / "run"
+    shutil.copytree(model, run)
+    history = (run / "history.csv").read_bytes()
+    r = heart("evaluate", model, "--records", record, "--out", run / "history.csv", expect=2)
+    assert _error(r).startswith(f"error: --out {run / 'history.csv'}: a file of the run folder")
+    r = heart("evaluate", model, "--records", record, "--out", f"{record}.hea", expect=2)
+    assert "--out" in _error(r) and (run / "history.csv").read_bytes() == history
+
+
 def test_bad_annotation_files(heart, model, tmp_path, mitdb_dir):
     import wfdb
 

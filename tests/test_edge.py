@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -277,3 +278,64 @@ def test_the_4d_twin_computes_what_the_cnn_computes(attention, rhythm):
             twin = device_module(module)
             assert not any(isinstance(m, torch.nn.Conv1d) for m in twin.modules())
             torch.testing.assert_close(twin(*args), module(*args), atol=1e-5, rtol=1e-5)
+
+
+def _with_card_for(folder, name: str) -> None:
+    """Make ``folder``'s model card vouch for its ``name`` as it is now (a hand-made card)."""
+    import hashlib
+
+    card = json.loads((folder / "model_card.json").read_text())
+    for entry in card["files"]:
+        if entry["file"] == name:
+            entry["sha256"] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "model_card.json").write_text(json.dumps(card))
+
+
+@needs_executorch
+def test_a_pte_that_outputs_nan_is_refused_like_an_onnx(heart, edge, tmp_path):
+    import torch
+
+    from heartcli.export.formats import probability_module
+    from heartcli.export.pte import export_pte
+    from heartcli.model.load import load_run
+
+    nan = tmp_path / "nan"
+    shutil.copytree(edge.export, nan)
+    run = load_run(edge.run)
+    weight = next(p for n, p in run.model.named_parameters() if n.endswith("weight"))
+    with torch.no_grad():
+        weight.fill_(float("nan"))  # broken weights, as a diverged run's
+    export_pte(probability_module(run.model), (torch.rand(2, 187),), nan / "model.pte")
+    _with_card_for(nan, "model.pte")
+    beats = SAMPLE / "random" / "test.parquet"
+    for args in (("predict", nan / "model.pte", beats), ("evaluate", nan / "model.pte")):
+        r = heart(*args, expect=1)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "outputs NaN or inf for 615 of 615 beats" in lines[0], args
+
+
+@needs_executorch
+def test_a_pte_of_random_bytes_is_one_line_and_json(edge, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(edge.export, bad)
+    noise = bytearray(random.Random(3).randbytes(20_000))
+    noise[4:8] = b"\xa7\xe3\x91\xfc"  # where a program's identifier is: not UTF-8, as most
+    (bad / "model.pte").write_bytes(bytes(noise))  # random bytes; ExecuTorch aborted on them
+    _with_card_for(bad, "model.pte")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(edge.export, damaged)
+    data = bytearray((damaged / "model.pte").read_bytes())
+    data[64::97] = os.urandom(len(data[64::97]))  # a program's header, damaged inside
+    (damaged / "model.pte").write_bytes(bytes(data))
+    _with_card_for(damaged, "model.pte")
+    for folder in (bad, damaged):
+        done = subprocess.run(
+            [sys.executable, "-m", "heartcli", "--json", "predict", str(folder / "model.pte"),
+             str(SAMPLE / "random" / "test.parquet")],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: {folder / 'model.pte'}: not ")
+        assert "export it again" in lines[0]
+        assert json.loads(done.stdout)["exit_code"] == 1

@@ -254,3 +254,27 @@ def test_a_seed_ensemble_is_scored_on_every_beat_out_of_fold(heart, tmp_path):
     expected = macro_f1_of_mean(oofs, beats.classes)
     assert summary["ensemble"]["macro_f1"] == pytest.approx(expected, abs=1e-4)
     assert summary["ensemble"]["n"] == len(beats)
+
+
+def test_a_hand_edited_ensemble_manifest_is_one_line(heart, trained_run, tmp_path):
+    """`members` a number, `ensemble` a string, a member that is the ensemble itself."""
+    run_dir = tmp_path / "runs" / "ens"
+    shutil.copytree(trained_run, run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    member = {"name": "self", "path": ".", "weights_sha256": "0" * 64, "config_sha256": "0" * 64}
+    for ensemble, expected in (
+        ({"members": 5}, "ensemble is not a table listing its members"),
+        ("folds", "ensemble is not a table listing its members"),
+        ({"members": [5]}, "ensemble.members holds an entry that is not a member"),
+        ({"members": [member]}, "changed on disk"),
+    ):
+        (run_dir / "manifest.json").write_text(json.dumps({**manifest, "ensemble": ensemble}))
+        for args in (
+            ("evaluate", run_dir),
+            ("predict", run_dir, SAMPLE / "random" / "test.parquet"),
+        ):
+            r = heart(*args, expect=1)
+            assert expected in last_line(r.stderr) and len(r.stderr.strip().splitlines()) == 1
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "input_length": "187"}))
+    r = heart("evaluate", run_dir, expect=1)
+    assert "input_length is not a number of samples" in r.stderr

@@ -72,13 +72,19 @@ def test_stratified_folds_on_the_random_split(heart, tmp_path):
 
 
 def test_folds_need_every_class_in_every_fold(heart):
+    # at most 100 folds, refused before the data is read
+    result = heart("train", *QUICK, "--folds", "101", expect=2)
+    assert last_line(result.stderr) == "error: --folds 101: use 2 to 100 folds"
+    # every class in every fold: the sample's rarest class, cut to 60 beats, for 61 folds
+    from heartcli.errors import UsageError
+    from heartcli.training.oof import stratified_folds
+
     beats = load_split(SAMPLE, "random", "train")
-    fewest = min(n for n in beats.counts().values() if n)
     rarest = min((n, c) for c, n in beats.counts().items() if n)[1]
-    result = heart("train", *QUICK, "--folds", str(fewest + 1), expect=2)
-    line = last_line(result.stderr)
-    assert line.startswith("error: --folds") and f"class {rarest} ({fewest})" in line
-    assert f"use --folds {fewest} or fewer" in line
+    k = beats.classes.index(rarest)
+    keep = np.concatenate([np.flatnonzero(beats.y != k), np.flatnonzero(beats.y == k)[:60]])
+    with pytest.raises(UsageError, match=rf"class {rarest} \(60\) has fewer beats than folds"):
+        stratified_folds(beats.subset(np.sort(keep)), 61, 0)
 
 
 def test_ensemble_final_needs_folds(heart, tmp_path):

@@ -288,3 +288,70 @@ def test_truncated_onnx_and_mismatching_card(heart, tiny, tmp_path):
     assert _error(r) == (
         f"error: {model}: no model_card.json beside it; use the folder `heart export` wrote"
     )
+
+
+# --------------------------------------------------------------------------- the output guard
+
+
+def test_outputs_never_replace_a_records_own_files_or_a_runs(heart, tiny, tmp_path, mitdb_dir):
+    record = copy_record(mitdb_dir, tmp_path / "rec")
+    own = {p.name: p.read_bytes() for p in record.parent.iterdir()}
+    for annotator in ("atr", "hea", "dat"):  # OUT/100.<annotator> would be its own file
+        r = heart("predict", tiny.run, record, "--format", "wfdb", "--out", record.parent,
+                  "--annotator", annotator, "--force", expect=2)  # fmt: skip
+        assert _error(r) == (
+            f"error: --out {record}.{annotator}: is the input {record}.{annotator}; write the "
+            "output elsewhere"
+        )
+    linked = tmp_path / "beats.csv"
+    linked.symlink_to(record.parent / "100.atr")  # another spelling of the same file
+    r = heart("predict", tiny.run, record, "--out", linked, expect=2)
+    assert "is the input" in _error(r)
+    assert {p.name: p.read_bytes() for p in record.parent.iterdir()} == own
+    run = tmp_path / "run"
+    shutil.copytree(tiny.run, run)
+    (run / "folds").mkdir()  # a run's sub-folder, as --folds makes them
+    history = (run / "history.csv").read_bytes()
+    for out in (run / "history.csv", run / "new.csv", run / "folds" / "fold-1" / "x.json"):
+        r = heart("predict", run, TEST_BEATS, "--out", out, expect=2)
+        assert _error(r).endswith(
+            f"a file of the run folder {run} (heart keeps its files); choose a path outside it"
+        ), out
+    assert (run / "history.csv").read_bytes() == history and not (run / "new.csv").exists()
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    r = heart("predict", tiny.run, record, "--format", "wfdb", "--out", a_file, expect=2)
+    assert _error(r) == f"error: --out {a_file}: a file, not a folder; name a folder"
+    heart("-q", "predict", tiny.run, record, "--format", "wfdb", "--out", record.parent)
+    assert sorted(p.name for p in record.parent.iterdir()) == [
+        "100.atr",
+        "100.dat",
+        "100.hea",
+        "100.heart",
+    ]  # fmt: skip  (nothing left of the annotation file's making)
+
+
+def test_a_rhythm_column_of_text_is_one_line(heart, tmp_path):
+    from conftest import make_config
+
+    heart("-q", "train", "-c", make_config(tmp_path, model={"rhythm": True}), "--name", "rh")
+    table = pq.read_table(TEST_BEATS)
+    i = table.schema.get_field_index("rr_pre")
+    texts = pa.array([str(v) for v in table.column("rr_pre").to_pylist()])
+    pq.write_table(table.set_column(i, "rr_pre", texts), tmp_path / "text.parquet")
+    r = heart("predict", "runs/rh", tmp_path / "text.parquet", expect=1)
+    assert _error(r) == (
+        f"error: {tmp_path / 'text.parquet'}: rhythm column rr_pre holds string, not floats; "
+        "rebuild the dataset with `heart fetch`"
+    )
+
+
+def test_a_record_with_a_name_wfdb_cannot_read_is_one_line(heart, tiny, tmp_path, mitdb_dir):
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    for ext in ("hea", "dat", "atr"):
+        shutil.copy(mitdb_dir / f"100.{ext}", folder / f"é100.{ext}")
+    header = (folder / "é100.hea").read_text().replace("100", "é100")
+    (folder / "é100.hea").write_text(header)
+    r = heart("predict", tiny.run, folder / "é100", expect=1)
+    assert "is not ASCII; WFDB reads only ASCII names" in _error(r)

@@ -309,3 +309,22 @@ def test_training_flushes_subnormals_in_every_torch_thread(tmp_path, sample_dir)
 
     assert nonzero("plain") == 1 << 22  # without it, every subnormal survives
     assert nonzero("train", str(QUICKSTART), str(sample_dir), str(tmp_path / "run")) == 0
+
+
+def test_a_name_is_free_again_after_a_start_was_killed(heart, sample_dir):
+    # what a `heart train` killed (SIGKILL) before its manifest leaves: its folder, its
+    # lock (released by the kernel) and config.toml; the name is free, not "in use"
+    left = Path("runs/killed")
+    left.mkdir(parents=True)
+    (left / ".lock").write_text("12345\n")
+    (left / "config.toml").write_text("[train]\n")
+    done = heart.json("train", *quick(sample_dir, "train.epochs=1"), "--name", "killed")
+    assert done["status"] == "completed" and not (left / ".lock").exists()
+    mine = Path("runs/mine")
+    mine.mkdir()
+    (mine / "notes.txt").write_text("not heart's")
+    r = heart("train", *quick(sample_dir), "--name", "mine", expect=2)
+    assert r.stderr.strip() == (
+        "error: runs/mine exists and holds files that are not a heart run; choose another --name"
+    )
+    assert (mine / "notes.txt").read_text() == "not heart's"

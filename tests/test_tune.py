@@ -424,3 +424,17 @@ def test_tune_drops_classes_as_train_does(heart, tmp_path, sample_dir):
         assert manifest["classes"] == ["N", "S", "V", "F"]
         assert manifest["data"]["train_counts"].keys() == {"N", "S", "V", "F"}
     assert heart.json("evaluate", search / "best")["classes"] == ["N", "S", "V", "F"]
+
+
+def test_a_search_that_cannot_start_is_one_line_and_leaves_its_name_free(heart, tmp_path):
+    path = make_config(
+        tmp_path, search={"pruner": "none", "evals": 2, "space": {"train.lr": {"choice": [0.01]}}}
+    )
+    dead = ("--set", "tracking.enabled=true", "--set", 'tracking.uri="http://127.0.0.1:9"')
+    r = heart("tune", "--config", path, "--name", "s", *dead, expect=1)
+    assert r.stderr.startswith("error: tracking: cannot reach MLflow at http://127.0.0.1:9")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs" / "s").exists()
+    folds = ("--set", "data.split=inter-patient", "--set", "search.folds=50")
+    r = heart("tune", "--config", path, "--name", "s", *folds, expect=2)
+    assert r.stderr.startswith("error: --folds 50:") and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "s").exists()  # refused before any trial

@@ -198,9 +198,15 @@ class HeartGroup(TyperGroup):
         except OSError as exc:  # a write or read no service turned into a HeartError
             report_error(os_error_line(exc), 1)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            report_error("interrupted", 130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM; errors.Interrupted says more
+            report_error(f"interrupted: {exc}" if str(exc) else "interrupted", 130)
             ctx.exit(130)
+        except Exception as exc:  # a library's own exception no service turned into a line
+            line = foreign_error_line(exc)
+            if line is None:
+                raise  # a bug: its traceback, redacted (redacting_hooks)
+            report_error(line, 1)
+            ctx.exit(1)
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         """Click's own errors (missing argument, bad option value) in heart's style, exit 2."""
@@ -247,6 +253,55 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Libraries whose exceptions are about the outside world (a tracking server, the network):
+# one line, never a traceback. Their text may hold a URL with its password: redacted.
+FOREIGN = {"mlflow": "tracking", "requests": "network", "urllib3": "network"}
+
+
+def foreign_error_line(exc: BaseException) -> str | None:
+    root = type(exc).__module__.split(".")[0]
+    if root not in FOREIGN:
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{FOREIGN[root]}: {redact(first)[:300]} ({type(exc).__name__})"
+
+
+def redacting_hooks() -> None:
+    """Whatever leaves the process outside heart's own lines goes through redact.py too: an
+    uncaught exception's traceback (a bug), a thread's, and Python's warnings."""
+    import traceback
+    import warnings
+
+    def excepthook(kind: Any, value: Any, tb: Any) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))
+
+    def thread_hook(args: Any) -> None:
+        if args.exc_type is SystemExit:
+            return
+        text = "".join(
+            traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        )
+        sys.stderr.write(
+            redact(f"exception in thread {getattr(args.thread, 'name', '?')}:\n{text}")
+        )
+
+    shown = warnings.showwarning
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        shown(redact(str(message)), category, filename, lineno, file, line)
+
+    sys.excepthook = excepthook
+    threading.excepthook = thread_hook
+    warnings.showwarning = showwarning
+
+
 def os_error_line(exc: OSError) -> str:
     where = exc.filename if exc.filename is not None else "a file"
     return (
@@ -255,10 +310,18 @@ def os_error_line(exc: OSError) -> str:
     )
 
 
+_LONG_NUMBER = re.compile(r"\d{33,}")
+
+
+def _cut_number(m: re.Match[str]) -> str:
+    """A number too long to echo whole (``--rows 99999...``): its start and its length."""
+    return f"{m[0][:16]}...({len(m[0]):,} digits)"
+
+
 def report_error(message: str, exit_code: int) -> None:
     """One red ``error:`` line per line of ``message`` on stderr; with --json, also one JSON
     object on stdout, so a script that asked for JSON always gets JSON."""
-    lines = redact(str(message)).splitlines() or ["unknown error"]
+    lines = _LONG_NUMBER.sub(_cut_number, redact(str(message))).splitlines() or ["unknown error"]
     console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
     for line in lines:
         console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)

@@ -13,7 +13,14 @@ from heartcli.cli import evaluate as evaluate_cmd
 from heartcli.cli import export as export_cmd
 from heartcli.cli import fetch as fetch_cmd
 from heartcli.cli import predict as predict_cmd
-from heartcli.cli._util import HeartCommand, Output, json_requested, make_app, set_output
+from heartcli.cli._util import (
+    HeartCommand,
+    Output,
+    json_requested,
+    make_app,
+    redacting_hooks,
+    set_output,
+)
 from heartcli.cli.tune import tune_cmd
 from heartcli.threads import passive_openmp
 
@@ -60,4 +67,5 @@ def root(
 
 def main() -> None:
     passive_openmp()  # before anything loads torch (and with it libgomp)
+    redacting_hooks()
     app()

@@ -24,7 +24,9 @@ def init(
 ) -> None:
     """Write the complete default config, with a comment on every key."""
     from heartcli.config import HeartConfig, save_config
+    from heartcli.io import check_output
 
+    check_output(path, option="config init")  # a regular file, never a file heart keeps
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     save_config(HeartConfig(), path)

@@ -25,11 +25,17 @@ def evaluate_records(
     adapt: str | None = None,
     plot: Path | None = None,
 ) -> None:
-    from heartcli.errors import UsageError
-    from heartcli.evaluate.records import score_records, write_csv
+    from heartcli.evaluate.records import (
+        check_csv_out,
+        check_learning_period,
+        name_records,
+        score_records,
+        write_csv,
+    )
 
-    if out_csv is not None and out_csv.suffix.lower() != ".csv":
-        raise UsageError(f"--out {out_csv}: name a .csv file")
+    check_learning_period(learning_period)
+    if out_csv is not None:
+        check_csv_out(out_csv, model, records)  # before any record is scored
     o = out()
 
     def progress(entry: dict[str, Any], i: int, n: int) -> None:
@@ -51,6 +57,7 @@ def evaluate_records(
         adapt=adapt,
         plot=plot,
     )
+    document = name_records(document, records)  # namesakes' rows, records given twice
     if out_csv is not None:
         document["out"] = str(write_csv(document, out_csv))
     o.result(document, lambda: _render(document))

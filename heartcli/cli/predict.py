@@ -139,10 +139,11 @@ def _predict_wfdb(
 ) -> tuple[Any, dict[str, Any]]:
     """--format wfdb: the checks first (folder, annotator, an existing file), then predict."""
     from heartcli.errors import UsageError
+    from heartcli.predict import check_wfdb_out, write_wfdb
     from heartcli.predict import predict as run_predict
-    from heartcli.predict import write_wfdb
     from heartcli.predict.wfdb import check_annotator
 
+    check_wfdb_out(model, input_, out_dir, annotator, force)  # the output guard, first
     if out_dir is None:
         raise UsageError("--format wfdb writes OUT/<record>.<annotator>: pass --out DIR")
     target = out_dir / f"{input_.name}.{check_annotator(annotator)}"

@@ -26,9 +26,11 @@ def resample(
 ) -> None:
     """Write what one training epoch draws from the training fold under [resample]."""
     from heartcli.data.dataset import write_beats
+    from heartcli.io import check_output
     from heartcli.training import prepare_folds
 
     resolved = resolve_config(config, set_)
+    check_output(out_file)  # before the work: never the dataset's own files (a heart folder)
     folds = prepare_folds(resolved)
     # What training's first epoch draws: the fold's beats, as often as the sampler takes them.
     write_beats(out_file, folds.train.subset(folds.sampler.indices(1)))

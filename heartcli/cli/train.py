@@ -50,7 +50,7 @@ class RichProgress(Progress):
             f"{summary['threads_text']}, batch {summary['batch_size']})"
         )
         if summary["device"] == "cpu":
-            self.o.log(f"OpenMP waiting: {summary['omp_wait_policy']} (OMP_WAIT_POLICY)")
+            self.o.log(f"OpenMP waiting: {summary['omp_wait_policy']}")
         if summary.get("threads_warning"):
             self.o.warn(f"warning: {summary['threads_warning']}")
         self.o.log(f"model: {summary['parameters']:,} parameters")

@@ -330,7 +330,10 @@ def tune_cmd(
     set_: SetOption = None,
     evals: Annotated[
         int | None,
-        typer.Option("--evals", min=1, metavar="N", help="Number of trials ([search] evals)."),
+        # max: config.MAX_COUNT (cli/ imports no config); --max-minutes: option_overrides
+        typer.Option(
+            "--evals", min=1, max=1_000_000, metavar="N", help="Number of trials ([search] evals)."
+        ),
     ] = None,
     name: Annotated[
         str | None,

@@ -22,6 +22,7 @@ from heartcli.config.load import (
 )
 from heartcli.config.schema import (
     EPOCH_BEATS_MAX,
+    MAX_FOLDS,
     MAX_MINUTES,
     MAX_THREADS,
     RHYTHM_DERIVED,
@@ -46,6 +47,7 @@ from heartcli.config.schema import (
 __all__ = [
     "EPOCH_BEATS_MAX",
     "MAX_CONFIG_BYTES",
+    "MAX_FOLDS",
     "MAX_MINUTES",
     "MAX_THREADS",
     "RHYTHM_DERIVED",

@@ -8,6 +8,7 @@ each: ``FILE:LINE section.key: message (expected ..., got ...)``.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -59,16 +60,23 @@ def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"boolean {str(value).lower()}"
     if isinstance(value, int):
-        return f"integer {value}"
+        return f"integer {_cut(str(value), 'digits')}"
     if isinstance(value, float):
         return f"float {value}"
     if isinstance(value, str):
-        return f'string "{value}"'
+        return f'string "{_cut(value, "characters")}"'
     if isinstance(value, list):
         return "array"
     if isinstance(value, dict):
         return "table"
     return type(value).__name__
+
+
+def _cut(text: str, unit: str, keep: int = 32) -> str:
+    """An echoed value of at most ``keep`` characters: a long one is cut, its length said."""
+    if len(text) <= keep:
+        return text
+    return f"{text[: keep // 2]}...{text[-4:]} ({len(text):,} {unit})"
 
 
 def _expected(error: Any) -> str:
@@ -303,7 +311,24 @@ def _first_duplicate(text: str) -> tuple[int, str] | None:
     return None
 
 
+_last_parsed: dict[str, tuple[str, tomlkit.TOMLDocument]] = {}
+
+
 def load_document(path: str | Path) -> tomlkit.TOMLDocument:
+    """The TOML document of the config at ``path``. A command reads its config twice (the
+    values, then the comments config.toml keeps): the second read of the same text is a
+    copy of the first parse, not a second one (tomlkit takes seconds on a 1 MB file)."""
+    text = read_config_text(path)
+    last = _last_parsed.get(str(path))
+    if last is not None and last[0] == text:
+        return copy.deepcopy(last[1])
+    document = _parse_document(path)
+    _last_parsed.clear()
+    _last_parsed[str(path)] = (text, copy.deepcopy(document))
+    return document
+
+
+def _parse_document(path: str | Path) -> tomlkit.TOMLDocument:
     path = Path(path)
     text = read_config_text(path)
     try:

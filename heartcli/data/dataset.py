@@ -167,7 +167,7 @@ def read_beats(path: str | Path, classes: list[str] | None = None) -> BeatSet:
         if "sample" in names
         else np.array([], dtype=np.int64)
     )
-    return BeatSet(x, y, record, sample, list(classes), _read_rhythm(path, table))
+    return BeatSet(x, y, record, sample, list(classes), read_rhythm(path, table))
 
 
 def _text_column(table: pa.Table, columns: Sequence[str]) -> str | None:
@@ -195,8 +195,9 @@ def _non_finite_row(values: np.ndarray) -> int | None:
     return int(np.argwhere(bad)[0][0]) if bad.any() else None
 
 
-def _read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
-    """The rhythm columns, when the file has them (all of them, finite), else None."""
+def read_rhythm(path: Path, table: pa.Table) -> np.ndarray | None:
+    """The rhythm columns, when the file has them (all of them, numbers, finite), else None:
+    the one reader of rhythm columns (datasets and `heart predict`'s beat files)."""
     present = [c for c in RHYTHM_COLUMNS if c in table.column_names]
     if not present:
         return None

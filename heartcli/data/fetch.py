@@ -27,7 +27,7 @@ from heartcli.data.mitdb import RECORDS, pinned_sha256, record_files
 from heartcli.data.rhythm import DEFINITIONS
 from heartcli.data.sample import make_sample
 from heartcli.errors import DataError
-from heartcli.io import sha256_file, unwritable
+from heartcli.io import check_output, sha256_file, unwritable
 from heartcli.progress import Progress
 
 SAMPLE_SEED = 0  # the seed data/sample was drawn with
@@ -149,6 +149,9 @@ def fetch(
     Nothing in ``out_dir`` changes unless the whole build succeeds.
     """
     out_dir = Path(out_dir)
+    check_output(out_dir, folder=True, kind="dataset")  # never a run, search or export
+    if sample_out is not None:
+        check_output(sample_out, option="--sample-out", folder=True, kind="dataset")
     ensure_writable(out_dir, "choose a writable folder with --out")
     with dataset_lock(out_dir):  # one fetch per dataset folder at a time
         return _fetch_locked(

@@ -46,7 +46,7 @@ from heartcli.data.dataset import (
     read_manifest,
 )
 from heartcli.errors import DataError, UsageError
-from heartcli.io import sha256_file
+from heartcli.io import check_output, sha256_file
 from heartcli.progress import Progress
 
 SOURCE = "imported files (heart fetch --import)"
@@ -316,6 +316,7 @@ def import_files(
     """Validate ``paths`` and write them in the dataset layout into ``out_dir``; the manifest.
     ``progress`` hears ``stage(f"reading {path}")`` before each file is read."""
     out_dir = Path(out_dir)
+    check_output(out_dir, folder=True, kind="dataset")  # never a run, search or export
     with dataset_lock(out_dir):  # the earlier import read below is the one replaced
         return _import_locked(paths, out_dir, test_fraction, seed, progress or Progress())
 

@@ -180,7 +180,7 @@ def compare(
     ``pairs``, when given, receives every scored beat as ``(reference sample, test sample,
     row, column)`` of the matrix (-1 for the side a missed or false beat lacks)."""
     window = int(window_s * fs + 0.5)  # rounded as WFDB's strtim rounds
-    start = int(start_s * fs + 0.5)
+    start = int(min(start_s * fs + 0.5, HUGE))  # at most HUGE: the loops below end at it
     if end is None:
         last = [int(b.sample[-1]) for b in (reference, test) if len(b)]
         end = max(last, default=0)

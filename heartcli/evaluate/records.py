@@ -15,6 +15,7 @@ protocol); with ``plot`` each record's worst stretches are drawn
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,26 +36,59 @@ PEAKS = ("detect", "annotations")
 
 
 def list_records(spec: str | Path) -> list[Path]:
-    """A folder of WFDB records (every ``*.hea`` in it) or comma-separated record paths."""
+    """A folder of WFDB records (every ``*.hea`` in it) or comma-separated record paths,
+    each once (:func:`listed_records`)."""
+    return listed_records(spec)[0]
+
+
+def listed_records(spec: str | Path) -> tuple[list[Path], list[str]]:
+    """The records of ``--records`` (a folder, or record paths ``a,b,c`` with or without
+    extension), resolved, each once in the order given, and a note per record listed more
+    than once (twice, or spelled two ways: ``100``, ``./100.hea``, a link)."""
     text = str(spec).strip()
     folder = Path(text)
     if folder.is_dir():
         found = sorted(p.with_suffix("") for p in folder.glob("*.hea"))
         if not found:
             raise UsageError(f"--records {folder}: no WFDB records (*.hea) in this folder")
-        return found
+        return found, []
     paths = [Path(p.strip()) for p in text.split(",") if p.strip()]
     if not paths:
         raise UsageError("--records: give a folder of WFDB records or record paths a,b,c")
-    for path in paths:
-        if path.suffix in (".hea", ".dat", ".atr"):
-            path = path.with_suffix("")
-        if not Path(f"{path}.hea").is_file():
+    records: list[Path] = []
+    seen: dict[Path, Path] = {}  # resolved header -> the record as first given
+    notes: list[str] = []
+    for given in paths:
+        path = given.with_suffix("") if given.suffix in (".hea", ".dat", ".atr") else given
+        header = Path(f"{path}.hea")
+        if not header.is_file():
             raise UsageError(
                 f"--records: {path}: no WFDB record here ({path.name}.hea missing); give record "
                 "paths without extension, e.g. ../shared/data/mitdb/100"
             )
-    return [p.with_suffix("") if p.suffix in (".hea", ".dat", ".atr") else p for p in paths]
+        key = header.resolve()
+        if key in seen:
+            notes.append(f"{given} is {seen[key]} again: scored once")
+            continue
+        seen[key] = path
+        records.append(path)
+    return records, notes
+
+
+def record_labels(records: list[Path]) -> dict[Path, str]:
+    """The name each record's row gets: its own name, or where two different records share
+    one (``a/100``, ``b/100``) enough of its path to tell them apart."""
+    labels: dict[Path, str] = {}
+    for path in records:
+        label = path.name
+        clash = [p for p in records if p.name == path.name and p != path]
+        depth = 1
+        while clash and depth <= len(path.parts):
+            depth += 1
+            label = "/".join(path.parts[-depth:])
+            clash = [p for p in clash if "/".join(p.parts[-depth:]) == label]
+        labels[path] = label if not clash else str(path.resolve())
+    return labels
 
 
 @dataclass
@@ -338,6 +372,19 @@ def classify_record(
 # ------------------------------------------------------------------ bxb's -L lines
 
 
+def check_csv_out(out: str | Path, model_path: str | Path, records: str | Path) -> Path:
+    """``--out FILE.csv``, checked before any record is scored: a .csv that is a new or
+    regular file, none of the records' own files nor the model's, and no file of a folder
+    heart keeps (a run's history.csv...): :func:`heartcli.io.check_output`."""
+    from heartcli.io import check_output
+    from heartcli.predict import own_files
+
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise UsageError(f"--out {out}: name a .csv file")
+    return check_output(out, inputs=own_files(model_path, *list_records(records)))
+
+
 def write_csv(document: dict[str, Any], out: str | Path) -> Path:
     """One line per record in bxb's -L column order (then V FPR), then sumstats' totals:
     Gross (the pooled counts and their figures) and Average (the figures only), as CSV."""
@@ -363,3 +410,46 @@ def write_csv(document: dict[str, Any], out: str | Path) -> Path:
     writer.writerow(["Average"] + [""] * (len(ec57.BXB_COLUMNS) - 9) + line[-8:] + tail)
     write_text(out, buffer.getvalue())
     return out
+
+
+# ------------------------------------------------------------------ before and after
+
+
+# -f/--learning-period at most a week: longer than any record (Holter: 24-48 h), so every
+# finite value that means something is accepted, and the matching never sees a start
+# beyond its sample counter.
+MAX_LEARNING_PERIOD_S = 7 * 86_400.0
+
+
+def check_learning_period(seconds: float) -> float:
+    """``-f/--learning-period``: a finite number of seconds, 0 to a week (one line, exit 2)."""
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_LEARNING_PERIOD_S):
+        raise UsageError(
+            f"-f/--learning-period {seconds:.6g}: use 0 to {MAX_LEARNING_PERIOD_S:,.0f} seconds "
+            "(a week; EC57's is 300)"
+        )
+    return seconds
+
+
+def name_records(document: dict[str, Any], records: str | Path) -> dict[str, Any]:
+    """The document of :func:`score_records` with a note for each record listed more than
+    once (it was scored once: :func:`list_records`), and distinct row names for different
+    records of one name (``a/100``, ``b/100``: :func:`record_labels`)."""
+    listed, notes = listed_records(records)
+    paced = set((document.get("excluded") or {}).get("paced") or [])
+    scored = [p for p in listed if Path(f"{p}.atr").is_file() and p.name not in paced]
+    labels = record_labels(scored)
+    groups: dict[str, list[Path]] = {}
+    for path in scored:
+        groups.setdefault(path.name, []).append(path)
+    for name, paths in groups.items():
+        rows = [e for e in document["records"] if e["record"] == name]
+        if len(paths) < 2:
+            continue
+        if len(rows) == len(paths):  # in the order they were scored: the order given
+            for row, path in zip(rows, paths, strict=True):
+                row["record"] = labels[path]
+        else:
+            notes.append(f"{', '.join(map(str, paths))} share the row name {name}")
+    document["notes"] = notes + list(document.get("notes") or [])
+    return document

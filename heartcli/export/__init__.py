@@ -46,6 +46,7 @@ from heartcli.export.formats import (
     EDGE_FORMATS,
     FILENAMES,
     FORMATS,
+    check_opset,
     export_onnx,
     export_pt2,
     export_torchscript,
@@ -195,6 +196,8 @@ def _prepare(
     check_replaceable(out_dir, force)
     mode = quantize_mode(quantize)
     check_request(formats, mode)
+    if "onnx" in formats:
+        check_opset(config.opset)
     beats = parity_beats(run, config.parity_beats, data)
     module = probability_module(run.model)
     inputs = beats[0]

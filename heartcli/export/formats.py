@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from heartcli.errors import HeartError
+from heartcli.errors import HeartError, UsageError
 from heartcli.export.twin import device_module
 
 if TYPE_CHECKING:
@@ -96,6 +96,19 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def check_opset(opset: int) -> None:
+    """``[export] opset`` is one the installed ONNX knows (else the exporter would quietly
+    write another); refused before any export work."""
+    import onnx
+
+    newest = int(onnx.defs.onnx_opset_version())
+    if opset > newest:
+        raise UsageError(
+            f"export.opset = {opset}: the installed onnx knows opsets up to {newest}; "
+            f"use 7 to {newest} (18, the default, is what ONNX Runtime runs best)"
+        )
+
+
 def export_onnx(
     module: nn.Module, example: tuple[Any, ...], path: Path, opset: int
 ) -> dict[str, Any]:
@@ -138,6 +151,12 @@ def export_onnx(
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    written = opsets.get("ai.onnx", opset)
+    if written != opset:  # the exporter chose another opset than the one asked for
+        raise UsageError(
+            f"export.opset = {opset}: {exporter} wrote opset {written} instead; set "
+            f"export.opset = {written} (or another opset it writes)"
+        )
     return {
         "exporter": exporter,
         "opset": opsets.get("ai.onnx", opset),

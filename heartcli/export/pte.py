@@ -220,13 +220,105 @@ def set_pte_threads(threads: int) -> None:
         portable_lib._unsafe_reset_threadpool(threads)
 
 
+PROBE_TIMEOUT_S = 60.0
+
+
+def check_pte_file(path: Path) -> None:
+    """A file that cannot be a program is one DataError line before the runtime sees it:
+    an ExecuTorch program carries the identifier ``ET`` and two characters at byte 4."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isalnum():
+        raise DataError(
+            f"{path}: not an ExecuTorch program (no ET identifier at byte 4: truncated, "
+            "damaged or another file); export it again"
+        )
+
+
+def probe_pte(path: Path, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Load the program once in a forked copy of this process before loading it here.
+
+    ExecuTorch's loader can abort the whole process on a damaged program (it logs the
+    file's bytes through Python, and bytes that are not UTF-8 end in ``std::terminate``);
+    in the copy that kills only the copy, and heart says so in one line. The fork shares
+    the runtime already imported (no second start-up), and it is bounded by ``timeout``.
+    """
+    if not hasattr(os, "fork"):  # pragma: no cover (not POSIX)
+        return
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _probed:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the copy: load, answer by exit code, never return
+        code = 3
+        try:
+            sink = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(sink, 1)
+            os.dup2(sink, 2)
+            from executorch.runtime import Runtime
+
+            program = Runtime.get().load_program(Path(path))
+            code = 0 if program.load_method("forward") is not None else 4
+        except BaseException:
+            code = 3
+        finally:
+            os._exit(code)
+    _wait_probe(path, pid, timeout)
+    _probed.add(key)
+
+
+_probed: set[tuple[str, int, int]] = set()  # programs a probe loaded (path, size, mtime)
+
+
+def _wait_probe(path: Path, pid: int, timeout: float) -> None:
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    done, status = 0, 0
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                raise DataError(
+                    f"{path}: loading the program took over {timeout:g} s; export it again"
+                )
+            time.sleep(0.01)
+    finally:
+        if not done:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return
+    how = (
+        f"the loader aborted ({signal.Signals(os.WTERMSIG(status)).name})"
+        if os.WIFSIGNALED(status)
+        else "the runtime refused it"
+    )
+    raise DataError(
+        f"{path}: not a loadable ExecuTorch program ({how}: truncated or damaged); export it again"
+    )
+
+
 def pte_method(path: Path) -> Any:
-    """The ``forward`` method of the program at ``path``; DataError if it cannot load."""
+    """The ``forward`` method of the program at ``path``; DataError if it cannot load (a
+    damaged program that would abort the loader is found in a forked copy first)."""
     require_executorch()
     from executorch.runtime import Runtime
 
     from heartcli.export.formats import quiet
 
+    check_pte_file(path)
+    probe_pte(path)
     try:
         with quiet(), native_quiet():
             program = Runtime.get().load_program(Path(path))
@@ -250,6 +342,7 @@ def pte_runner(path: Path) -> Runner:
         outputs = method.execute([torch.from_numpy(a) for a in arrays])
         return np.asarray(outputs[0].numpy())
 
+    vars(run)["heart_source"] = str(path)  # named by batched's finite check
     return run
 
 

@@ -80,7 +80,13 @@ def load_ensemble(run_dir: Path, manifest: dict[str, Any]) -> list[LoadedRun]:
         raise DataError(f"{run_dir}: the manifest's ensemble lists no members; retrain the run")
     members = []
     for entry in entries:
-        member = load_run(check_member(run_dir, entry))
+        member_dir = check_member(run_dir, entry)
+        if read_run_manifest(member_dir).get("ensemble"):
+            raise DataError(
+                f"{run_dir}: ensemble member {entry.get('name') or entry.get('path')} is itself "
+                "an ensemble; an ensemble lists trained runs: make it again"
+            )
+        member = load_run(member_dir)
         if member.classes != list(manifest["classes"]) or member.input_length != int(
             manifest["input_length"]
         ):

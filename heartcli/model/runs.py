@@ -12,17 +12,25 @@ file names here cost an ONNX-only `heart predict` nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
-from heartcli.io import atomic_path, read_json, sha256_file, write_json, write_text
+from heartcli.io import (
+    atomic_path,
+    heart_folder,
+    read_json,
+    sha256_file,
+    write_json,
+    write_text,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -58,6 +66,20 @@ def check_name(name: str, option: str = "--name") -> str:
     return name
 
 
+LOCK = ".lock"  # held (flock) by the process training into the folder; gone when it ends
+FINISHED = ("completed", "early_stopped", "budget")  # a run that needs no --resume
+_held: dict[Path, IO[str]] = {}
+
+
+def _left_by_a_start(entries: set[str]) -> bool:
+    """Whether ``entries`` are what a `heart train` killed before its manifest can leave in
+    its folder: the lock, config.toml, TensorBoard's folder, an atomic write's temp file."""
+    return LOCK in entries and all(
+        n in (LOCK, CONFIG, "tensorboard") or (n.startswith(".") and n.endswith(".tmp"))
+        for n in entries
+    )
+
+
 def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
     """The path of a fresh run folder under ``[train] runs_dir``: NAME, or a timestamp.
 
@@ -65,8 +87,7 @@ def new_run_dir(config: HeartConfig, name: str | None = None) -> Path:
     """
     name = check_name(name) if name is not None else datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(config.train.runs_dir) / name
-    if path.exists():
-        raise _in_use(path)
+    _check_free(path)
     return path
 
 
@@ -77,26 +98,97 @@ def _in_use(path: Path) -> UsageError:
     )
 
 
+def _check_free(path: Path) -> None:
+    """Refuse a name whose folder holds a run (continue it with --resume), is being made by
+    another `heart train`, or holds something heart did not make. A folder a killed `heart
+    train` left before its run started (no manifest, its lock free) is free again."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    if (path / MANIFEST).exists():
+        raise _in_use(path)
+    if path.is_symlink() or not path.is_dir():
+        raise UsageError(f"{path}: not a folder; choose another --name")
+    kind = heart_folder(path)
+    entries = {p.name for p in path.iterdir()}
+    if kind is not None or (entries and not _left_by_a_start(entries)):
+        what = f"a heart {kind}" if kind else "files that are not a heart run"
+        raise UsageError(f"{path} exists and holds {what}; choose another --name")
+
+
+def _lock(path: Path, what: str) -> None:
+    """Hold ``path/.lock`` (flock) until :func:`unlock_run_dir`; released by the kernel
+    when the process dies, so a kill -9 never leaves a name taken."""
+    try:
+        fh = open(path / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held until unlock)
+    except OSError as exc:
+        raise HeartError(f"cannot write to {path}: {exc.strerror}") from None
+    try:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover (not POSIX: the atomic mkdir alone)
+        pass
+    except OSError:
+        fh.close()
+        raise UsageError(
+            f"{path}: the name is in use by another `heart train` ({what}); wait for it to "
+            "finish or choose another --name"
+        ) from None
+    _held[path] = fh
+
+
 def claim_run_dir(path: Path) -> Path:
-    """Create ``path`` as a new, empty folder, or fail: of two runs racing for one name,
-    exactly one gets it (``mkdir`` is atomic); the other gets a UsageError (exit 2)."""
+    """Create ``path`` as a new folder and hold its lock, or fail: of two runs racing for one
+    name, exactly one gets it; the other gets a UsageError (exit 2). A folder left by a
+    `heart train` killed before its run started (no manifest, no live lock) is taken over."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.mkdir()
     except FileExistsError:
-        raise _in_use(path) from None
+        _check_free(path)
     except OSError as exc:
         raise HeartError(
             f"cannot create {path}: {exc.strerror}; choose a writable [train] runs_dir"
         ) from None
+    _lock(path, "starting a run")
+    if (path / MANIFEST).exists():  # another one got there first and started
+        unlock_run_dir(path)
+        raise _in_use(path)
+    for entry in path.iterdir():  # what a killed start left (no manifest: nothing finished)
+        if entry.name != LOCK:
+            _remove(entry)
     return path
 
 
+def lock_run_dir(path: Path) -> None:
+    """Hold the lock of an existing run folder for ``--resume`` (refused while it trains)."""
+    _lock(Path(path), "training it now")
+
+
+def unlock_run_dir(path: Path) -> None:
+    """Let go of the folder's lock (and its file, when the folder is still there)."""
+    fh = _held.pop(Path(path), None)
+    if fh is None:
+        return
+    with contextlib.suppress(OSError):
+        (Path(path) / LOCK).unlink()
+    fh.close()
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
 def release_run_dir(path: Path) -> None:
-    """Undo :func:`claim_run_dir` for a run that failed before writing anything lasting."""
+    """Undo :func:`claim_run_dir` for a run that failed before writing anything lasting
+    (no manifest): the folder goes, and the name is free again."""
     path = Path(path)
     if path.is_dir() and not (path / MANIFEST).exists():
+        unlock_run_dir(path)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -131,23 +223,32 @@ def check_run_config(run_dir: Path, manifest: dict[str, Any]) -> None:
     if sha256_file(file) != recorded:
         raise DataError(
             f"{file}: does not match the checksum in {MANIFEST} (truncated or edited); "
-            "restore the run's config.toml, or change keys with --set on resume"
+            "restore the run's config.toml as it was (keys change with --set on "
+            "`heart train --resume`, never by editing the file)"
         )
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
+    """The weights as safetensors, serialised in memory and written by Python: a full disk
+    is an OSError naming the file ("No space left on device"), not a C++ library's words."""
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save(state, metadata={"format": FORMAT})
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT})
+        tmp.write_bytes(data)
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """checkpoint.pt, serialised in memory and written by Python (see save_weights)."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -208,7 +309,43 @@ def read_run_manifest(run_dir: Path) -> dict[str, Any]:
     missing = [k for k in MANIFEST_KEYS if k not in manifest]
     if missing:
         raise DataError(f"{file}: truncated (no {', '.join(missing)}); retrain the run")
+    wrong = _wrong_types(manifest)
+    if wrong:
+        raise DataError(f"{file}: {wrong} (edited by hand?); restore the file or retrain the run")
     return manifest
+
+
+def _wrong_types(manifest: dict[str, Any]) -> str | None:
+    """What in a run's manifest is not of the type heart wrote (None when all is)."""
+    classes, length = manifest["classes"], manifest["input_length"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "classes is not a list of class names"
+    if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= 100_000:
+        return "input_length is not a number of samples"
+    if not isinstance(manifest["status"], str):
+        return "status is not a word"
+    for key in ("data", "crossval", "tracking", "rhythm"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            return f"{key} is not a table"
+    span = (manifest.get("data") or {}).get("input_range")
+    if span is not None and not (
+        isinstance(span, list)
+        and len(span) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in span)
+    ):
+        return "data.input_range is not [min, max]"
+    ensemble = manifest.get("ensemble")
+    if ensemble is None:
+        return None
+    members = ensemble.get("members") if isinstance(ensemble, dict) else None
+    if not isinstance(members, list) or not members:
+        return "ensemble is not a table listing its members"
+    for member in members:
+        if not isinstance(member, dict) or not all(
+            isinstance(member.get(k), str) for k in ("path", "weights_sha256", "config_sha256")
+        ):
+            return "ensemble.members holds an entry that is not a member (path and checksums)"
+    return None
 
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> HeartConfig:

@@ -115,25 +115,33 @@ def check_output(out: str | Path | None) -> None:
         raise UsageError(f"--out {out}: unknown output type; name a .csv, .parquet or .json file")
 
 
+def own_files(*paths: str | Path) -> list[Path]:
+    """The files a command reads, which it must never write onto: a beat file or a model
+    file as given, a WFDB record's .hea, signal files and .atr, a model's card. (The files
+    of a run folder are guarded as a folder heart keeps: :func:`heartcli.io.check_output`.)"""
+    from heartcli.export.guard import CARD_JSON
+    from heartcli.predict.segment import is_record
+    from heartcli.predict.wfdb import record_files
+
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if is_record(path):
+            files += record_files(path)
+        else:
+            files.append(path)
+            if path.suffix.lower() in (".onnx", ".pte"):
+                files.append(path.parent / CARD_JSON)
+    return files
+
+
 def check_out_target(out: str | Path | None, *inputs: str | Path) -> None:
-    """``--out`` is a regular file that is none of the command's inputs (a beat file, a
-    record, the model) nor a file of a run folder."""
-    from heartcli.io import check_output_file
+    """``--out`` is a new or regular file that is none of the command's input files (a beat
+    file, a record's own files, the model) nor a file of a folder heart keeps."""
+    from heartcli.io import check_output as guard
 
-    if out is None:
-        return
-    out = Path(out)
-    check_output_file(out)
-    target = out.resolve()
-    for given in inputs:
-        p = Path(given)
-        if target in {p.resolve(), *(Path(f"{p}{ext}").resolve() for ext in (".hea", ".atr"))}:
-            raise UsageError(f"--out {out}: is the input {given}; write the predictions elsewhere")
-    from heartcli.model.runs import CHECKPOINT, CONFIG, EVAL, MANIFEST, WEIGHTS
-
-    run_files = {MANIFEST, CONFIG, WEIGHTS, CHECKPOINT, EVAL}
-    if out.name in run_files and (out.parent / MANIFEST).is_file():
-        raise UsageError(f"--out {out}: a file of the run folder {out.parent}; choose another path")
+    if out is not None:
+        guard(out, inputs=own_files(*inputs))
 
 
 def predict(
@@ -213,6 +221,31 @@ def write_prediction(result: Prediction, out: str | Path) -> None:
             pq.write_table(table, tmp)
 
 
+def check_wfdb_out(
+    model_path: str | Path,
+    input_path: str | Path,
+    out_dir: str | Path | None,
+    annotator: str,
+    force: bool,
+) -> Path:
+    """`heart predict --format wfdb`, checked before anything is predicted: a record as
+    INPUT, a folder as OUT, and ``OUT/<record>.<annotator>`` a file it may write (never the
+    record's own .hea, .dat or .atr, nor a file of a folder heart keeps)."""
+    from heartcli.predict.segment import is_record
+    from heartcli.predict.wfdb import check_wfdb_target
+
+    if out_dir is None:
+        raise UsageError("--format wfdb writes OUT/<record>.<annotator>: pass --out DIR")
+    if not is_record(Path(input_path)):
+        raise UsageError(
+            f"{input_path}: --format wfdb writes the beats of a WFDB record; give a record "
+            "path without extension as INPUT"
+        )
+    return check_wfdb_target(
+        out_dir, Path(input_path).name, annotator, force, own_files(input_path, model_path)
+    )
+
+
 def write_wfdb(
     result: Prediction, out_dir: str | Path, *, annotator: str = "heart", force: bool = False
 ) -> Path:
@@ -240,4 +273,5 @@ def write_wfdb(
         out_dir,
         annotator=annotator,
         force=force,
+        inputs=own_files(source, result.model.path),
     )

@@ -169,12 +169,12 @@ def _file_rhythm(path: Path, names: list[str]) -> np.ndarray:
             f"{', '.join(missing)}; use the dataset files `heart fetch` builds from the records "
             "(they have them), or give a WFDB record"
         )
-    table = pq.read_table(path, columns=list(RHYTHM_FEATURES))
-    rhythm = np.stack([table.column(c).to_numpy() for c in RHYTHM_FEATURES], axis=1)
-    if not np.all(np.isfinite(rhythm)):
-        row = int(np.argwhere(~np.isfinite(rhythm))[0][0])
-        raise DataError(f"{path}: row {row} has a NaN or infinite rhythm value; rebuild it")
-    return rhythm.astype(np.float32)
+    from heartcli.data.dataset import read_rhythm
+
+    rhythm = read_rhythm(path, pq.read_table(path, columns=list(RHYTHM_FEATURES)))
+    if rhythm is None:  # pragma: no cover (the columns are there: checked above)
+        raise UsageError(f"{path}: no rhythm columns")
+    return rhythm
 
 
 def check_range(model: Model, x: np.ndarray, source: str | Path) -> None:

@@ -129,7 +129,10 @@ def read_record(path: str | Path, lead: str = "auto") -> RecordSignal:
     """One lead of a WFDB record (raw ADC units, as `heart fetch` reads it), at 360 Hz."""
     import wfdb
 
+    from heartcli.predict.wfdb import check_ascii_names
+
     path = Path(path)
+    check_ascii_names(path)
     try:
         header = wfdb.rdheader(str(path))
     except (FileNotFoundError, OSError, ValueError) as exc:

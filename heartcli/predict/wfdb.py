@@ -5,16 +5,16 @@ file (``wfdb.wrann``) whose symbols are those classes.
 
 from __future__ import annotations
 
-import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from heartcli.data.mitdb import AAMI_SYMBOLS
-from heartcli.errors import DataError, UsageError
-from heartcli.io import staged_dir
+from heartcli.errors import DataError, HeartError, UsageError
+from heartcli.io import atomic_path, check_output
 
 ANNOTATOR = "heart"
 SYMBOLS = AAMI_SYMBOLS  # the AAMI classes, as EC57 and the annotation symbols
@@ -26,9 +26,35 @@ class Header:
     length: int  # samples in the record
 
 
+MAX_HEADER_BYTES = 1 << 20
+
+
+def check_ascii_names(path: Path) -> None:
+    """WFDB names are ASCII: the wfdb package reads a signal file ``é100.dat`` as
+    ``100.dat`` and then reports that file missing. One line that says so instead."""
+    from heartcli.io import read_bounded
+
+    names = [path.name]
+    header = Path(f"{path}.hea")
+    if header.is_file():
+        try:
+            text = read_bounded(header, MAX_HEADER_BYTES, "WFDB header").decode("utf-8", "replace")
+        except DataError:
+            text = ""
+        lines = [ln.split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+        names += [ln[0] for ln in lines if ln]
+    bad = next((n for n in names if not n.isascii()), None)
+    if bad is not None:
+        raise DataError(
+            f"{path}: the record's name or a file its header names ({bad!r}) is not ASCII; "
+            "WFDB reads only ASCII names: rename the record's files (and the names in its .hea)"
+        )
+
+
 def read_header(path: Path) -> Header:
     import wfdb
 
+    check_ascii_names(path)
     try:
         header = wfdb.rdheader(str(path))
     except (FileNotFoundError, OSError, ValueError) as exc:
@@ -37,6 +63,21 @@ def read_header(path: Path) -> Header:
     if fs <= 0:
         raise DataError(f"{path}.hea: sampling frequency {fs:g} Hz is not positive")
     return Header(fs, int(header.sig_len or 0))
+
+
+def record_files(path: str | Path) -> list[Path]:
+    """A WFDB record's own files: its header, the signal files the header names (a .dat
+    by default) and its reference annotations (.atr). No command writes onto them."""
+    import wfdb
+
+    path = Path(path)
+    files = [Path(f"{path}.hea"), Path(f"{path}.atr"), Path(f"{path}.dat")]
+    try:
+        names = wfdb.rdheader(str(path)).file_name or []
+    except Exception:  # an unreadable header: its default file names are what is known
+        names = []
+    files += [path.parent / str(name) for name in names if name]
+    return files
 
 
 def test_labels(classes: list[str]) -> np.ndarray:
@@ -72,19 +113,16 @@ def write_annotations(
     *,
     annotator: str = ANNOTATOR,
     force: bool = False,
+    inputs: list[Path] | tuple[Path, ...] = (),
 ) -> Path:
-    """``OUT_DIR/<record>.<annotator>`` by ``wfdb.wrann``, written aside and moved in
-    whole; an existing file is replaced only with ``force``."""
+    """``OUT_DIR/<record>.<annotator>`` by ``wfdb.wrann``, built in a temporary folder of
+    the system's and written in place through a temp file and a rename (nothing of it is
+    left in OUT_DIR however the process ends); an existing file is replaced only with
+    ``force``, and never one of ``inputs`` (the record's own files, the model)."""
     import wfdb
 
-    check_annotator(annotator)
-    out_dir = Path(out_dir)
-    target = out_dir / f"{record}.{annotator}"
-    if target.exists() and not force:
-        raise UsageError(f"{target} exists; pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir}: not a folder")
-    with staged_dir(target, prefix=".heart-wrann-", remedy="choose a writable --out") as staging:
+    target = check_wfdb_target(out_dir, record, annotator, force, inputs)
+    with tempfile.TemporaryDirectory(prefix="heart-wrann-") as staging:
         wfdb.wrann(
             record,
             annotator,
@@ -92,7 +130,32 @@ def write_annotations(
             symbol=list(symbols),
             aux_note=list(aux),
             fs=fs,
-            write_dir=str(staging),
+            write_dir=staging,
         )
-        os.replace(staging / target.name, target)
+        data = (Path(staging) / target.name).read_bytes()
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(data)
+    except HeartError as exc:
+        raise HeartError(f"{exc} (choose a writable --out)") from None
+    return target
+
+
+def check_wfdb_target(
+    out_dir: str | Path,
+    record: str,
+    annotator: str,
+    force: bool,
+    inputs: list[Path] | tuple[Path, ...] = (),
+) -> Path:
+    """``OUT_DIR/<record>.<annotator>``, once it is sure it may be written: a folder (not a
+    file), a new file or one ``force`` replaces, and none of ``inputs`` nor a file of a
+    folder heart keeps (:func:`heartcli.io.check_output`)."""
+    check_annotator(annotator)
+    out_dir = Path(out_dir)
+    check_output(out_dir, folder=True)
+    target = out_dir / f"{record}.{annotator}"
+    check_output(target, inputs=list(inputs))
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to replace it")
     return target

@@ -99,7 +99,8 @@ def tune(
         raise HeartError(
             f"{result.search_dir}: every trial failed ({len(failed)}; trial "
             f"{failed[0].number}: {failed[0].reason}); fix the cause and continue with "
-            f"`heart tune --resume {result.search_dir}`"
+            f"`heart tune --resume {result.search_dir}` (a resumed search keeps its config: "
+            "for a config key, start a new search)"
         )
     if isinstance(search.s.ensemble, int) and search.s.ensemble:  # "greedy": the refit's
         info = make_ensemble(replace(search, folder=result.search_dir), result.records)
@@ -131,6 +132,7 @@ def _start(
     from heartcli.search.refit import check_refit
     from heartcli.search.state import new_search
     from heartcli.search.tpe import run_search
+    from heartcli.tracking import reachable_config
 
     hold_credentials(config)
     check_ensemble(config)
@@ -140,12 +142,43 @@ def _start(
         config.search.concurrency = n_jobs
     check_refit(config, config.search.parsed_space())
     search = Search.plan(config, name, config_base)
+    if config.search.folds:  # the data can be cut into that many folds, before any trial
+        from heartcli.training.crossval import check_fold_data
+
+        check_fold_data(config, config.search.folds)
+    # An MLflow server that does not answer: one line in seconds, before the folder is
+    # claimed (the name stays free), as `heart train` does.
+    checked, note = reachable_config(config)
+    if note:
+        progress.note(note)
+        search = Search.plan(checked, name, config_base)
     if on_ray:
         from heartcli.search.ray import start_ray
 
         return search, start_ray(search, address=address, progress=progress)
     lock = new_search(search)
-    return search, run_search(search, jobs=n_jobs, progress=progress, lock=lock)
+    try:
+        return search, run_search(search, jobs=n_jobs, progress=progress, lock=lock)
+    except BaseException:
+        release_search(search.folder)  # failed before any trial: the name is free again
+        raise
+
+
+def release_search(folder: Path) -> None:
+    """Undo :func:`heartcli.search.state.new_search` for a search that stopped before any
+    trial was recorded (its folder holds its config, its state and nothing else)."""
+    import shutil
+
+    from heartcli.search.report import REPORT_JSON, REPORT_PNG
+    from heartcli.search.state import CONFIG, LOCK, STATE
+
+    try:
+        if read_state(folder).get("trials"):
+            return
+    except HeartError:
+        return
+    if all(p.name in (CONFIG, LOCK, STATE, REPORT_JSON, REPORT_PNG) for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _resume(

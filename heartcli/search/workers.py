@@ -61,8 +61,10 @@ def resolve_jobs(jobs: str | int | None, cluster: bool = False) -> int:
         value = int(jobs)
     except ValueError:
         raise UsageError(f'--jobs: "{jobs}" is not a number; use 1 to {n} or "auto"') from None
-    if cluster and value < 1:
-        raise UsageError(f"--jobs: {value} is not a number of trials at once (1 or more)")
+    from heartcli.config import MAX_THREADS
+
+    if cluster and not 1 <= value <= MAX_THREADS:
+        raise UsageError(f"--jobs: {value} is not a number of trials at once (1 to {MAX_THREADS})")
     if not cluster and not 1 <= value <= n:
         raise UsageError(f"--jobs: {value} is not between 1 and the {n} cores here (or auto)")
     return value

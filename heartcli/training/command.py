@@ -7,9 +7,17 @@ The CLI parses the options and loads the config; :func:`train_command` does the 
   ``[train] runs_dir``, the MLflow store (:func:`heartcli.tracking.reachable_config`:
   seconds, not MLflow's minutes of retries), then the folder claimed atomically;
 - a resumed run: its manifest and config.toml checked, its config read with ``--set``;
+  a cross-validated run (``--folds K``) is continued as what it is: its finished folds
+  read back, an interrupted fold resumed, its final run continued without validation;
 - :func:`heartcli.training.train`, or :func:`heartcli.training.crossval.cross_validate`
   for ``--folds K``;
 - a new run that fails before writing its manifest gives its folder (and name) back.
+
+One rule for "interrupted" (Ctrl-C, SIGTERM, an error, SIGKILL), for a run, each fold and
+the final run of ``--folds``: what finished stays (the best weights, every finished fold),
+and the name is either free again (nothing was written that lasts) or continued with
+``heart train --resume RUN`` (a manifest exists, even a cross-validation's before its
+first fold ends). The folder's lock (``runs.LOCK``) is held while a process trains in it.
 """
 
 from __future__ import annotations
@@ -17,10 +25,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from heartcli.config import HeartConfig
+from heartcli.config import MAX_FOLDS, HeartConfig
+from heartcli.errors import DataError, Interrupted, UsageError
 from heartcli.model import runs
 from heartcli.progress import Progress
-from heartcli.training.crossval import CrossValResult, cross_validate
+from heartcli.training.crossval import (
+    CrossValResult,
+    check_crossval,
+    cross_validate,
+    resume_hint,
+)
 from heartcli.training.loop import TrainResult, train
 
 
@@ -43,8 +57,12 @@ def train_command(
     """
     progress = progress or Progress()
     if resume is not None:
-        config, config_base = resume_config(resume, overrides or [])
-        return train(config, resume, resume=True, progress=progress, config_base=config_base)
+        if Path(resume).is_dir():
+            runs.lock_run_dir(resume)  # refused while another process trains in it
+        try:
+            return _resume(Path(resume), overrides or [], progress)
+        finally:
+            runs.unlock_run_dir(resume)
     if config is None:
         raise ValueError("train_command: a new run needs a config")
     config, run_dir = claim_run(config, name, folds, progress)
@@ -53,6 +71,37 @@ def train_command(
     except BaseException:
         runs.release_run_dir(run_dir)  # failed before its manifest: the name is free again
         raise
+    finally:
+        runs.unlock_run_dir(run_dir)
+
+
+def _resume(
+    run_dir: Path, overrides: list[str], progress: Progress
+) -> TrainResult | CrossValResult:
+    """Continue ``run_dir`` as exactly what it is, or refuse: a run from its checkpoint; a
+    cross-validation from its folds to its final run (its own config: no ``--set``); an
+    ensemble of fold models has nothing to continue."""
+    manifest = runs.read_run_manifest(run_dir)
+    crossval = manifest.get("crossval")
+    if isinstance(crossval, dict):
+        if overrides:
+            raise UsageError(
+                f"{run_dir} is a cross-validation (--folds {crossval.get('k')}): it continues "
+                "with the config its folds trained with; drop --set/--max-minutes (or train "
+                "a new run with the changed config)"
+            )
+        k = crossval.get("k")
+        if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= MAX_FOLDS:
+            raise DataError(f"{run_dir / runs.MANIFEST}: crossval.k is not a fold count")
+        config, config_base = resume_config(run_dir, [])
+        return _cross_validate(config, run_dir, k, progress, config_base, resume=True)
+    if manifest.get("ensemble"):
+        raise UsageError(
+            f"{run_dir} is an ensemble of other runs' weights: it has no epochs to continue; "
+            "continue its members, or make the ensemble again"
+        )
+    config, config_base = resume_config(run_dir, overrides)
+    return train(config, run_dir, resume=True, progress=progress, config_base=config_base)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> tuple[HeartConfig, Any]:
@@ -75,6 +124,8 @@ def claim_run(
     from heartcli.tracking import reachable_config
 
     check_ensemble_request(config.train.final, folds)
+    if folds is not None:
+        check_crossval(config, folds)
     run_dir = runs.new_run_dir(config, name)
     config, note = reachable_config(config)
     if note:
@@ -90,5 +141,26 @@ def _train_new(
     progress: Progress,
 ) -> TrainResult | CrossValResult:
     if folds is not None:
-        return cross_validate(config, run_dir, folds, progress=progress, config_base=config_base)
+        return _cross_validate(config, run_dir, folds, progress, config_base, resume=False)
     return train(config, run_dir, progress=progress, config_base=config_base)
+
+
+def _cross_validate(
+    config: HeartConfig,
+    run_dir: Path,
+    k: int,
+    progress: Progress,
+    config_base: Any,
+    *,
+    resume: bool,
+) -> CrossValResult:
+    """`--folds K` (or its ``--resume``); Ctrl-C or SIGTERM ends in one line that says
+    what stays and how to continue (exit 130)."""
+    try:
+        return cross_validate(
+            config, run_dir, k, progress=progress, config_base=config_base, resume=resume
+        )
+    except KeyboardInterrupt:
+        if not (run_dir / runs.MANIFEST).exists():
+            raise  # stopped before the cross-validation began: nothing stays
+        raise Interrupted(resume_hint(run_dir)) from None

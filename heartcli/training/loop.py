@@ -40,7 +40,7 @@ from heartcli.model import runs
 from heartcli.model.inference import torch_logits, uses_rhythm
 from heartcli.model.network import build_model, count_parameters
 from heartcli.progress import Progress
-from heartcli.threads import ThreadPolicy
+from heartcli.threads import ThreadPolicy, omp_wait_policy
 from heartcli.training.ema import WeightAverage
 from heartcli.training.folds import Folds, prepare_folds
 from heartcli.training.precision import autocast, pick_device, resolve_precision
@@ -248,10 +248,15 @@ def rhythm_statistics(model: nn.Module, train: BeatSet) -> dict[str, Any] | None
 def open_run(run_dir: Path, resume: bool) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(checkpoint, manifest) of the run to resume, or (None, {}) for a fresh folder.
 
-    A run folder holds one run: a fresh run refuses a folder that already holds one.
+    A run folder holds one run: a fresh run refuses a folder that already holds one. A run
+    stopped before its first epoch ended has no checkpoint: resumed, it starts at epoch 1
+    (with its own config), so a name is always either free or continued by ``--resume``.
     """
     if resume:
-        return runs.load_checkpoint(run_dir), runs.read_run_manifest(run_dir)
+        manifest = runs.read_run_manifest(run_dir)
+        if not (run_dir / runs.CHECKPOINT).exists():
+            return None, manifest
+        return runs.load_checkpoint(run_dir), manifest
     if (run_dir / runs.MANIFEST).exists():
         raise UsageError(
             f"{run_dir} already holds a run; pick another name or `heart train --resume {run_dir}`"
@@ -408,6 +413,8 @@ def start_manifest(
         "started": old_manifest.get("started", _now()),
         "best_epoch": state.best_epoch,
         "metrics": old_manifest.get("metrics", {}),
+        # the final run of --folds keeps what the cross-validation recorded (crossval.py)
+        **({"crossval": old_manifest["crossval"]} if "crossval" in old_manifest else {}),
     }
 
 
@@ -700,7 +707,7 @@ def start_summary(
         "threads": setup.threads.choice.threads,
         "threads_text": setup.threads.choice.describe(),
         "threads_warning": setup.threads.choice.warning(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "omp_wait_policy": omp_wait_policy(),
         "classes": setup.classes,
         "train_counts": folds.before,
         "resampled_counts": folds.after,
