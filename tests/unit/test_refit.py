@@ -16,8 +16,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLE, Heart, last_line, make_config
-from test_tune_jobs import finish, read_state, start, wait_for
+from conftest import SAMPLE, Heart, finish, last_line, make_config, read_state, start, wait_for
 
 from heartcli.data.dataset import load_split
 from heartcli.metrics import metrics
