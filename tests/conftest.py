@@ -77,6 +77,32 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
+@dataclass
+class Built:
+    dir: Path  # the 48-record dataset (treat as read-only: copy it to change it)
+    sample: Path  # its --sample-out
+    summary: dict[str, Any]  # `heart --json fetch` of the build
+    stderr: str  # what the build wrote on stderr
+
+
+@pytest.fixture(scope="session")
+def mitbih_build(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """`heart --json fetch --source <mitdb> --out DIR --sample-out SAMPLE`, once per session
+    (about 8 s): the 48 records built, shared by every test that reads the built dataset."""
+    root = tmp_path_factory.mktemp("mitbih")
+    out, sample = root / "mitbih", root / "sample"
+    result = Heart()("--json", "fetch", "--source", mitdb_dir, "--out", out, "--sample-out", sample)
+    return Built(out, sample, json.loads(result.stdout), result.stderr)
+
+
+@pytest.fixture(scope="session")
+def mitbih(mitbih_build: Built) -> Path:
+    """The 48 MIT-BIH records built by `heart fetch` (default parameters), once per session.
+    Read-only: a test that changes a dataset changes its own copy,
+    ``shutil.copytree(mitbih, tmp_path / "d")``."""
+    return mitbih_build.dir
+
+
 class Heart:
     """Runs `heart` in-process through Typer's CliRunner at a fixed width, no terminal."""
 

@@ -33,14 +33,11 @@ CLASSES = ["N", "S", "V", "F", "Q"]
 
 
 @pytest.fixture(scope="module")
-def built(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`heart fetch --source <mitdb> --out DIR --sample-out SAMPLE`, run once."""
-    from conftest import Heart
-
-    root = tmp_path_factory.mktemp("fetch")
-    out, sample = root / "mitbih", root / "sample"
-    result = Heart()("--json", "fetch", "--source", mitdb_dir, "--out", out, "--sample-out", sample)
-    return out, sample, json.loads(result.stdout), result.stderr
+def built(mitbih_build):
+    """`heart fetch --source <mitdb> --out DIR --sample-out SAMPLE`: conftest's one build of
+    the session (read-only)."""
+    b = mitbih_build
+    return b.dir, b.sample, b.summary, b.stderr
 
 
 def counts(block: dict) -> dict:
@@ -330,9 +327,10 @@ def digests(folder: Path) -> dict[str, bytes]:
     }
 
 
-def test_a_rebuild_that_cannot_finish_leaves_the_old_dataset_whole(heart, mitdb_dir, tmp_path):
-    out = tmp_path / "d"
-    heart("-q", "fetch", "--source", mitdb_dir, "--out", out)
+def test_a_rebuild_that_cannot_finish_leaves_the_old_dataset_whole(
+    heart, mitdb_dir, mitbih, tmp_path
+):
+    out = Path(shutil.copytree(mitbih, tmp_path / "d"))  # the session's build, as fetch left it
     before = digests(out)
     unwritable(out / "inter-patient")
     try:
@@ -359,11 +357,12 @@ def test_a_rebuild_that_cannot_finish_leaves_the_old_dataset_whole(heart, mitdb_
     assert digests(out)["random/train.parquet"] != before["random/train.parquet"]
 
 
-def test_up_to_date_checks_the_files_against_the_manifest(heart, mitdb_dir, sample_dir, tmp_path):
+def test_up_to_date_checks_the_files_against_the_manifest(
+    heart, mitdb_dir, mitbih, sample_dir, tmp_path
+):
     """A split file that is not the one the manifest lists (a half-swapped rebuild) is
     neither "up to date" for fetch nor trained on."""
-    out = tmp_path / "d"
-    heart("-q", "fetch", "--source", mitdb_dir, "--out", out)
+    out = Path(shutil.copytree(mitbih, tmp_path / "d"))  # the session's build
     # put another dataset's file in place of one part: the manifest no longer describes it
     shutil.copy(sample_dir / "random" / "train.parquet", out / "random" / "train.parquet")
     result = heart("train", *quick(out), "--name", "mixed", expect=1)

@@ -87,9 +87,10 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path, sample_dir):
     assert manifest["status"] == "interrupted"
 
 
-def test_a_build_killed_with_sigkill_leaves_no_staging_folder_behind(heart, mitdb_dir, tmp_path):
-    out = tmp_path / "d"
-    heart("-q", "fetch", "--source", mitdb_dir, "--out", out)
+def test_a_build_killed_with_sigkill_leaves_no_staging_folder_behind(
+    heart, mitdb_dir, mitbih, tmp_path
+):
+    out = Path(shutil.copytree(mitbih, tmp_path / "d"))  # the session's build
     before = digests(out)
     proc = spawn(
         tmp_path, "-q", "fetch", "--source", mitdb_dir, "--out", out, "--set", "data.seed=7"

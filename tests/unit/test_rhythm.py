@@ -7,7 +7,6 @@ Python: keep the AAMI beat symbols, take differences of neighbouring sample posi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,9 @@ ALL = COLUMNS + TEMPLATE
 
 
 @pytest.fixture(scope="module")
-def built(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`heart fetch --source <mitdb> --out DIR`, run once for this module."""
-    from conftest import Heart
-
-    out = tmp_path_factory.mktemp("rhythm") / "mitbih"
-    result = Heart()("--json", "fetch", "--source", mitdb_dir, "--out", out)
-    return out, json.loads(result.stdout)
+def built(mitbih_build):
+    """`heart fetch --source <mitdb> --out DIR`: conftest's one build of the session."""
+    return mitbih_build.dir, mitbih_build.summary
 
 
 @pytest.fixture(scope="module")
