@@ -39,6 +39,7 @@ def figures(history: list[dict]) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_train_resume_evaluate_end_to_end_with_mlflow(heart, sample_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     summary = heart.json(
@@ -302,6 +303,7 @@ print(int(((x * 1.0) != 0).sum()))
 """
 
 
+@pytest.mark.slow
 def test_training_flushes_subnormals_in_every_torch_thread(tmp_path, sample_dir):
     """Subnormals made the seed CNN's backward pass 6x slower; train() turns on flush-to-zero."""
 
@@ -322,6 +324,7 @@ def test_training_flushes_subnormals_in_every_torch_thread(tmp_path, sample_dir)
 # --------------------------------------------- moved here from tests/test_classes.py
 
 
+@pytest.mark.slow
 def test_inter_patient_run_without_q(heart, tmp_path, mitdb_dir):
     # AAMI EC57 practice: Q (8 beats in DS1, 7 in DS2) is dropped from training and scoring.
     # With Q kept, [resample] would refuse to copy its 4 training beats (min_beats = 50).

@@ -60,6 +60,7 @@ def state(search_dir: Path) -> dict:
     return json.loads((search_dir / "search.json").read_text())
 
 
+@pytest.mark.slow
 def test_tune_end_to_end_with_a_failed_trial(heart, tmp_path, sample_dir):
     # Seed 12 samples 1, 8 and 1 conv layers: the second trial is impossible.
     config = tiny(tmp_path, sample_dir, seed=12)
@@ -127,6 +128,7 @@ def test_tune_end_to_end_with_a_failed_trial(heart, tmp_path, sample_dir):
     assert "runs/s already exists; choose another --name or continue it with " in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_keeps_finished_trials(tmp_path, sample_dir):
     # Seed 1 samples 2, 2 and 1 epochs: trial 2 runs long enough to be killed in the middle.
     config = tiny(tmp_path, sample_dir, seed=1)
@@ -206,6 +208,7 @@ def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_
     )
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
     # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.
@@ -298,6 +301,7 @@ def asha_config(tmp_path: Path, sample_dir: Path, **search: int) -> Path:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
     path = asha_config(tmp_path, sample_dir)
     heart("tune", "--config", path, "--name", "a")
@@ -338,6 +342,7 @@ def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
         assert run.data.metrics["rung_val_macro_f1"] == pytest.approx(t["curve"][-1])
 
 
+@pytest.mark.slow
 def test_report_of_a_finished_search(heart, tmp_path, sample_dir):
     path = asha_config(tmp_path, sample_dir, evals=4)
     summary = heart.json("tune", "--config", path, "--name", "r")
@@ -410,6 +415,7 @@ def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
     assert result.stderr.strip() == "error: --report: give the search with --resume runs/NAME"
 
 
+@pytest.mark.slow
 def test_tune_drops_classes_as_train_does(heart, tmp_path, sample_dir):
     # [data] classes applies to every trial's folds, as in `heart train` (AAMI: Q dropped).
     heart(
@@ -440,6 +446,7 @@ def test_unsafe_search_names_are_refused(heart, sample_dir):
 QUICK = quick_args()  # the quick-start CNN, 1 epoch on the sample (conftest)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_space_and_never_follows_links(tmp_path):
     r = cli("tune", *QUICK, "--evals", "1", "--name", "s", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -476,6 +483,7 @@ FOLDS = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_tune_selects_on_the_folds_mean(heart, tmp_path, sample_dir):
     heart(
         "-q", "tune", "--name", "cv", "--evals", "2",

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import MITDB, QUICKSTART, SAMPLE, cli, one_error, quick_args
 
+pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
+
 # --------------------------------------------- moved here from tests/test_trust.py
 
 

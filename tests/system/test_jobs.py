@@ -16,6 +16,8 @@ from conftest import finish, heart_cmd, heart_env, make_config, read_state, star
 from heartcli.config import load_config
 from heartcli.search.tpe import Suggester
 
+pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
+
 
 def slow(
     tmp_path: Path,

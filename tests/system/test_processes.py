@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import MITDB, SAMPLE, cli, one_error, quick_args
+
+pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
 
 # --------------------------------------------- moved here from tests/test_faults.py
 

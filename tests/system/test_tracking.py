@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import cli, quick_args
 
+pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
+
 # --------------------------------------------- moved here from tests/test_trust.py
 
 

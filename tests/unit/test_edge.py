@@ -19,6 +19,8 @@ import sys
 import pytest
 from conftest import EXAMPLES, REPO, SAMPLE, Exported, Heart, evaluate_and_export
 
+pytestmark = pytest.mark.slow  # the device recipe's export costs a minute and more
+
 RECIPE = EXAMPLES / "tiny.toml"  # the device recipe (not conftest's TINY)
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 needs_executorch = pytest.mark.skipif(

@@ -219,6 +219,7 @@ def rhythm_run(tmp_path_factory):
     return root / "runs" / "rr", root / "export"
 
 
+@pytest.mark.slow
 def test_rhythm_model_statistics_of_the_training_fold(rhythm_run):
     run_dir, _ = rhythm_run
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -244,6 +245,7 @@ def test_rhythm_model_statistics_of_the_training_fold(rhythm_run):
     np.testing.assert_allclose(model.rhythm.center.numpy(), median, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_rhythm_model_evaluates_exports_and_predicts(heart, rhythm_run, mitdb_dir, tmp_path):
     run_dir, export = rhythm_run
     result = heart.json("evaluate", run_dir)
@@ -288,6 +290,7 @@ def test_rhythm_model_evaluates_exports_and_predicts(heart, rhythm_run, mitdb_di
     assert onnx_out["counts"] == torch_out["counts"]
 
 
+@pytest.mark.slow
 def test_rhythm_model_refuses_beats_without_rhythm_columns(heart, rhythm_run, tmp_path):
     run_dir, export = rhythm_run
     table = pq.read_table(SAMPLE / "inter-patient" / "test.parquet")
