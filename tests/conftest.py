@@ -130,6 +130,18 @@ def heart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Heart:
     return Heart()
 
 
+def all_commands(group: Any = None, prefix: tuple[str, ...] = ()) -> Any:
+    """Every (command path, Click command) of the Typer app, groups and their subcommands."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        yield path, command
+        if hasattr(command, "commands"):
+            yield from all_commands(command, path)
+
+
 def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 

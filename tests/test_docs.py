@@ -165,8 +165,7 @@ def test_site_is_material_with_the_reference_hook():
 
 
 def test_readme_says_which_commands_take_config_and_set(heart):
-    from conftest import REPO
-    from test_cli import all_commands
+    from conftest import REPO, all_commands
 
     readme = (REPO / "README.md").read_text()
     claim = re.search(r"`--config FILE` and `--set` are taken by ([^.]+)\.", readme)

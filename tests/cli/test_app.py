@@ -8,20 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import typer.main
-from conftest import error_line, quick_args
+from conftest import all_commands, error_line, quick_args
 
 from heartcli import __version__
-from heartcli.cli.app import app
-
-
-def all_commands(group=None, prefix=()):
-    group = group or typer.main.get_command(app)
-    for name, command in group.commands.items():
-        path = (*prefix, name)
-        yield path, command
-        if hasattr(command, "commands"):
-            yield from all_commands(command, path)
 
 
 def test_every_command_has_help_text(heart):
@@ -124,7 +113,6 @@ def test_short_n_means_name_everywhere(heart):
 
 
 def test_help_shows_readable_metavars_and_the_global_flags(heart):
-    from test_cli import all_commands
 
     for path, command in all_commands():
         if hasattr(command, "commands"):
