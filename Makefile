@@ -12,7 +12,7 @@ EXTRAS ?= dev,ray,edge
 # setuptools and wheel included): a pip constraints file, refreshed by `make lock`.
 LOCK ?= requirements.lock
 
-.PHONY: setup lock demo test lint docs docs-build format bench clean
+.PHONY: setup lock demo test check lint docs docs-build format bench clean
 
 $(BIN)/heart: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,14 @@ docs-build: setup ## build the site as CI does: every warning (a broken link, a 
 
 test: lint docs-build ## lint, types, the documentation site, then the whole test suite
 	$(BIN)/pytest -q
+
+# The quick loop while changing code (about a minute on 2 cores): lint and format checks, then
+# the unit tests (tests/unit) without the `slow` ones, stopping at the first failure. The
+# CLI and system tests, and the slow ones, run in `make test`.
+check: setup ## the quick loop: ruff, then tests/unit without the slow tests
+	$(BIN)/ruff check heartcli tests benchmarks docs/hooks
+	$(BIN)/ruff format --check heartcli tests benchmarks docs/hooks
+	$(BIN)/pytest tests/unit -q -x -m "not slow"
 
 format: setup
 	$(BIN)/ruff format heartcli tests benchmarks docs/hooks

@@ -23,6 +23,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,32 @@ def sample_dir() -> Path:
     return SAMPLE
 
 
+@dataclass
+class Built:
+    dir: Path  # the 48-record dataset (treat as read-only: copy it to change it)
+    sample: Path  # its --sample-out
+    summary: dict[str, Any]  # `heart --json fetch` of the build
+    stderr: str  # what the build wrote on stderr
+
+
+@pytest.fixture(scope="session")
+def mitbih_build(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """`heart --json fetch --source <mitdb> --out DIR --sample-out SAMPLE`, once per session
+    (about 8 s): the 48 records built, shared by every test that reads the built dataset."""
+    root = tmp_path_factory.mktemp("mitbih")
+    out, sample = root / "mitbih", root / "sample"
+    result = Heart()("--json", "fetch", "--source", mitdb_dir, "--out", out, "--sample-out", sample)
+    return Built(out, sample, json.loads(result.stdout), result.stderr)
+
+
+@pytest.fixture(scope="session")
+def mitbih(mitbih_build: Built) -> Path:
+    """The 48 MIT-BIH records built by `heart fetch` (default parameters), once per session.
+    Read-only: a test that changes a dataset changes its own copy,
+    ``shutil.copytree(mitbih, tmp_path / "d")``."""
+    return mitbih_build.dir
+
+
 class Heart:
     """Runs `heart` in-process through Typer's CliRunner at a fixed width, no terminal."""
 
@@ -101,8 +130,108 @@ def heart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Heart:
     return Heart()
 
 
+def all_commands(group: Any = None, prefix: tuple[str, ...] = ()) -> Any:
+    """Every (command path, Click command) of the Typer app, groups and their subcommands."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        yield path, command
+        if hasattr(command, "commands"):
+            yield from all_commands(command, path)
+
+
 def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def heart_env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    out["PYTHONPATH"] = str(REPO)
+    return out
+
+
+def heart_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "heartcli", *args]
+
+
+def start(cwd: Path, *args: str) -> subprocess.Popen:
+    """`heart ARGS` in the background, its stderr kept."""
+    return subprocess.Popen(
+        heart_cmd(*args),
+        cwd=cwd,
+        env=heart_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`heart ARGS` to its end, stdout and stderr kept."""
+    return subprocess.run(
+        heart_cmd(*args), cwd=cwd, env=heart_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_state(search: Path) -> dict:
+    try:
+        return json.loads((search / "search.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {"trials": []}
+
+
+def wait_for(proc: subprocess.Popen, what: str, check, timeout: float = 900):
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert proc.poll() is None, f"the search ended before {what}: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def cli(
+    *args: str | os.PathLike[str],
+    cwd: Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`heart` as a user runs it: its own process (worker tracebacks reach its stderr)."""
+    full = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    full.update({"OMP_WAIT_POLICY": "PASSIVE", "COLUMNS": "120", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "heartcli", *map(str, args)],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error(stderr: str) -> str:
+    """The stderr of a failed command: one `error:` line and no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def error_line(result: Any, exit_code: int) -> str:
+    """A failed in-process command's one line: exit ``exit_code``, nothing else on stderr
+    but one `error: ...` line, no traceback."""
+    assert result.exit_code == exit_code, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
 
 
 # --------------------------------------------------------------------------- configs

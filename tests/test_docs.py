@@ -159,3 +159,22 @@ def test_site_is_material_with_the_reference_hook():
     # the picture and the config the tune page shows stay where the site and README link them
     assert (DOCS / "tune-asha.png").is_file() and (DOCS / "tune-asha.toml").is_file()
     assert "../tune-asha.png" in (DOCS / "commands/tune.md").read_text()
+
+
+# --------------------------------------------- moved here from tests/test_hardening.py
+
+
+def test_readme_says_which_commands_take_config_and_set(heart):
+    from conftest import REPO, all_commands
+
+    readme = (REPO / "README.md").read_text()
+    claim = re.search(r"`--config FILE` and `--set` are taken by ([^.]+)\.", readme)
+    assert claim, "README must say which commands take --config and --set"
+    named = set(re.findall(r"`heart ([a-z ]+?)`", claim.group(1)))
+    takes = {
+        " ".join(path)
+        for path, command in all_commands()
+        if not hasattr(command, "commands")
+        and {"--config", "--set"} <= {o for p in command.params for o in p.opts}
+    }
+    assert named == takes

@@ -49,7 +49,7 @@ EPOCH_BEATS_MAX = 10_000_000  # beats drawn per epoch (MIT-BIH has 109,446 in al
 MAX_MINUTES = 525_600  # a budget of a year at most (train and search max_minutes)
 SEED_MAX = 2**32 - 1  # numpy, scikit-learn and torch all accept seeds in 0..2**32-1
 MAX_THREADS = 1024  # heartcli.threads.MAX_THREADS: more is a typo, not a machine
-# Every numeric key has an upper bound (tests/test_config.py checks that none lacks one):
+# Every numeric key has an upper bound (tests/cli/test_config.py checks that none lacks one):
 # a count beyond these is a typo, and would size a loop, an allocation or a thread pool.
 MAX_FOLDS = 100  # train --folds K and [search] folds
 MAX_COUNT = 1_000_000  # epochs, trials, patience, rungs: a million (11 days at one a second)

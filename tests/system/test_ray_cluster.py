@@ -36,7 +36,7 @@ from conftest import make_config
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GCS = "127.0.0.1:6379"
 MLFLOW = "http://127.0.0.1:5000"

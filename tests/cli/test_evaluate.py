@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_run
+from conftest import MITDB, copy_run, one_error, quick_args
 from sklearn import metrics as skm
 
 from heartcli.data.dataset import load_split, write_beats
@@ -174,3 +174,58 @@ def test_data_that_does_not_fit_the_model(heart, run, sample_dir, tmp_path):
         f"error: {tmp_path}/nan.parquet: row 3 has a NaN or infinite value; drop or repair it"
     )
     assert (run / "eval.json").read_text() == "{}"  # nothing overwritten
+
+
+# --------------------------------------------- moved here from tests/test_hardening.py
+
+
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
+
+
+def test_evaluate_says_when_the_run_is_unfinished(heart, sample_dir):
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "e")
+    manifest_file = Path("runs/e/manifest.json")
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["status"] == "completed"
+    result = heart("evaluate", "runs/e")
+    assert "warning" not in result.stderr
+    assert json.loads(Path("runs/e/eval.json").read_text())["run_status"] == "completed"
+    # A run stopped by kill -9 mid-training keeps the manifest it wrote when it started.
+    manifest["status"] = "running"
+    manifest_file.write_text(json.dumps(manifest))
+    result = heart("-q", "evaluate", "runs/e")
+    assert "warning: the run is running, not finished" in result.stderr
+    written = json.loads(Path("runs/e/eval.json").read_text())
+    assert written["run_status"] == "running"
+    assert written["warning"].startswith("the run is running, not finished")
+
+
+# --------------------------------------------- moved here from tests/test_trust.py
+
+
+@pytest.fixture
+def tiny(trained_run: Path) -> Path:
+    """The session's trained run (conftest: the quick-start CNN, one epoch on the sample;
+    treat as read-only)."""
+    return trained_run
+
+
+def test_a_model_that_outputs_nan_is_never_scored(heart, tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "nan-run"
+    shutil.copytree(tiny, run)
+    state = load_file(run / "model.safetensors")
+    first = next(k for k in state if k.endswith("weight") and state[k].is_floating_point())
+    state[first][:] = float("nan")
+    save_file(state, str(run / "model.safetensors"), metadata={"format": "heart-run/1"})
+    r = heart("predict", run, MITDB / "100", expect=1)
+    assert "outputs NaN or inf" in one_error(r.stderr) and str(run) in r.stderr
+    r = heart("evaluate", run, expect=1)
+    assert "outputs NaN or inf" in one_error(r.stderr)
+    assert not (run / "eval.json").exists()
+    r = heart("export", run, "--format", "onnx", "--out", tmp_path / "e", expect=1)
+    assert "outputs NaN or inf" in one_error(r.stderr)
+    assert not (tmp_path / "e").exists()

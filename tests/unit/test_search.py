@@ -225,6 +225,7 @@ REAL_SEARCH = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_real_loop_resumed_suggests_the_same_points(heart, tmp_path, sample_dir):
     """`heart tune` itself (not a copy of its loop): 6 trials at once, or 3 and a resume."""
     path = make_config(

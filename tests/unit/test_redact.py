@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_config, quick_args
+import pytest
+from conftest import make_config, one_error, quick_args
 
 BIN = Path(sys.executable).parent
 SECRET = "Zq7Kx9Wv"  # the part of every password below that must never be shown
@@ -36,13 +37,6 @@ def run_heart(*args: str | os.PathLike[str], cwd: Path, timeout: float = 120, **
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def one_error(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def test_a_password_in_any_spelling_is_never_printed(heart):
@@ -98,6 +92,7 @@ def _wait_for(port: int, proc: subprocess.Popen) -> None:
     raise AssertionError("mlflow server did not start")
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_dies_mid_run_ends_in_one_hidden_line(tmp_path):
     port = _free_port()
     server = subprocess.Popen(
@@ -132,3 +127,27 @@ def test_a_tracking_server_that_dies_mid_run_ends_in_one_hidden_line(tmp_path):
     assert SECRET not in out + err and json.loads(out)["exit_code"] == 1
     manifest = json.loads((tmp_path / "runs" / "r" / "manifest.json").read_text())
     assert manifest["status"] == "failed"  # the run's files stay, to be resumed
+
+
+# --------------------------------------------- moved here from tests/test_trust.py
+
+
+PASSWORD = "S3cr3tPW"
+
+
+QUICK = quick_args()  # the quick-start CNN, 1 epoch on the sample (conftest)
+
+
+@pytest.mark.slow
+def test_password_in_a_tracking_uri_is_never_printed(heart, monkeypatch):
+    uri = f"http://alice:{PASSWORD}@127.0.0.1:9"
+    args = ["train", *QUICK, "--set", "tracking.enabled=true"]
+    r = heart("--json", *args, "--set", f'tracking.uri="{uri}"', expect=1)
+    assert PASSWORD not in r.stdout + r.stderr
+    assert "http://***@127.0.0.1:9" in one_error(r.stderr)
+    assert "***@127.0.0.1:9" in json.loads(r.stdout)["error"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # from the environment alone
+    r = heart(*args, expect=1)
+    assert PASSWORD not in r.stdout + r.stderr
+    r = heart("config", "show", "--set", f'tracking.uri="{uri}"')
+    assert PASSWORD not in r.stdout

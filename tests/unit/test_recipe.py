@@ -107,6 +107,7 @@ def test_resume_replays_the_same_draws_and_keeps_the_recipe(heart, sample_dir):
 # --------------------------------------------------------------------------- precision
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
 def test_precision_is_recorded_and_the_model_evaluates_and_exports(heart, sample_dir, precision):
     if precision == "bf16" and not NATIVE_BF16:

@@ -16,8 +16,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLE, Heart, last_line, make_config
-from test_tune_jobs import finish, read_state, start, wait_for
+from conftest import SAMPLE, Heart, finish, last_line, make_config, read_state, start, wait_for
 
 from heartcli.data.dataset import load_split
 from heartcli.metrics import metrics
@@ -83,6 +82,7 @@ def sh_order(records: list[dict]) -> list[int]:
     return [r["number"] for r in ranked]
 
 
+@pytest.mark.slow
 def test_rungs_then_refit_then_the_recommended_model(searched, heart):
     root, summary = searched
     search = root / "runs" / "s"
@@ -176,6 +176,7 @@ def member_probas(ensemble: Path, test) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(probas), np.array(weights)
 
 
+@pytest.mark.slow
 def test_a_weighted_ensemble_with_decision_weights_is_one_model_in_every_format(
     searched, heart, tmp_path
 ):
@@ -243,6 +244,7 @@ def export_outputs(export: Path, test) -> dict[str, np.ndarray]:
         }
 
 
+@pytest.mark.slow
 def test_the_recommended_model_exports_as_the_weighted_mean(searched, heart, tmp_path):
     root, _ = searched
     final = root / "runs" / "s" / "final"
@@ -261,6 +263,7 @@ def test_the_recommended_model_exports_as_the_weighted_mean(searched, heart, tmp
         np.testing.assert_allclose(got, mean, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_a_lost_fold_folder_is_one_line_and_loses_nothing(searched, heart, tmp_path):
     root, summary = searched
     search = tmp_path / "s"
@@ -279,6 +282,7 @@ def test_a_lost_fold_folder_is_one_line_and_loses_nothing(searched, heart, tmp_p
     assert (search / f"trial-{number:03d}" / "folds" / "fold-1" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_finished_search_trains_nothing_again(searched, heart, tmp_path):
     root, summary = searched
     search = tmp_path / "s"
@@ -291,6 +295,7 @@ def test_a_resumed_finished_search_trains_nothing_again(searched, heart, tmp_pat
     assert again["refit"]["final"]["macro_f1"] == summary["refit"]["final"]["macro_f1"]
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_refit_stage_then_resume_trains_no_finished_fold_again(tmp_path):
     # Two trials of 20 epochs each (no pruning), both refitted on 3 folds, one fold at a
     # time: SIGTERM once a fold has finished and the next one has trained an epoch.
@@ -480,6 +485,7 @@ def test_greedy_selection_with_replacement_keeps_the_best_prefix():
     assert best.trace == [1.0] * 4 and best.kept == 1 and list(best.weights) == [0.0, 1.0]
 
 
+@pytest.mark.slow
 def test_the_ray_backend_refits_through_the_same_workers_on_the_driver(heart, tmp_path):
     ray = pytest.importorskip("ray")
     # Ray Tune runs the rungs; the refit stage then runs on the driver's worker processes.

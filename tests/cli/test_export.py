@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
-from conftest import SAMPLE, Exported
+from conftest import SAMPLE, Exported, one_error, quick_args
 
 from heartcli import export as export_service
 
@@ -153,3 +154,69 @@ def test_onnx_probabilities_match_numpy_softmax_of_torch(tiny):
     session = ort.InferenceSession(str(tiny.export / "model.onnx"))
     p = session.run(None, {"beats": x})[0]
     assert p.shape == (64, 5) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+
+
+# --------------------------------------------- moved here from tests/test_hardening.py
+
+
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
+
+
+def test_export_restores_the_root_logger(heart, sample_dir, tmp_path):
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "x")
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        heart(
+            "-q",
+            "export",
+            "runs/x",
+            "--format",
+            "onnx",
+            "--quantize",
+            "dynamic",
+            "--out",
+            tmp_path / "e",
+        )
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
+
+
+# --------------------------------------------- moved here from tests/test_trust.py
+
+
+@pytest.fixture
+def tiny_trust(trained_run: Path) -> Path:
+    """The session's trained run (conftest: the quick-start CNN, one epoch on the sample;
+    treat as read-only)."""
+    return trained_run
+
+
+def test_export_force_replaces_only_a_heart_export(heart, tiny_trust, tmp_path):
+    run = tmp_path / "runs" / "x<img src=y>*b*[l](u)|"  # a run folder renamed by hand
+    shutil.copytree(tiny_trust, run)
+    out = tmp_path / "exported"
+    beats = SAMPLE / "random" / "test.parquet"  # --data FILE: a documented form
+    heart("-q", "export", run, "--format", "torchscript", "--out", out, "--data", beats)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "<img" not in card and "# Model card: x&lt;img src=y&gt;\\*b\\*\\[l\\]\\(u\\)\\|" in card
+    heart("-q", "export", run, "--format", "torchscript", "--out", out, "--force")  # an export
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(tiny_trust, other)
+    dataset = tmp_path / "dataset"
+    shutil.copytree(SAMPLE, dataset)
+    for folder in (mine, other, dataset):
+        before = sorted(p.name for p in folder.iterdir())
+        r = heart("export", run, "--format", "torchscript", "--out", folder, "--force", expect=2)
+        assert "--force replaces only a folder heart exported" in one_error(r.stderr)
+        assert sorted(p.name for p in folder.iterdir()) == before
+    (out / "mine.txt").write_text("x")  # an export with a user's file added to it
+    heart("export", run, "--format", "torchscript", "--out", out, "--force", expect=2)
+    assert (out / "mine.txt").exists()

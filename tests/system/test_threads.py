@@ -20,6 +20,8 @@ from conftest import Exported, quick_args
 
 from heartcli.threads import ThreadPolicy, auto_threads, cgroup_cpus, usable_cpus
 
+pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
+
 HEAVY = ["torch", "mlflow", "ray", "onnxruntime", "pandas", "matplotlib", "wfdb", "sklearn"]
 ON_LINUX = Path("/proc/stat").exists()
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import wfdb
+from conftest import quick_args
 
 from heartcli.data.build import SPLITS
 from heartcli.data.dataset import load_split, read_manifest
@@ -30,14 +33,11 @@ CLASSES = ["N", "S", "V", "F", "Q"]
 
 
 @pytest.fixture(scope="module")
-def built(mitdb_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`heart fetch --source <mitdb> --out DIR --sample-out SAMPLE`, run once."""
-    from conftest import Heart
-
-    root = tmp_path_factory.mktemp("fetch")
-    out, sample = root / "mitbih", root / "sample"
-    result = Heart()("--json", "fetch", "--source", mitdb_dir, "--out", out, "--sample-out", sample)
-    return out, sample, json.loads(result.stdout), result.stderr
+def built(mitbih_build):
+    """`heart fetch --source <mitdb> --out DIR --sample-out SAMPLE`: conftest's one build of
+    the session (read-only)."""
+    b = mitbih_build
+    return b.dir, b.sample, b.summary, b.stderr
 
 
 def counts(block: dict) -> dict:
@@ -289,3 +289,84 @@ def test_mads_datastreamer_streams_the_sample(sample_dir):
     assert int(yi) == int(test.y[3])
     xb, yb = stack_batch([datasets["train"][i] for i in range(4)])
     assert tuple(xb.shape) == (4, 1, 187) and tuple(yb.shape) == (4,)
+
+
+# --------------------------------------------- moved here from tests/test_faults.py
+
+
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
+
+
+def unwritable(folder: Path) -> None:
+    """Make ``folder`` refuse changes for real: chmod for a normal user; for root, who
+    ignores permission bits, the immutable attribute (chattr +i)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: cannot make a folder unwritable")
+    done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i refused here: {done.stderr.decode().strip()}")
+
+
+def writable(folder: Path) -> None:
+    if os.geteuid() != 0:
+        folder.chmod(0o755)
+    else:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+def digests(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".heart-build-" not in str(p)
+    }
+
+
+def test_a_rebuild_that_cannot_finish_leaves_the_old_dataset_whole(
+    heart, mitdb_dir, mitbih, tmp_path
+):
+    out = Path(shutil.copytree(mitbih, tmp_path / "d"))  # the session's build, as fetch left it
+    before = digests(out)
+    unwritable(out / "inter-patient")
+    try:
+        probe = out / "inter-patient" / "probe"
+        with pytest.raises(OSError):
+            probe.write_text("x")
+        result = heart(
+            "-q", "fetch", "--source", mitdb_dir, "--out", out, "--set", "data.seed=7", expect=1
+        )
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().startswith("error: cannot replace the dataset in")
+        assert len(result.stderr.strip().splitlines()) == 1
+        # the old dataset, every byte of it, manifest and files together
+        assert digests(out) == before
+        assert not list(out.glob(".heart-build-*"))
+        again = heart.json("fetch", "--source", mitdb_dir, "--out", out)
+        assert again["status"] == "up to date"  # seed 42, and its files are the listed ones
+    finally:
+        writable(out / "inter-patient")
+    rebuilt = heart.json("fetch", "--source", mitdb_dir, "--out", out, "--set", "data.seed=7")
+    assert rebuilt["status"] == "built"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parameters"]["seed"] == 7
+    assert digests(out)["random/train.parquet"] != before["random/train.parquet"]
+
+
+def test_up_to_date_checks_the_files_against_the_manifest(
+    heart, mitdb_dir, mitbih, sample_dir, tmp_path
+):
+    """A split file that is not the one the manifest lists (a half-swapped rebuild) is
+    neither "up to date" for fetch nor trained on."""
+    out = Path(shutil.copytree(mitbih, tmp_path / "d"))  # the session's build
+    # put another dataset's file in place of one part: the manifest no longer describes it
+    shutil.copy(sample_dir / "random" / "train.parquet", out / "random" / "train.parquet")
+    result = heart("train", *quick(out), "--name", "mixed", expect=1)
+    assert "is not the file manifest.json lists" in result.stderr
+    assert not Path("runs/mixed").exists()
+    assert heart.json("fetch", "--source", mitdb_dir, "--out", out)["status"] == "built"
+    assert len(load_split(out, "random", "train")) == 87_556

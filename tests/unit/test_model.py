@@ -145,13 +145,14 @@ def test_shrinking_config_is_rejected_by_train_before_anything_is_written(heart,
     assert not Path("runs/shrunk").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", [False, True])
 def test_heart_export_writes_onnx_and_pt2_that_match_torch(heart, sample_dir, attention):
     """heart's own exporter (not torch's called by hand), through the CLI: `heart export`
     reloads every file in its runtime and checks it against the PyTorch model on real beats."""
     import onnxruntime  # a hard dependency: a broken install fails here, it does not skip
 
-    quick = Path(__file__).resolve().parents[1] / "examples" / "quickstart.toml"
+    quick = Path(__file__).resolve().parents[2] / "examples" / "quickstart.toml"
     name = f"att{int(attention)}"
     heart(
         "-q",

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_config, quick_args
+from conftest import EXAMPLES, cli, error_line, make_config, one_error, quick_args
 
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
 from heartcli.search.tpe import Suggester
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # TINY (conftest) searched; the space touches every distribution and the per-layer keys.
 # Eight conv layers with max pooling shrink 187 samples to nothing: that trial must fail.
@@ -60,6 +60,7 @@ def state(search_dir: Path) -> dict:
     return json.loads((search_dir / "search.json").read_text())
 
 
+@pytest.mark.slow
 def test_tune_end_to_end_with_a_failed_trial(heart, tmp_path, sample_dir):
     # Seed 12 samples 1, 8 and 1 conv layers: the second trial is impossible.
     config = tiny(tmp_path, sample_dir, seed=12)
@@ -127,6 +128,7 @@ def test_tune_end_to_end_with_a_failed_trial(heart, tmp_path, sample_dir):
     assert "runs/s already exists; choose another --name or continue it with " in again.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_keeps_finished_trials(tmp_path, sample_dir):
     # Seed 1 samples 2, 2 and 1 epochs: trial 2 runs long enough to be killed in the middle.
     config = tiny(tmp_path, sample_dir, seed=1)
@@ -206,6 +208,7 @@ def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_
     )
 
 
+@pytest.mark.slow
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
     # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.
@@ -298,6 +301,7 @@ def asha_config(tmp_path: Path, sample_dir: Path, **search: int) -> Path:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
     path = asha_config(tmp_path, sample_dir)
     heart("tune", "--config", path, "--name", "a")
@@ -338,6 +342,7 @@ def test_asha_stops_trials_at_their_rungs(heart, tmp_path, sample_dir):
         assert run.data.metrics["rung_val_macro_f1"] == pytest.approx(t["curve"][-1])
 
 
+@pytest.mark.slow
 def test_report_of_a_finished_search(heart, tmp_path, sample_dir):
     path = asha_config(tmp_path, sample_dir, evals=4)
     summary = heart.json("tune", "--config", path, "--name", "r")
@@ -410,6 +415,7 @@ def test_bad_jobs_are_one_line(heart, tmp_path, sample_dir, value, message):
     assert result.stderr.strip() == "error: --report: give the search with --resume runs/NAME"
 
 
+@pytest.mark.slow
 def test_tune_drops_classes_as_train_does(heart, tmp_path, sample_dir):
     # [data] classes applies to every trial's folds, as in `heart train` (AAMI: Q dropped).
     heart(
@@ -438,3 +444,131 @@ def test_a_search_that_cannot_start_is_one_line_and_leaves_its_name_free(heart, 
     r = heart("tune", "--config", path, "--name", "s", *folds, expect=2)
     assert r.stderr.startswith("error: --folds 50:") and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "s").exists()  # refused before any trial
+
+
+# --------------------------------------------- moved here from tests/test_hardening.py
+
+
+def test_unsafe_search_names_are_refused(heart, sample_dir):
+    line = error_line(heart("tune", "-n", "a b", expect=None), 2)
+    assert line.startswith("error: --name 'a b': a name is one folder name")
+
+
+# --------------------------------------------- moved here from tests/test_trust.py
+
+
+QUICK = quick_args()  # the quick-start CNN, 1 epoch on the sample (conftest)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_space_and_never_follows_links(tmp_path):
+    r = cli("tune", *QUICK, "--evals", "1", "--name", "s", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    search = tmp_path / "runs" / "s"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    (search / "trial-002").symlink_to(outside)
+    r = cli("tune", "--resume", search, "--evals", "2", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (outside / "keep.txt").read_text() == "keep"
+    trial = json.loads((search / "search.json").read_text())["trials"][1]
+    assert trial["status"] == "failed" and "a link" in trial["reason"]
+    config = search / "search.toml"
+    config.write_text(
+        config.read_text().replace(
+            "[search.space]", '[search.space]\n"train.weight_decay" = {uniform = [0.0, 0.1]}'
+        )
+    )
+    r = cli("tune", "--resume", search, "--evals", "3", cwd=tmp_path, timeout=300)
+    assert r.returncode == 2
+    assert "[search.space] changed since the search started (train.weight_decay)" in one_error(
+        r.stderr
+    )
+    assert len(json.loads((search / "search.json").read_text())["trials"]) == 2
+
+
+# --------------------------------------------- moved here from tests/test_tune_folds.py
+
+
+FOLDS = (
+    "data.split=inter-patient", 'data.classes={Q = "drop"}', "search.folds=2",
+    'search.pruner="none"', "train.epochs=1", "resample.min_beats=5", 'train.scheduler="cosine"',
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tune_selects_on_the_folds_mean(heart, tmp_path, sample_dir):
+    heart(
+        "-q", "tune", "--name", "cv", "--evals", "2",
+        *quick_args(*FOLDS, data=sample_dir, tracking=True),
+    )  # fmt: skip
+    search = tmp_path / "runs" / "cv"
+    trials = json.loads((search / "search.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["completed", "completed"]
+    for t in trials:
+        trial = search / f"trial-{t['number']:03d}"
+        manifest = json.loads((trial / "manifest.json").read_text())
+        folds = manifest["crossval"]["folds"]
+        # Two folds of whole records, none on both sides; the trial's value is their mean.
+        assert len(folds) == 2
+        assert not set(folds[0]["val_records"]) & set(folds[1]["val_records"])
+        assert t["metric"] == manifest["crossval"]["figures"]["macro_f1"]["mean"]
+        # The folds' figures are stored to 4 digits: their mean is within one rounding step.
+        assert abs(t["metric"] - np.mean([f["macro_f1"] for f in folds])) <= 1e-4
+        assert (trial / "folds" / "fold-1" / "model.safetensors").exists()
+        # The final model trained on every DS1 record, without a validation fold.
+        assert manifest["data"]["val_records"] == []
+    best = max(trials, key=lambda t: t["metric"])
+    assert (search / "best").resolve().name == f"trial-{best['number']:03d}"
+    assert heart.json("evaluate", search / "best")["classes"] == ["N", "S", "V", "F"]
+
+    # One MLflow run per trial (the final model's), nested in the search, with the folds'
+    # figures; the fold runs are not logged on their own.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and len(children) == 2
+    by_name = {r.info.run_name: r for r in children}
+    for t in trials:
+        metrics = by_name[f"trial-{t['number']:03d}"].data.metrics
+        assert round(metrics["cv_macro_f1_mean"], 4) == t["metric"]
+        assert "cv_sveb_se_mean" in metrics and "cv_macro_f1_std" in metrics
+
+
+def test_tune_folds_bad_input(heart, sample_dir):
+    base = ("tune", "--config", EXAMPLES / "quickstart.toml", "--set", f"data.dir={sample_dir}")
+    for extra, line in [
+        (
+            ("--set", "search.folds=1"),
+            "error: search.folds: 1 fold is no cross-validation; use 0 (off) or 2 or more",
+        ),
+        (
+            ("--set", "search.folds=3", "--set", 'search.pruner="asha"'),
+            'error: search.folds = 3 needs search.pruner = "none": a trial\'s folds train one '
+            'after another, so there is no single curve for "asha" to cut',
+        ),
+        (
+            (
+                "--set",
+                "search.folds=3",
+                "--set",
+                'search.pruner="none"',
+                "--set",
+                'search.metric="val_loss"',
+            ),
+            "error: search.folds = 3 selects on the folds' mean macro-F1; set search.metric = "
+            '"val_macro_f1" (got "val_loss")',
+        ),
+        (
+            ("--set", "search.folds=2", "--set", 'search.pruner="none"', "--backend", "ray"),
+            "error: search.folds runs on the hyperopt backend (a Ray trial trains one fold); "
+            "use --backend hyperopt, or search.folds = 0 on Ray",
+        ),
+    ]:
+        result = heart(*base, *extra, expect=2)
+        assert result.stderr.strip() == line

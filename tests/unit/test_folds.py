@@ -108,3 +108,76 @@ def test_the_new_examples_are_valid_recipes(heart):
     assert search["data"]["split"] == "inter-patient"
     assert search["search"]["folds"] == 3 and search["search"]["pruner"] == "none"
     assert search["search"]["ensemble"] <= search["search"]["evals"]
+
+
+# --------------------------------------------- moved here from tests/test_rhythm_model.py
+
+
+# The quick-start CNN on the sample (conftest), inter-patient without Q, every class kept.
+QUICK_rhythm_model = quick_args(
+    "data.split=inter-patient", 'data.classes={Q = "drop"}', "resample.min_beats=1",
+    "train.scheduler=cosine",
+)  # fmt: skip
+
+
+def strata(beats, records):
+    """Set of the classes S and V present among the beats of ``records``."""
+    mask = np.isin(beats.record.astype(str), list(records))
+    return {beats.classes[c] for c in np.unique(beats.y[mask])} & {"S", "V"}
+
+
+def test_kfold_by_record(heart, tmp_path):
+    summary = heart.json("train", *QUICK_rhythm_model, "--name", "cv", "--folds", "3")
+    train = load_split(SAMPLE, "inter-patient", "train", classes={"Q": "drop"})
+    records = set(np.unique(train.record.astype(str)))
+    folds = [set(f["val_records"]) for f in summary["folds"]]
+    assert len(folds) == 3
+    assert set().union(*folds) == records  # every record validated once ...
+    assert sum(len(f) for f in folds) == len(records)  # ... and in one fold only
+    for fold in folds:
+        assert strata(train, fold) == strata(train, records - fold) == {"S", "V"}
+    for f in summary["folds"]:  # each fold trained on the other records only
+        fold_manifest = json.loads((tmp_path / f["run_dir"] / "manifest.json").read_text())
+        assert sum(fold_manifest["data"]["val_counts"].values()) == int(
+            np.isin(train.record.astype(str), f["val_records"]).sum()
+        )
+        assert sum(fold_manifest["data"]["train_counts"].values()) + sum(
+            fold_manifest["data"]["val_counts"].values()
+        ) == len(train)
+    figures = summary["figures"]
+    f1 = [f["macro_f1"] for f in summary["folds"]]
+    assert figures["macro_f1"]["mean"] == pytest.approx(np.mean(f1), abs=1e-4)
+    assert figures["macro_f1"]["std"] == pytest.approx(np.std(f1), abs=1e-4)
+    assert set(figures) >= {"sveb_se", "sveb_ppv", "veb_se", "veb_ppv", "best_epoch"}
+    epochs = max(1, round(np.mean([f["best_epoch"] for f in summary["folds"]])))
+    assert summary["final_epochs"] == epochs
+    final = json.loads((tmp_path / "runs" / "cv" / "manifest.json").read_text())
+    assert final["data"]["validation"] is False and final["data"]["val_counts"]["N"] == 0
+    assert sum(final["data"]["train_counts"].values()) == len(train)  # all of DS1
+    assert final["epochs_run"] == epochs and final["crossval"]["final_epochs"] == epochs
+    heart.json("evaluate", tmp_path / "runs" / "cv")  # the final model is a normal run
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--folds", "1"), "--folds 1: use 2 or more folds"),
+        (("--folds", "23"), "--folds 23: the training split has 22 records; use 2 to 22"),
+        (("--set", "train.val_records=22"), "train.val_records = 22: the training split has 22"),
+        (("--set", 'train.val_records=["101", "999"]'), "train.val_records: no record 999"),
+    ],
+)
+def test_bad_folds_and_val_records(heart, tmp_path, args, expected):
+    result = heart("train", *QUICK_rhythm_model, *args, expect=2)
+    line = last_line(result.stderr)
+    assert line.startswith("error: ") and expected in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_interpatient_example_is_a_valid_recipe(heart):
+    shown = heart.json("config", "show", "--config", EXAMPLES / "interpatient.toml")
+    assert shown["data"]["split"] == "inter-patient"
+    assert shown["data"]["classes"] == {"Q": "drop"}
+    assert shown["model"]["rhythm"] is True
+    assert shown["train"]["scheduler"] != "plateau"  # --folds needs a schedule of its own

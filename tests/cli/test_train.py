@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import QUICKSTART, quick_args
+import wfdb
+from conftest import QUICKSTART, SAMPLE, error_line, quick_args
+from safetensors.torch import load_file
 
 from heartcli.config import load_config
+from heartcli.data.dataset import load_split
 from heartcli.model.load import load_run
 from heartcli.training import TrainingDiverged, train
 
@@ -29,6 +39,7 @@ def figures(history: list[dict]) -> list[tuple]:
     ]
 
 
+@pytest.mark.slow
 def test_train_resume_evaluate_end_to_end_with_mlflow(heart, sample_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'store.db'}"
     summary = heart.json(
@@ -292,10 +303,9 @@ print(int(((x * 1.0) != 0).sum()))
 """
 
 
+@pytest.mark.slow
 def test_training_flushes_subnormals_in_every_torch_thread(tmp_path, sample_dir):
     """Subnormals made the seed CNN's backward pass 6x slower; train() turns on flush-to-zero."""
-    import subprocess
-    import sys
 
     def nonzero(*args: str) -> int:
         out = subprocess.run(
@@ -328,3 +338,196 @@ def test_a_name_is_free_again_after_a_start_was_killed(heart, sample_dir):
         "error: runs/mine exists and holds files that are not a heart run; choose another --name"
     )
     assert (mine / "notes.txt").read_text() == "not heart's"
+
+
+# --------------------------------------------- moved here from tests/test_classes.py
+
+
+@pytest.mark.slow
+def test_inter_patient_run_without_q(heart, tmp_path, mitdb_dir):
+    # AAMI EC57 practice: Q (8 beats in DS1, 7 in DS2) is dropped from training and scoring.
+    # With Q kept, [resample] would refuse to copy its 4 training beats (min_beats = 50).
+    heart(
+        "-q", "train", "--name", "noq",
+        *quick_args("data.split=inter-patient", 'data.classes={Q = "drop"}'),
+    )  # fmt: skip
+    run = tmp_path / "runs" / "noq"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["classes"] == ["N", "S", "V", "F"]
+
+    result = heart.json("evaluate", run)
+    test = load_split(SAMPLE, "inter-patient", "test")
+    assert result["classes"] == ["N", "S", "V", "F"]
+    assert result["n"] == len(test) - int((test.y == 4).sum()) == 525
+    cm = np.array(result["confusion_matrix"])
+    assert cm.shape == (4, 4)
+    assert result["aami"]["scored_beats"] == 525 and result["aami"]["excluded_beats"] == 0
+    assert set(result["aami"]["per_record"]) == set(test.record)
+
+    export = tmp_path / "export"
+    heart("-q", "export", run, "--format", "onnx", "--out", export)
+    card = json.loads((export / "model_card.json").read_text())
+    assert card["class_map"] == {"Q": "drop"}
+    assert card["evaluation"]["aami"]["jk_index"] == result["aami"]["jk_index"]
+    markdown = (export / "MODEL_CARD.md").read_text()
+    assert "AAMI EC57 figures on 525 scored beats" in markdown and "jκ" in markdown
+
+    # Record 107 is paced (Q): its reference Q beats are outside the model's classes and
+    # leave the agreement table; its other beats are scored.
+    ann = wfdb.rdann(str(mitdb_dir / "107"), "atr")
+    q_beats = sum(s in "/fQ" for s in ann.symbol[:-1])  # the last annotation is no row
+    predicted = heart.json("predict", export / "model.onnx", mitdb_dir / "107")
+    assert predicted["classes"] == ["N", "S", "V", "F"]
+    agreement = predicted["agreement"]
+    assert agreement["beats"] == predicted["beats"] - q_beats
+    assert sum(c["support"] for c in agreement["per_class"].values()) == agreement["beats"]
+
+
+# --------------------------------------------- moved here from tests/test_faults.py
+
+
+def test_truncated_config_is_refused_on_resume(heart, sample_dir):
+    heart("-q", "train", *quick(sample_dir, "train.batch_size=64"), "--name", "cut")
+    run = Path("runs/cut")
+    config = run / "config.toml"
+    text = config.read_text()
+    config.write_text(text[: len(text) // 2])
+    cut = config.read_bytes()
+    result = heart("train", "--resume", run, "--set", "train.epochs=3", expect=1)
+    assert result.stderr.startswith(f"error: {config}: does not match the checksum")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert config.read_bytes() == cut  # nothing rewrote it
+    assert json.loads((run / "manifest.json").read_text())["epochs_run"] == 2
+
+
+def test_resume_with_set_writes_the_config_back_and_nothing_else_rewrites_it(heart, sample_dir):
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "more")
+    run = Path("runs/more")
+    config = run / "config.toml"
+    before = config.stat().st_mtime_ns
+    heart("-q", "train", "--resume", run)  # nothing to change: config.toml untouched
+    assert config.stat().st_mtime_ns == before
+    heart("-q", "train", "--resume", run, "--set", "train.epochs=2")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["epochs_run"] == 2
+    assert "epochs = 2" in config.read_text()
+    import hashlib
+
+    assert manifest["config_sha256"] == hashlib.sha256(config.read_bytes()).hexdigest()
+    heart("-q", "train", "--resume", run, "--set", "train.epochs=3")  # its own --set is fine
+
+
+# --------------------------------------------- moved here from tests/test_hardening.py
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the block ends
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a\nb", "tab\there", "x" * 300, "../up", "-dash", "sp ace", ".."]
+)
+def test_unsafe_run_names_are_refused(heart, sample_dir, name):
+    line = error_line(heart("train", *quick(sample_dir), "--name", name, expect=None), 2)
+    assert line.startswith("error: --name")
+    assert not Path("runs").exists() or not any(Path("runs").iterdir())
+
+
+def test_broken_mlflow_store_leaves_no_run_folder(heart, sample_dir, tmp_path):
+    (tmp_path / "broken.db").write_bytes(b"this is not a sqlite database" * 100)
+    uri = f"sqlite:///{tmp_path / 'broken.db'}"
+    args = quick(sample_dir, f"tracking.uri={uri}", tracking=True)
+    line = error_line(heart("train", *args, "--name", "b", expect=None), 1)
+    assert line.startswith("error: tracking: cannot log to MLflow")
+    assert not Path("runs/b").exists()
+    # the name is free again: the same run trains once tracking is fixed
+    heart("-q", "train", *quick(sample_dir), "--name", "b")
+    assert json.loads(Path("runs/b/manifest.json").read_text())["status"] == "completed"
+
+
+def test_unreachable_mlflow_server_fails_in_seconds(heart, sample_dir):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    started = time.perf_counter()
+    result = heart(
+        "train", *quick(sample_dir, f"tracking.uri={uri}", tracking=True), "-n", "u", expect=None
+    )
+    assert time.perf_counter() - started < 30
+    line = error_line(result, 1)
+    assert line.startswith(f"error: tracking: cannot reach MLflow at {uri}")
+    assert not Path("runs/u").exists()
+
+
+def test_unreachable_mlflow_server_falls_back_to_local_when_asked(heart, sample_dir):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    sets = (f"tracking.uri={uri}", "tracking.on_error=local")
+    result = heart("train", *quick(sample_dir, *sets, tracking=True), "-n", "l")
+    assert f"MLflow at {uri} is unreachable" in result.stderr
+    manifest = json.loads(Path("runs/l/manifest.json").read_text())
+    assert manifest["tracking"]["uri"].startswith("sqlite:///")
+    assert manifest["tracking"]["run_id"]
+    assert Path("mlflow.db").exists()
+
+
+def test_every_file_of_a_run_has_the_same_permissions(heart, sample_dir):
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "p")
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode) for p in Path("runs/p").iterdir() if p.is_file()
+    }
+    assert "model.safetensors" in modes
+    assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+# --------------------------------------------- moved here from tests/test_train_tricks.py
+
+
+# The quick-start CNN on the sample (conftest), 150 beats a class, every class kept, cosine.
+QUICK = quick_args("resample.target=150", "resample.min_beats=1", "train.scheduler=cosine")
+
+
+def checkpoint(run):
+    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def test_ema_saves_and_validates_the_average_and_resumes_it(heart, tmp_path):
+    heart("-q", "train", *QUICK, "--name", "ema", "--set", "train.ema=0.9")
+    run = tmp_path / "runs" / "ema"
+    ckpt, saved = checkpoint(run), load_file(str(run / "model.safetensors"))
+    steps = ckpt["ema"]["steps"]
+    assert steps > 5
+    averaged, raw = ckpt["ema"]["model"], ckpt["model"]
+    conv = next(k for k in raw if k.endswith("weight") and raw[k].dim() == 3)
+    # The run's weights are the average's, which differ from the optimizer's raw weights.
+    assert all(torch.equal(saved[k], averaged[k]) for k in saved)
+    assert not torch.allclose(averaged[conv], raw[conv])
+    # A resume continues the average from the checkpoint, step count and all.
+    heart("-q", "train", "--resume", run, "--set", "train.epochs=2")
+    assert checkpoint(run)["ema"]["steps"] == 2 * steps
+
+    heart("-q", "train", *QUICK, "--name", "plain")
+    assert checkpoint(tmp_path / "runs" / "plain")["ema"] is None
+
+
+def test_label_smoothing_changes_the_training_loss(heart, tmp_path):
+    losses = {}
+    for smoothing in ("0.0", "0.3"):
+        name = f"ls{smoothing}"
+        heart(
+            "-q", "train", *QUICK, "--name", name, "--set", f"train.label_smoothing={smoothing}",
+            "--set", "train.epochs=2", "--set", "train.warmup_epochs=0",
+            "--set", "train.epoch_beats=4000",
+        )  # fmt: skip
+        with open(tmp_path / "runs" / name / "history.csv", newline="") as fh:
+            losses[smoothing] = float(list(csv.DictReader(fh))[-1]["train_loss"])
+    # Same seed, same draws: the smoothed targets (0.3 spread over all classes) keep
+    # the loss well above the plain one (measured: 1.35 against 0.98).
+    assert losses["0.3"] > losses["0.0"] + 0.15
+
+
+def test_bad_trick_values_are_refused(heart):
+    for key, value in (("train.ema", "1.0"), ("train.label_smoothing", "-0.1")):
+        result = heart("train", *QUICK, "--set", f"{key}={value}", expect=2)
+        assert result.stderr.strip().startswith(f"error: --set {key}") or key in result.stderr

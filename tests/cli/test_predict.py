@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE, Exported, copy_record, cut_record, record_at_250_hz
+from conftest import (
+    SAMPLE,
+    Exported,
+    copy_record,
+    cut_record,
+    error_line,
+    quick_args,
+    record_at_250_hz,
+)
 
 from heartcli.data.beats import record_beats
 from heartcli.data.mitdb import AAMI_MAP
@@ -355,3 +365,31 @@ def test_a_record_with_a_name_wfdb_cannot_read_is_one_line(heart, tiny, tmp_path
     (folder / "é100.hea").write_text(header)
     r = heart("predict", tiny.run, folder / "é100", expect=1)
     assert "is not ASCII; WFDB reads only ASCII names" in _error(r)
+
+
+# --------------------------------------------- moved here from tests/test_hardening.py
+
+
+def quick(data_dir: Path, *sets: str, tracking: bool = False) -> list[str]:
+    """QUICK (conftest: the quick-start CNN, 200 beats a class) on ``data_dir``, 2 epochs."""
+    return quick_args("train.epochs=2", *sets, data=data_dir, tracking=tracking)
+
+
+def test_predict_refuses_beats_far_outside_the_training_range(heart, sample_dir, tmp_path):
+    heart("-q", "train", *quick(sample_dir, "train.epochs=1"), "--name", "r")
+    lo, hi = json.loads(Path("runs/r/manifest.json").read_text())["data"]["input_range"]
+    assert 0.0 <= lo < hi <= 1.0
+    table = pq.read_table(sample_dir / "random" / "test.parquet")
+    x = np.stack([table.column(str(i)).to_numpy() for i in range(187)], axis=1)[:50]
+    ok = tmp_path / "ok.parquet"
+    pq.write_table(pa.table({str(i): x[:, i] for i in range(187)}), ok)
+    heart("-q", "predict", "runs/r", ok)
+    raw = x.astype(np.float64) * 1e30
+    bad = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({str(i): raw[:, i] for i in range(187)}), bad)
+    line = error_line(heart("predict", "runs/r", bad, expect=None), 1)
+    assert re.match(
+        rf"error: {re.escape(str(bad))}: \d+ of 50 beats are far outside the range the model "
+        r"was trained on \[",
+        line,
+    )

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import make_config
 
 EPOCHS = 12  # a fold or the final run lasts a second or two: time to stop it in the middle
@@ -50,6 +51,7 @@ def manifest(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_fold_keeps_the_finished_folds_and_resume_finishes(heart, tmp_path):
     run = tmp_path / "runs" / "cv"
     proc = start(tmp_path, "--folds", "2", "--name", "cv")
@@ -69,6 +71,7 @@ def test_sigterm_in_a_fold_keeps_the_finished_folds_and_resume_finishes(heart, t
     assert manifest(run)["crossval"]["oof"]["n"] == done["oof"]["n"]
 
 
+@pytest.mark.slow
 def test_sigkill_in_a_fold_leaves_a_run_that_resume_continues(heart, tmp_path):
     run = tmp_path / "runs" / "cv"
     proc = start(tmp_path, "--folds", "2", "--name", "cv")
@@ -79,6 +82,7 @@ def test_sigkill_in_a_fold_leaves_a_run_that_resume_continues(heart, tmp_path):
     assert (run / "oof.npz").is_file() and manifest(run)["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_resume_of_a_stopped_final_run_continues_it_without_validation(heart, tmp_path):
     run = tmp_path / "runs" / "cv"
     # 4 times the beats an epoch: the final run's epochs last long enough to stop one

@@ -20,6 +20,8 @@ import sys
 import pytest
 from conftest import EXAMPLES, REPO, SAMPLE, Exported, Heart, evaluate_and_export
 
+pytestmark = pytest.mark.slow  # the device recipe's export costs a minute and more
+
 RECIPE = EXAMPLES / "tiny.toml"  # the device recipe (not conftest's TINY)
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 needs_executorch = pytest.mark.skipif(
@@ -60,7 +62,7 @@ def test_static_int8_onnx_scored_against_float_with_calibration_from_training(ed
     q8 = files["model.int8.onnx"]
     assert q8["format"] == "onnx-int8" and "quantize_static" in q8["exporter"]
     cal = q8["calibration"]
-    assert "train part" in cal["source"] and "test" not in cal["source"]
+    assert "train part" in cal["source"] and "test part" not in cal["source"]
     assert sum(cal["per_class"].values()) == cal["beats"] and min(cal["per_class"].values()) > 0
     assert q8["bytes"] < files["model.onnx"]["bytes"] / 2
     scores = {q["file"]: q for q in s["int8"]}

@@ -7,17 +7,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_config
+from conftest import finish, heart_cmd, heart_env, make_config, read_state, start, wait_for
 
 from heartcli.config import load_config
 from heartcli.search.tpe import Suggester
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
 
 
 def slow(
@@ -46,56 +45,9 @@ def slow(
     )  # fmt: skip
 
 
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    out["PYTHONPATH"] = str(REPO)
-    return out
-
-
-def heart_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "heartcli", *args]
-
-
-def start(cwd: Path, *args: str) -> subprocess.Popen:
-    """`heart ARGS` in the background, its stderr kept."""
-    return subprocess.Popen(
-        heart_cmd(*args),
-        cwd=cwd,
-        env=env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def finish(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`heart ARGS` to its end, stdout and stderr kept."""
-    return subprocess.run(
-        heart_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def read_state(search: Path) -> dict:
-    try:
-        return json.loads((search / "search.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {"trials": []}
-
-
 def epochs_done(search: Path, number: int) -> int:
     path = search / f"trial-{number:03d}" / "history.csv"
     return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
-
-
-def wait_for(proc: subprocess.Popen, what: str, check, timeout: float = 900):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert proc.poll() is None, f"the search ended before {what}: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def gone(pid: int) -> bool:
@@ -207,7 +159,7 @@ def test_two_searches_with_one_name_at_the_same_moment(tmp_path, sample_dir):
         subprocess.Popen(
             cmd,
             cwd=tmp_path,
-            env=env(),
+            env=heart_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -245,7 +197,7 @@ def test_max_minutes_with_two_jobs_stops_both_trials_at_an_epoch(tmp_path, sampl
             "tracking.enabled=false",
         ),
         cwd=tmp_path,
-        env=env(),
+        env=heart_env(),
         capture_output=True,
         text=True,
         timeout=600,

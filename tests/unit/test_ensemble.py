@@ -52,6 +52,7 @@ def members_mean(run_dir, beats):
     return np.mean(probas, axis=0), probas
 
 
+@pytest.mark.slow
 def test_ensemble_is_the_mean_of_its_members(ensemble, heart):
     root, summary = ensemble
     run_dir = root / "runs" / "ens"
@@ -84,6 +85,7 @@ def test_ensemble_is_the_mean_of_its_members(ensemble, heart):
         np.testing.assert_allclose(table[f"p_{c}"], mean[:, i], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_every_export_format_holds_one_averaging_graph(ensemble):
     root, _ = ensemble
     export = root / "export"
@@ -110,6 +112,7 @@ def test_every_export_format_holds_one_averaging_graph(ensemble):
     assert "## Ensemble" in markdown and "| fold-2 | `folds/fold-2` |" in markdown
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "changed"])
 def test_a_missing_or_changed_member_is_refused_by_name(ensemble, heart, tmp_path, damage):
     root, _ = ensemble
@@ -161,6 +164,7 @@ def macro_f1_of_mean(oofs, classes):
     return metrics(oofs[0]["y"], mean.argmax(1), classes)["macro_f1"]
 
 
+@pytest.mark.slow
 def test_tune_ensembles_its_top_trials_out_of_fold(heart, tmp_path):
     summary = heart.json("tune", *QUICK, *SEARCH, "--set", "search.ensemble=2", "--name", "s")
     info = summary["ensemble"]
@@ -234,6 +238,7 @@ def test_tune_ensemble_with_too_few_finished_trials_is_refused(heart, tmp_path):
     assert not (tmp_path / "runs" / "s" / "ensemble").exists()
 
 
+@pytest.mark.slow
 def test_a_seed_ensemble_is_scored_on_every_beat_out_of_fold(heart, tmp_path):
     # [search] ensemble over a train.seed space: each trial deals its own folds from its
     # seed, every beat is still predicted by a model that never trained on it, so the

@@ -207,6 +207,7 @@ def test_exported_models_refuse_adapt(heart, run, records, tmp_path):
 # ----------------------------------------------------------------- rhythm, ensembles
 
 
+@pytest.mark.slow
 def test_rhythm_ensemble_adapts_every_member(heart, records, tmp_path):
     """A rhythm model's rhythm standardisation is re-centred on the recording; in an
     ensemble (`--folds 2` with final = "ensemble") every member is adapted, and the members'

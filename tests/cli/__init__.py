@@ -1,0 +1,1 @@
+"""CLI tests: one file per command, its flows and its exact messages."""
