@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -196,6 +197,21 @@ def wait_for(proc: subprocess.Popen, what: str, check, timeout: float = 900):
         time.sleep(0.05)
 
 
+def interrupt(proc: subprocess.Popen, what: str, check) -> tuple[Any, str]:
+    """SIGTERM ``proc`` once ``check`` holds: it must end as an interrupted heart (exit
+    130, last line ``error: interrupted``, no traceback). What ``check`` gave, and stderr."""
+    try:
+        found = wait_for(proc, what, check)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: interrupted"
+    return found, err
+
+
 def cli(
     *args: str | os.PathLike[str],
     cwd: Path,
@@ -300,6 +316,21 @@ def quick_args(
     if not tracking:
         args += ["--set", "tracking.enabled=false"]
     return args
+
+
+# The quick-start CNN on the sample's inter-patient split without Q, every class kept.
+QUICK_INTER_PATIENT = quick_args(
+    "data.split=inter-patient", 'data.classes={Q = "drop"}', "resample.min_beats=1",
+    "train.scheduler=cosine",
+)  # fmt: skip
+
+
+def strata(beats: Any, records: Any) -> set[str]:
+    """The classes S and V present among the beats of ``records``."""
+    import numpy as np
+
+    mask = np.isin(beats.record.astype(str), list(records))
+    return {beats.classes[c] for c in np.unique(beats.y[mask])} & {"S", "V"}
 
 
 # --------------------------------------------------------------------------- the trained run

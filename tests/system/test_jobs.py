@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import finish, heart_cmd, heart_env, make_config, read_state, start, wait_for
+from conftest import (
+    finish,
+    heart_cmd,
+    heart_env,
+    interrupt,
+    make_config,
+    read_state,
+    start,
+    wait_for,
+)
 
 from heartcli.config import load_config
 from heartcli.search.tpe import Suggester
@@ -221,15 +230,7 @@ def test_sigterm_of_a_search_with_two_jobs_stops_cleanly_and_resumes(tmp_path, s
     config = slow(tmp_path, sample_dir, epochs=20, mlflow=False, evals=2)
     search = tmp_path / "runs" / "t"
     proc = start(tmp_path, "tune", "--config", str(config), "--name", "t", "--jobs", "2")
-    try:
-        wait_for(proc, "a trial to train", lambda: running_trial(search, 2))
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: interrupted"
+    interrupt(proc, "a trial to train", lambda: running_trial(search, 2))
     stopped = [t for t in read_state(search)["trials"] if t["status"] == "running"]
     assert stopped, "the interrupted trials stay to be resumed"
     kept = {}

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SAMPLE, last_line, quick_args
+from conftest import EXAMPLES, QUICK_INTER_PATIENT, SAMPLE, last_line, quick_args, strata
 
 from heartcli.data.dataset import load_split
 from heartcli.metrics import metrics
@@ -113,21 +113,8 @@ def test_the_new_examples_are_valid_recipes(heart):
 # --------------------------------------------- moved here from tests/test_rhythm_model.py
 
 
-# The quick-start CNN on the sample (conftest), inter-patient without Q, every class kept.
-QUICK_rhythm_model = quick_args(
-    "data.split=inter-patient", 'data.classes={Q = "drop"}', "resample.min_beats=1",
-    "train.scheduler=cosine",
-)  # fmt: skip
-
-
-def strata(beats, records):
-    """Set of the classes S and V present among the beats of ``records``."""
-    mask = np.isin(beats.record.astype(str), list(records))
-    return {beats.classes[c] for c in np.unique(beats.y[mask])} & {"S", "V"}
-
-
 def test_kfold_by_record(heart, tmp_path):
-    summary = heart.json("train", *QUICK_rhythm_model, "--name", "cv", "--folds", "3")
+    summary = heart.json("train", *QUICK_INTER_PATIENT, "--name", "cv", "--folds", "3")
     train = load_split(SAMPLE, "inter-patient", "train", classes={"Q": "drop"})
     records = set(np.unique(train.record.astype(str)))
     folds = [set(f["val_records"]) for f in summary["folds"]]
@@ -168,7 +155,7 @@ def test_kfold_by_record(heart, tmp_path):
     ],
 )
 def test_bad_folds_and_val_records(heart, tmp_path, args, expected):
-    result = heart("train", *QUICK_rhythm_model, *args, expect=2)
+    result = heart("train", *QUICK_INTER_PATIENT, *args, expect=2)
     line = last_line(result.stderr)
     assert line.startswith("error: ") and expected in line
     assert "Traceback" not in result.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,16 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
-from conftest import SAMPLE, Heart, finish, last_line, make_config, read_state, start, wait_for
+from conftest import (
+    SAMPLE,
+    Heart,
+    finish,
+    interrupt,
+    last_line,
+    make_config,
+    read_state,
+    start,
+)
 
 from heartcli.data.dataset import load_split
 from heartcli.metrics import metrics
@@ -326,15 +334,7 @@ def test_sigterm_in_the_refit_stage_then_resume_trains_no_finished_fold_again(tm
         return (done, going) if done and going else None
 
     proc = start(tmp_path, "tune", "--config", str(config), "--name", "t", "--jobs", "1")
-    try:
-        done, going = wait_for(proc, "a fold to finish and the next to train", fold_state)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == "error: interrupted"
+    (done, going), _ = interrupt(proc, "a fold to finish and the next to train", fold_state)
     assert not (search / "final").exists()
     kept = {f: fold_files(search, *f) for f in done}
     n, i = going[0]

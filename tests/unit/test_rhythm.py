@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import wfdb
-from conftest import SAMPLE, Heart, last_line, quick_args
+from conftest import QUICK_INTER_PATIENT, SAMPLE, Heart, last_line, strata
 
 from heartcli.data.build import collect_beats, rhythm_manifest
 from heartcli.data.dataset import RHYTHM_COLUMNS, load_split, read_manifest
@@ -188,19 +188,6 @@ def test_template_features_against_the_records_median_beat_by_hand(all_beats):
 # --------------------------------------------- moved here from tests/test_rhythm_model.py
 
 
-# The quick-start CNN on the sample (conftest), inter-patient without Q, every class kept.
-QUICK = quick_args(
-    "data.split=inter-patient", 'data.classes={Q = "drop"}', "resample.min_beats=1",
-    "train.scheduler=cosine",
-)  # fmt: skip
-
-
-def strata(beats, records):
-    """Set of the classes S and V present among the beats of ``records``."""
-    mask = np.isin(beats.record.astype(str), list(records))
-    return {beats.classes[c] for c in np.unique(beats.y[mask])} & {"S", "V"}
-
-
 USED = ["rr_pre_local", "rr_post_pre", "rr_pre_record", "rr_local_record", "tpl_decorr"]
 
 
@@ -214,7 +201,7 @@ def rhythm_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         heart(
-            "-q", "train", *QUICK, "--name", "rr", "--set", "model.rhythm=true",
+            "-q", "train", *QUICK_INTER_PATIENT, "--name", "rr", "--set", "model.rhythm=true",
             "--set", "train.val_records=4", "--set", f"model.rhythm_columns={USED}",
             "--set", "model.rhythm_wide=true",
         )  # fmt: skip
@@ -322,8 +309,8 @@ def test_rhythm_needs_a_dataset_with_rhythm_columns(heart, tmp_path, sample_dir)
         "--out", imported,
     )  # fmt: skip
     result = heart(
-        "train", *QUICK, "--set", f"data.dir={imported}", "--set", "data.split=mitbih",
-        "--set", "model.rhythm=true", expect=2,
+        "train", *QUICK_INTER_PATIENT, "--set", f"data.dir={imported}",
+        "--set", "data.split=mitbih", "--set", "model.rhythm=true", expect=2,
     )  # fmt: skip
     line = last_line(result.stderr)
     assert line.startswith("error: model.rhythm = true:")
