@@ -42,11 +42,11 @@ lock: ## refresh requirements.lock from pyproject.toml's ranges (the newest rele
 	rm -rf $(LOCK_VENV)
 
 demo: setup ## train, evaluate, export and predict on the bundled sample (a few minutes)
-	rm -rf runs/demo
+	rm -rf runs/demo runs/demo-predictions.csv
 	$(BIN)/heart train --config examples/quickstart.toml --name demo
 	$(BIN)/heart evaluate runs/demo
 	$(BIN)/heart export runs/demo --out runs/demo/export
-	$(BIN)/heart predict runs/demo/export/model.onnx data/sample/random/test.parquet --out runs/demo/predictions.csv
+	$(BIN)/heart predict runs/demo/export/model.onnx data/sample/random/test.parquet --out runs/demo-predictions.csv
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check heartcli tests benchmarks docs/hooks
