@@ -8,11 +8,7 @@ from typing import Annotated
 import typer
 
 from heartcli import __version__
-from heartcli.cli import config_cmd, resample_cmd, train
-from heartcli.cli import evaluate as evaluate_cmd
-from heartcli.cli import export as export_cmd
-from heartcli.cli import fetch as fetch_cmd
-from heartcli.cli import predict as predict_cmd
+from heartcli.cli import config, evaluate, export, fetch, predict, resample, train, tune
 from heartcli.cli._util import (
     HeartCommand,
     Output,
@@ -21,7 +17,6 @@ from heartcli.cli._util import (
     redacting_hooks,
     set_output,
 )
-from heartcli.cli.tune import tune_cmd
 from heartcli.threads import passive_openmp
 
 app = make_app(
@@ -32,14 +27,15 @@ app = make_app(
     "Exit codes: 0 success, 1 runtime failure, 2 bad usage or config, 130 interrupted.",
     completion=True,
 )
-app.add_typer(config_cmd.app, name="config")
-app.command("fetch", cls=HeartCommand)(fetch_cmd.fetch)
+# Each command's module in cli/ is named after it and holds a function of the same name.
+app.add_typer(config.app, name="config")
+app.command("fetch", cls=HeartCommand)(fetch.fetch)
 app.command("train", cls=HeartCommand)(train.train)
-app.command("resample", cls=HeartCommand)(resample_cmd.resample)
-app.command("evaluate", cls=HeartCommand)(evaluate_cmd.evaluate)
-app.command("tune", cls=HeartCommand)(tune_cmd)
-app.command("export", cls=HeartCommand)(export_cmd.export)
-app.command("predict", cls=HeartCommand)(predict_cmd.predict)
+app.command("resample", cls=HeartCommand)(resample.resample)
+app.command("evaluate", cls=HeartCommand)(evaluate.evaluate)
+app.command("tune", cls=HeartCommand)(tune.tune)
+app.command("export", cls=HeartCommand)(export.export)
+app.command("predict", cls=HeartCommand)(predict.predict)
 
 
 def _version(value: bool) -> None:

@@ -325,7 +325,7 @@ def render_refit(refit: dict[str, Any]) -> None:
     o.console.print(f"rule: {final['rule']}", highlight=False)
 
 
-def tune_cmd(
+def tune(
     config: ConfigOption = None,
     set_: SetOption = None,
     evals: Annotated[
@@ -403,7 +403,8 @@ def tune_cmd(
     """
     from heartcli.config import load_document, option_overrides
     from heartcli.model.runs import check_name
-    from heartcli.search import report, tune
+    from heartcli.search import report
+    from heartcli.search import tune as run_search
 
     if name is not None:
         check_name(name)
@@ -420,7 +421,7 @@ def tune_cmd(
         search_evals=evals, search_max_minutes=max_minutes, search_backend=backend
     )
     if resume is not None:  # the search's own config, this invocation's budget
-        result = tune(
+        result = run_search(
             None,
             resume=resume,
             evals=evals,
@@ -435,7 +436,7 @@ def tune_cmd(
         if address is not None and resolved.search.backend != "ray":
             raise UsageError("--address: only with --backend ray")
         base = load_document(config) if config is not None else None
-        result = tune(
+        result = run_search(
             resolved, name=name, config_base=base, progress=LiveTable(), address=address, jobs=jobs
         )
     out().result(result.summary(), lambda: render(result))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from heartcli.errors import DataError, UsageError
 from heartcli.evaluate import ec57
 from heartcli.evaluate.strips import check_plot_dir, plot_record
 from heartcli.predict.wfdb import Header, read_header, test_labels
+from heartcli.progress import Progress
 
 PEAKS = ("detect", "annotations")
 
@@ -151,7 +151,7 @@ def score_records(
     window_s: float = ec57.MATCH_WINDOW_S,
     include_paced: bool = False,
     skip_missing: bool = False,
-    progress: Callable[[dict[str, Any], int, int], None] | None = None,
+    progress: Progress | None = None,
     detector: str | None = None,
     adapt: str | None = None,
     plot: str | Path | None = None,
@@ -159,7 +159,8 @@ def score_records(
     """The EC57 document of a model over records: per record, gross and average.
 
     Every record's header and .atr are read and checked before the model runs on any;
-    ``progress(entry, i, n)`` is called after each record is scored. With ``adapt`` each
+    ``progress`` gets a task of as many units as records to score, then ``done(record,
+    entry)`` and ``advance()`` after each record is scored. With ``adapt`` each
     record is classified by a copy of the model adapted to it on its learning period
     (:mod:`heartcli.predict.adapt`); with ``plot`` its worst stretches are drawn there
     (:mod:`heartcli.evaluate.strips`)."""
@@ -188,14 +189,15 @@ def score_records(
     if not references:
         raise UsageError("--records: no record left to score; " + "; ".join(run.notes))
     model = load_model(model_path)
+    progress = progress or Progress()
+    progress.task("records", total=len(references))
     entries: list[dict[str, Any]] = []
-    for i, (path, header, reference) in enumerate(references):
+    for path, header, reference in references:
         entry = run.score(model, path, header, reference)
-        if entry is None:
-            continue
-        entries.append(entry)
-        if progress is not None:
-            progress(entry, i + 1, len(references))
+        if entry is not None:
+            entries.append(entry)
+            progress.done(entry["record"], entry)
+        progress.advance()
     if not entries:
         raise UsageError("--records: no record left to score; " + "; ".join(run.notes))
     gross, average = ec57.totals(entries)
