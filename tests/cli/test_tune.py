@@ -209,6 +209,7 @@ def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray at a time (tests/system/test_ray_cluster.py)
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
     # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.

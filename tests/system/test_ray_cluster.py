@@ -34,7 +34,9 @@ from typing import Any
 import pytest
 from conftest import make_config
 
-pytestmark = pytest.mark.slow
+# One Ray cluster on fixed ports (6379, 5000): these tests, and every other test that starts
+# Ray, run on one pytest-xdist worker (`--dist loadgroup`), one after another.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

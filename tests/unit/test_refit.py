@@ -486,6 +486,7 @@ def test_greedy_selection_with_replacement_keeps_the_best_prefix():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one Ray at a time (tests/system/test_ray_cluster.py)
 def test_the_ray_backend_refits_through_the_same_workers_on_the_driver(heart, tmp_path):
     ray = pytest.importorskip("ray")
     # Ray Tune runs the rungs; the refit stage then runs on the driver's worker processes.
