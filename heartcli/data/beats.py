@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from heartcli.data.mitdb import AAMI_MAP, FS_HZ
+from heartcli.data.records import read_annotations, read_signal
 from heartcli.data.rhythm import rows_rhythm
-from heartcli.errors import DataError
 
 BEAT_LENGTH = 187
 STRIDE = 3
@@ -127,47 +127,10 @@ def cut_beats(
     return segment_beats(signal, peaks[is_beat], symbols[is_beat])
 
 
-def read_lead(record_path: str | Path, lead: str = "channel0") -> np.ndarray:
-    """One lead of a WFDB record as raw integer units (wfdb, physical=False)."""
-    import wfdb
-
-    path = Path(record_path)
-    try:
-        header = wfdb.rdheader(str(path))
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(f"{path}: cannot read the record header ({exc})") from None
-    names = list(header.sig_name or [])
-    if lead == "channel0":
-        channel = 0
-    elif lead in names:
-        channel = names.index(lead)
-    else:
-        raise DataError(
-            f"{path}: record has no {lead} lead (leads: {', '.join(names)}); "
-            "use --set data.lead=channel0"
-        )
-    try:
-        record = wfdb.rdrecord(str(path), physical=False, channels=[channel])
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read the signal ({exc}); fetch the record again") from None
-    return np.asarray(record.d_signal[:, 0], dtype=np.int64)
-
-
-def read_annotations(record_path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """All reference annotations (.atr) of a record: sample positions and symbols."""
-    import wfdb
-
-    path = Path(record_path)
-    try:
-        ann = wfdb.rdann(str(path), "atr")
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise DataError(f"{path}.atr: cannot read the annotations ({exc})") from None
-    return np.asarray(ann.sample, dtype=np.int64), list(ann.symbol)
-
-
 def record_beats(record_path: str | Path, lead: str = "channel0") -> tuple[np.ndarray, ...]:
-    """The dataset rows of one record: ``(x, y, r_peak)``."""
-    signal = read_lead(record_path, lead)
+    """The dataset rows of one record: ``(x, y, r_peak)``, its lead and .atr read by
+    :mod:`heartcli.data.records`."""
+    signal = read_signal(record_path, lead).samples
     samples, symbols = read_annotations(record_path)
     return segment_beats(signal, samples, symbols)
 
@@ -180,7 +143,7 @@ def record_rows(
     Returns ``(x, y, r_peak, rhythm float32 [n, 9], short)``; ``short`` is True for a record
     with fewer than 3 beat annotations (see :mod:`heartcli.data.rhythm`).
     """
-    signal = read_lead(record_path, lead)
+    signal = read_signal(record_path, lead).samples
     samples, symbols = read_annotations(record_path)
     x, y, peaks = segment_beats(signal, samples, symbols)
     rhythm, short = rows_rhythm(samples, symbols, peaks, FS_HZ, x)

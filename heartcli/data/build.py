@@ -34,6 +34,7 @@ from heartcli.data.dataset import (
     write_beats,
 )
 from heartcli.data.mitdb import DS1, DS2, RECORDS, record_files
+from heartcli.data.records import NoLead
 from heartcli.data.rhythm import DEFINITIONS, MIN_BEATS
 from heartcli.errors import DataError, HeartError
 from heartcli.io import sha256_file, staged_dir, unwritable, write_json
@@ -64,10 +65,8 @@ def collect_beats(
                 result: tuple[Any, ...] = record_rows(records_dir / record, lead)
             else:
                 result = (*record_beats(records_dir / record, lead), None, False)
-        except DataError as exc:
-            if lead != "channel0" and f"has no {lead} lead" in str(exc):
-                return record, None
-            raise
+        except NoLead:
+            return record, None
         if on_record is not None:
             on_record(record)
         return record, result

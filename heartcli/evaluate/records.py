@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from heartcli.data.records import Header, check_record, read_annotations, read_header, record_path
 from heartcli.errors import DataError, UsageError
 from heartcli.evaluate import ec57
 from heartcli.evaluate.strips import check_plot_dir, plot_record
-from heartcli.predict.wfdb import Header, read_header, test_labels
+from heartcli.predict.wfdb import test_labels
 from heartcli.progress import Progress
 
 PEAKS = ("detect", "annotations")
@@ -59,14 +60,8 @@ def listed_records(spec: str | Path) -> tuple[list[Path], list[str]]:
     seen: dict[Path, Path] = {}  # resolved header -> the record as first given
     notes: list[str] = []
     for given in paths:
-        path = given.with_suffix("") if given.suffix in (".hea", ".dat", ".atr") else given
-        header = Path(f"{path}.hea")
-        if not header.is_file():
-            raise UsageError(
-                f"--records: {path}: no WFDB record here ({path.name}.hea missing); give record "
-                "paths without extension, e.g. ../shared/data/mitdb/100"
-            )
-        key = header.resolve()
+        path = check_record(record_path(given), "--records: ")
+        key = Path(f"{path}.hea").resolve()
         if key in seen:
             notes.append(f"{given} is {seen[key]} again: scored once")
             continue
@@ -117,16 +112,10 @@ def select_records(
 
 
 def read_beats(path: Path, extension: str, header: Header) -> ec57.BeatAnnotations:
-    """The beats of ``PATH.<extension>``; an empty file, or beats past the signal's end,
-    is one DataError naming the file."""
-    import wfdb
-
+    """The beats of ``PATH.<extension>`` (read by :func:`heartcli.data.records.read_annotations`);
+    an empty file, or beats past the signal's end, is one DataError naming the file."""
     file = Path(f"{path}.{extension}")
-    try:
-        ann = wfdb.rdann(str(path), extension)
-    except (FileNotFoundError, OSError, ValueError, IndexError, EOFError) as exc:
-        raise DataError(f"{file}: cannot read the annotations ({exc})") from None
-    beats = ec57.beats_from(np.asarray(ann.sample), [str(s) for s in ann.symbol])
+    beats = ec57.beats_from(*read_annotations(path, extension))
     if len(beats) == 0:
         raise DataError(f"{file}: no beat annotations in the file; is it the right annotator?")
     last = int(beats.sample.max())

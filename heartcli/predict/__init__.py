@@ -119,9 +119,8 @@ def own_files(*paths: str | Path) -> list[Path]:
     """The files a command reads, which it must never write onto: a beat file or a model
     file as given, a WFDB record's .hea, signal files and .atr, a model's card. (The files
     of a run folder are guarded as a folder heart keeps: :func:`heartcli.io.check_output`.)"""
+    from heartcli.data.records import is_record, record_files
     from heartcli.export.guard import CARD_JSON
-    from heartcli.predict.segment import is_record
-    from heartcli.predict.wfdb import record_files
 
     files: list[Path] = []
     for given in paths:
@@ -231,7 +230,7 @@ def check_wfdb_out(
     """`heart predict --format wfdb`, checked before anything is predicted: a record as
     INPUT, a folder as OUT, and ``OUT/<record>.<annotator>`` a file it may write (never the
     record's own .hea, .dat or .atr, nor a file of a folder heart keeps)."""
-    from heartcli.predict.segment import is_record
+    from heartcli.data.records import is_record
     from heartcli.predict.wfdb import check_wfdb_target
 
     if out_dir is None:
@@ -252,7 +251,8 @@ def write_wfdb(
     """The beats of a record as ``OUT_DIR/<record>.<annotator>`` (``wfdb.wrann``): one
     annotation per beat at its R-peak sample in the record's own rate, the predicted class
     as its symbol (N, S, V, F or Q) and ``p=<probability>`` of that class as its aux note."""
-    from heartcli.predict.wfdb import SYMBOLS, read_header, test_labels, write_annotations
+    from heartcli.data.records import read_header
+    from heartcli.predict.wfdb import SYMBOLS, test_labels, write_annotations
 
     beats = result.beats
     if beats.method not in ("annotations", "detected"):

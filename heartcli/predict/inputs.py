@@ -64,7 +64,8 @@ def read_input(
 ) -> Beats:
     """A beat file or a WFDB record, as beats the model can take."""
     from heartcli.data.dataset import AAMI_CLASSES
-    from heartcli.predict.segment import is_record, segment_record
+    from heartcli.data.records import is_record
+    from heartcli.predict.segment import segment_record
 
     path = Path(path)
     if is_record(path):

@@ -19,11 +19,14 @@ Kaggle-exact recipe), on one lead in raw ADC units at 360 Hz:
   `heart fetch`), from the .atr's beat annotations, or from the detected R-peaks without
   one, and its template features (against the median of the record's beats); a rhythm
   model takes them as its second input;
-* **lead**: see :func:`choose_channel`. The Kaggle recipe takes channel 0 of every record,
-  which is MLII in 46 of the 48 MIT-BIH records (102 and 104 have V5 there), so MLII is
-  what the model has seen: ``auto`` picks the lead named MLII when the record has one and
-  otherwise falls back to channel 0 (saying so); a model trained on ``lead = "MLII"``
-  data requires it.
+* **lead**: see :func:`heartcli.data.records.choose_channel`. The Kaggle recipe takes
+  channel 0 of every record, which is MLII in 46 of the 48 MIT-BIH records (102 and 104
+  have V5 there), so MLII is what the model has seen: ``auto`` picks the lead named MLII
+  when the record has one and otherwise falls back to channel 0 (saying so); a model
+  trained on ``lead = "MLII"`` data requires it.
+
+The record itself (header, lead, .atr, and every check of them) is read by
+:mod:`heartcli.data.records`.
 
 gqrs marks a QRS ~33 ms before its R-peak (where MIT-BIH's beats are annotated and the
 beat cut starts); :func:`gqrs_peaks` moves each mark to the largest deflection within
@@ -45,6 +48,7 @@ import numpy as np
 
 from heartcli.data.beats import BEAT_LENGTH, cut_beats
 from heartcli.data.mitdb import AAMI_MAP, FS_HZ
+from heartcli.data.records import check_record, has_annotations, read_annotations, read_signal
 from heartcli.data.rhythm import MIN_BEATS, rows_rhythm
 from heartcli.errors import DataError, UsageError
 
@@ -94,93 +98,32 @@ class SegmentedRecord:
     duration_s: float = 0.0  # the record's length in seconds
 
 
-def is_record(path: str | Path) -> bool:
-    """A WFDB record is named without extension: PATH.hea exists."""
-    return Path(f"{path}.hea").is_file()
-
-
-def choose_channel(leads: list[str], lead: str, path: Path) -> tuple[int, list[str]]:
-    """The channel to read: ``auto``, ``MLII`` (required), ``channel0`` or a lead name."""
-    notes: list[str] = []
-    if lead == "channel0":
-        return 0, notes
-    if lead == "auto":
-        if "MLII" in leads:
-            return leads.index("MLII"), notes
-        notes.append(
-            f"{path.name} has no MLII lead (leads: {', '.join(leads)}); "
-            f"used channel 0 ({leads[0] if leads else '?'}), as the Kaggle recipe does"
-        )
-        return 0, notes
-    if lead in leads:
-        return leads.index(lead), notes
-    hint = "--lead channel0" if lead == "MLII" else "--lead auto"
-    raise DataError(
-        f"{path}: record has no {lead} lead (leads: {', '.join(leads) or 'none'}); "
-        f"pass {hint} to use another lead"
-    )
-
-
-FS_MIN_HZ = 50.0  # the rates heart resamples from: an ECG record's, 50 Hz to 20 kHz
-FS_MAX_HZ = 20_000
-
-
 def read_record(path: str | Path, lead: str = "auto") -> RecordSignal:
-    """One lead of a WFDB record (raw ADC units, as `heart fetch` reads it), at 360 Hz."""
-    import wfdb
-
-    from heartcli.predict.wfdb import check_ascii_names
-
+    """One lead of a WFDB record (raw ADC units, as `heart fetch` reads it: read and
+    checked by :func:`heartcli.data.records.read_signal`), at 360 Hz."""
     path = Path(path)
-    check_ascii_names(path)
-    try:
-        header = wfdb.rdheader(str(path))
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise DataError(f"{path}.hea: cannot read the record header ({exc})") from None
-    leads = [str(n) for n in (header.sig_name or [])]
-    if not leads:
-        raise DataError(f"{path}.hea: the record has no signals")
-    channel, notes = choose_channel(leads, lead, path)
-    header_fs = float(header.fs or 0)
-    if not (FS_MIN_HZ <= header_fs <= FS_MAX_HZ):
-        raise DataError(
-            f"{path}.hea: sampling frequency {header_fs:g} Hz is outside {FS_MIN_HZ:g} to "
-            f"{FS_MAX_HZ:,} Hz (an ECG record's); fix the header"
-        )
-    try:
-        rec = wfdb.rdrecord(str(path), physical=False, channels=[channel])
-    except (FileNotFoundError, OSError, ValueError, IndexError) as exc:
-        raise DataError(f"{path}: cannot read the signal ({exc}); check the .dat file") from None
-    if rec.d_signal is None or len(rec.d_signal) == 0:
-        raise DataError(f"{path}: the record has no samples")
-    signal: np.ndarray = np.asarray(rec.d_signal[:, 0], dtype=np.int64)
-    fs = float(rec.fs)
-    if fs != FS_HZ:
+    rec = read_signal(path, lead)
+    signal: np.ndarray = rec.samples
+    notes = list(rec.notes)
+    if rec.fs != FS_HZ:
         from scipy.signal import resample_poly
 
-        ratio = Fraction(FS_HZ / fs).limit_denominator(1000)
+        ratio = Fraction(FS_HZ / rec.fs).limit_denominator(1000)
         signal = resample_poly(signal.astype(np.float64), ratio.numerator, ratio.denominator)
-        notes.append(f"resampled from {fs:g} Hz to {FS_HZ} Hz (polyphase, anti-aliased)")
-    gain = float((rec.adc_gain or [200.0])[0]) or 200.0
-    baseline = float((rec.baseline or [0])[0])
-    return RecordSignal(path, signal, fs, channel, leads[channel], leads, gain, baseline, notes)
+        notes.append(f"resampled from {rec.fs:g} Hz to {FS_HZ} Hz (polyphase, anti-aliased)")
+    return RecordSignal(
+        path, signal, rec.fs, rec.channel, rec.lead, rec.leads, rec.gain, rec.baseline, notes
+    )
 
 
 def read_reference(path: str | Path, fs_in: float) -> tuple[np.ndarray, list[str]] | None:
     """All annotations of ``PATH.atr`` as 360 Hz sample positions and symbols, or None."""
-    import wfdb
-
-    path = Path(path)
-    if not Path(f"{path}.atr").is_file():
+    if not has_annotations(path):
         return None
-    try:
-        ann = wfdb.rdann(str(path), "atr")
-    except (FileNotFoundError, OSError, ValueError, IndexError) as exc:
-        raise DataError(f"{path}.atr: cannot read the annotations ({exc})") from None
-    samples = np.asarray(ann.sample, dtype=np.int64)
+    samples, symbols = read_annotations(path)
     if fs_in != FS_HZ:
         samples = np.rint(samples * FS_HZ / fs_in).astype(np.int64)
-    return samples, [str(s) for s in ann.symbol]
+    return samples, symbols
 
 
 # ------------------------------------------------------------------- R-peak detection
@@ -309,9 +252,7 @@ def segment_record(
     detector: str | None = None,
 ) -> SegmentedRecord:
     """Cut a WFDB record (path without extension) into beats by the `heart fetch` recipe."""
-    path = Path(path)
-    if not is_record(path):
-        raise UsageError(f"{path}: no WFDB record here ({path}.hea missing)")
+    path = check_record(path)
     rec = read_record(path, lead)
     ref = read_reference(path, rec.fs_in) if peaks != "detect" else None
     if peaks == "annotations" and ref is None:
@@ -406,7 +347,6 @@ __all__ = [
     "RecordSignal",
     "SegmentedRecord",
     "detect_r_peaks",
-    "is_record",
     "local_peaks",
     "match_peaks",
     "read_record",

@@ -1,83 +1,23 @@
-"""WFDB files of `heart predict --format wfdb` and `heart evaluate --records`: a record's
-header, the EC57 class of each model class, and a record's beats written as an annotation
-file (``wfdb.wrann``) whose symbols are those classes.
+"""WFDB files of `heart predict --format wfdb` and `heart evaluate --records`: the EC57
+class of each model class, and a record's beats written as an annotation file
+(``wfdb.wrann``) whose symbols are those classes. Records are read by
+:mod:`heartcli.data.records`.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from heartcli.data.mitdb import AAMI_SYMBOLS
-from heartcli.errors import DataError, HeartError, UsageError
+from heartcli.errors import HeartError, UsageError
 from heartcli.io import atomic_path, check_output
 
 ANNOTATOR = "heart"
 SYMBOLS = AAMI_SYMBOLS  # the AAMI classes, as EC57 and the annotation symbols
-
-
-@dataclass
-class Header:
-    fs: float
-    length: int  # samples in the record
-
-
-MAX_HEADER_BYTES = 1 << 20
-
-
-def check_ascii_names(path: Path) -> None:
-    """WFDB names are ASCII: the wfdb package reads a signal file ``é100.dat`` as
-    ``100.dat`` and then reports that file missing. One line that says so instead."""
-    from heartcli.io import read_bounded
-
-    names = [path.name]
-    header = Path(f"{path}.hea")
-    if header.is_file():
-        try:
-            text = read_bounded(header, MAX_HEADER_BYTES, "WFDB header").decode("utf-8", "replace")
-        except DataError:
-            text = ""
-        lines = [ln.split() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-        names += [ln[0] for ln in lines if ln]
-    bad = next((n for n in names if not n.isascii()), None)
-    if bad is not None:
-        raise DataError(
-            f"{path}: the record's name or a file its header names ({bad!r}) is not ASCII; "
-            "WFDB reads only ASCII names: rename the record's files (and the names in its .hea)"
-        )
-
-
-def read_header(path: Path) -> Header:
-    import wfdb
-
-    check_ascii_names(path)
-    try:
-        header = wfdb.rdheader(str(path))
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        raise DataError(f"{path}.hea: cannot read the record header ({exc})") from None
-    fs = float(header.fs or 0)
-    if fs <= 0:
-        raise DataError(f"{path}.hea: sampling frequency {fs:g} Hz is not positive")
-    return Header(fs, int(header.sig_len or 0))
-
-
-def record_files(path: str | Path) -> list[Path]:
-    """A WFDB record's own files: its header, the signal files the header names (a .dat
-    by default) and its reference annotations (.atr). No command writes onto them."""
-    import wfdb
-
-    path = Path(path)
-    files = [Path(f"{path}.hea"), Path(f"{path}.atr"), Path(f"{path}.dat")]
-    try:
-        names = wfdb.rdheader(str(path)).file_name or []
-    except Exception:  # an unreadable header: its default file names are what is known
-        names = []
-    files += [path.parent / str(name) for name in names if name]
-    return files
 
 
 def test_labels(classes: list[str]) -> np.ndarray:

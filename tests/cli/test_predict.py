@@ -120,9 +120,12 @@ def test_record_at_250_hz_is_resampled(heart, tiny, tmp_path, mitdb_dir):
     record_at_250_hz(mitdb_dir, folder, 108000)
     slow_s = heart.json("predict", tiny.export / "model.onnx", folder / "slow")
     assert any("resampled from 250 Hz to 360 Hz" in n for n in slow_s["notes"])
-    from heartcli.data.beats import read_lead, segment_beats
+    from heartcli.data.beats import segment_beats
+    from heartcli.data.records import read_signal
 
-    at_360, _, _ = segment_beats(read_lead(mitdb_dir / "100")[:108000], ann.sample, ann.symbol)
+    at_360, _, _ = segment_beats(
+        read_signal(mitdb_dir / "100").samples[:108000], ann.sample, ann.symbol
+    )
     assert slow_s["beats"] == len(at_360)
     assert slow_s["agreement"]["accuracy"] >= 0.9
 

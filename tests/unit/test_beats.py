@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import wfdb
 
-from heartcli.data.beats import read_annotations, read_lead, record_beats, segment_beats
+from heartcli.data.beats import record_beats, segment_beats
 from heartcli.data.build import collect_beats
 from heartcli.data.mitdb import AAMI_MAP
+from heartcli.data.records import read_annotations, read_signal
 from heartcli.errors import DataError
 
 
@@ -44,7 +45,7 @@ def test_vectorised_recipe_equals_the_loop(mitdb_dir: Path, record: str):
 
 
 def test_non_beat_annotations_are_boundaries(mitdb_dir: Path):
-    signal = read_lead(mitdb_dir / "100")
+    signal = read_signal(mitdb_dir / "100").samples
     samples, symbols = read_annotations(mitdb_dir / "100")
     assert symbols[0] == "+"  # a rhythm annotation opens the record
     x, _, peaks = segment_beats(signal, samples, symbols)
@@ -73,4 +74,4 @@ def test_mlii_lead_skips_records_without_it(mitdb_dir: Path):
 
 def test_unreadable_record_is_a_data_error(tmp_path: Path):
     with pytest.raises(DataError, match="cannot read the record header"):
-        read_lead(tmp_path / "999")
+        read_signal(tmp_path / "999")
