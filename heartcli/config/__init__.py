@@ -1,6 +1,9 @@
 """One TOML config for every command.
 
-- :mod:`heartcli.config.schema`: the sections, keys, defaults and their checks
+- :mod:`heartcli.config.schema`: ``HeartConfig``, ``[search]`` and ``SECTIONS``, the whole schema
+- :mod:`heartcli.config.sections`: the other sections, their keys, defaults and checks
+- :mod:`heartcli.config.bounds`: the upper bound of every numeric key, and ``Section``, the
+  strict base model that checks them
 - :mod:`heartcli.config.load`: reading (``--set`` > file > defaults), every problem at once
   with its line, and writing back with comments
 - :mod:`heartcli.config.space`: the ``[search.space]`` grammar (hyperopt distributions)
@@ -9,6 +12,14 @@ The schema and the loader are re-exported here: ``from heartcli.config import He
 load_config``.
 """
 
+from heartcli.config.bounds import (
+    EPOCH_BEATS_MAX,
+    MAX_FOLDS,
+    MAX_MINUTES,
+    MAX_THREADS,
+    SEED_MAX,
+    Section,
+)
 from heartcli.config.load import (
     MAX_CONFIG_BYTES,
     dumps,
@@ -20,26 +31,17 @@ from heartcli.config.load import (
     save_config,
     to_document,
 )
-from heartcli.config.schema import (
-    EPOCH_BEATS_MAX,
-    MAX_FOLDS,
-    MAX_MINUTES,
-    MAX_THREADS,
+from heartcli.config.schema import SECTIONS, HeartConfig, SearchConfig, SearchKind
+from heartcli.config.sections import (
     RHYTHM_DERIVED,
     RHYTHM_FEATURES,
     RHYTHM_USABLE,
-    SECTIONS,
-    SEED_MAX,
     AugmentConfig,
     DataConfig,
     ExportConfig,
-    HeartConfig,
     ModelConfig,
     PoolKind,
     ResampleConfig,
-    SearchConfig,
-    SearchKind,
-    Section,
     TrackingConfig,
     TrainConfig,
 )

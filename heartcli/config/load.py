@@ -23,7 +23,8 @@ from pydantic import (
     ValidationError,
 )
 
-from heartcli.config.schema import MAX_MINUTES, SECTIONS, HeartConfig
+from heartcli.config.bounds import MAX_MINUTES
+from heartcli.config.schema import SECTIONS, HeartConfig
 from heartcli.errors import ConfigError, DataError, UsageError
 from heartcli.io import read_bounded, write_text
 
