@@ -35,7 +35,7 @@ def main() -> None:
 
     from heartcli.data.dataset import load_split
     from heartcli.export.formats import export_onnx, probability_module
-    from heartcli.export.quantize import CALIBRATIONS, calibration_beats, quantize_onnx_static
+    from heartcli.export.int8 import CALIBRATIONS, calibration_beats, quantize_onnx_static
     from heartcli.metrics import confusion_matrix, macro_f1_from_confusion
     from heartcli.model.inference import batched, model_inputs, onnx_runner, uses_rhythm
     from heartcli.model.load import load_run

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 
 class HeartError(Exception):
-    """A failure the user can act on. ``str(err)`` is the one-line message shown to them."""
+    """A failure the user can act on. ``str(err)`` is the one-line message shown to them.
+
+    ``result``, when set, is what the command did before it failed (`heart export --strict`:
+    the export's summary, its files written and flagged); with --json the error document
+    carries it."""
 
     exit_code = 1
+    result: object = None
 
 
 class UsageError(HeartError):

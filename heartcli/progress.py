@@ -1,4 +1,4 @@
-"""The one way a long service tells its caller how it goes: fetch, import, train and tune.
+"""The one way a long service tells its caller how it goes: fetch, import, train, tune, export.
 
 A service takes a :class:`Progress` and calls its methods as it works; every method does
 nothing here, so a Python caller (a notebook, a tune trial nobody watches) passes

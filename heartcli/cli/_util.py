@@ -193,7 +193,7 @@ class HeartGroup(TyperGroup):
             with terminate_as_interrupt():
                 return super().invoke(ctx)
         except HeartError as exc:
-            report_error(str(exc), exc.exit_code)
+            report_error(str(exc), exc.exit_code, exc.result)
             ctx.exit(exc.exit_code)
         except OSError as exc:  # a write or read no service turned into a HeartError
             report_error(os_error_line(exc), 1)
@@ -318,9 +318,10 @@ def _cut_number(m: re.Match[str]) -> str:
     return f"{m[0][:16]}...({len(m[0]):,} digits)"
 
 
-def report_error(message: str, exit_code: int) -> None:
+def report_error(message: str, exit_code: int, result: Any = None) -> None:
     """One red ``error:`` line per line of ``message`` on stderr; with --json, also one JSON
-    object on stdout, so a script that asked for JSON always gets JSON."""
+    object on stdout, so a script that asked for JSON always gets JSON (with ``result``, what
+    the command did before it failed, when there is one)."""
     lines = _LONG_NUMBER.sub(_cut_number, redact(str(message))).splitlines() or ["unknown error"]
     console = Console(file=sys.stderr, highlight=False, soft_wrap=True)
     for line in lines:
@@ -329,7 +330,9 @@ def report_error(message: str, exit_code: int) -> None:
         document = {"error": "\n".join(lines), "exit_code": exit_code}
         if len(lines) > 1:
             document["errors"] = lines
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        if result is not None:
+            document["result"] = redact_data(result)
+        sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
         sys.stdout.flush()
 
 

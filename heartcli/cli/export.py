@@ -1,4 +1,5 @@
-"""`heart export`: a run as ONNX, torch.export and TorchScript, verified, with a model card."""
+"""`heart export`: a run as ONNX, torch.export and TorchScript, verified, with a model card;
+its int8 scores (red beyond tolerance) and costs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from heartcli.cli._util import ConfigOption, SetOption, out, resolve_config
+from heartcli.errors import HeartError
+from heartcli.progress import Progress
 
 
 class FormatChoice(StrEnum):
@@ -20,6 +24,16 @@ class FormatChoice(StrEnum):
     torchscript = "torchscript"
     pte = "pte"
     all = "all"
+
+
+class ExportProgress(Progress):
+    """The export's steps, a line each on stderr (hidden by -q; stdout keeps the result)."""
+
+    def start(self, summary: dict[str, Any]) -> None:
+        out().log(f"exporting {summary['run']} to {summary['out']}")
+
+    def stage(self, text: str) -> None:
+        out().log(text)
 
 
 def export(
@@ -92,14 +106,16 @@ def export(
         quantize=quantize,
         data=data,
         force=force,
-        log=o.log,
+        progress=ExportProgress(),
     )
-    o.result(result.summary(), lambda: _render(result.summary()))
-    if strict:
-        from heartcli.cli.export_edge import strict_failure
-
-        if strict_failure(result.summary()):
-            raise typer.Exit(1)
+    summary = result.summary()
+    failure = result.beyond_tolerance() if strict else None
+    if failure is None or not o.json:
+        o.result(summary, lambda: _render(summary))
+    if failure is not None:  # written and flagged; with --json the error document holds it
+        error = HeartError(failure)
+        error.result = summary
+        raise error
 
 
 def _render(summary: dict[str, Any]) -> None:
@@ -124,16 +140,9 @@ def _render(summary: dict[str, Any]) -> None:
         f"{parity['beats']:,} real beats ({parity['source']})",
         highlight=False,
     )
-    q = summary.get("quantized")
-    if q and not summary.get("int8"):
-        console.print(
-            f"int8: macro-F1 {q['macro_f1_int8']:.4f} vs float {q['macro_f1_float']:.4f} on "
-            f"{q['test_beats']:,} test beats; same class as float for {q['agreement']:.2%}",
-            highlight=False,
-        )
-    from heartcli.cli.export_edge import render_edge
-
-    render_edge(console, summary)
+    for q in summary.get("int8") or []:
+        console.print(_int8_line(q), highlight=False)
+    _render_costs(console, summary)
     if summary["evaluation"] != "evaluated":
         console.print(f"model card: evaluation {summary['evaluation']}", highlight=False)
     for note in summary["notes"]:
@@ -141,3 +150,43 @@ def _render(summary: dict[str, Any]) -> None:
     console.print(
         f"model card: {summary['out']}/model_card.json and MODEL_CARD.md", highlight=False
     )
+
+
+def _int8_line(q: dict[str, Any]) -> str:
+    """One int8 file's score, in rich markup (red when beyond tolerance)."""
+    text = (
+        f"int8 {q['file']}: macro-F1 {q['macro_f1_int8']:.4f} vs float "
+        f"{q['macro_f1_float']:.4f} on {q['test_beats']:,} test beats (loss "
+        f"{q['macro_f1_loss']:+.4f}, tolerance {q['tolerance']:g}); same class as float for "
+        f"{q['agreement']:.2%}"
+    )
+    if q["within_tolerance"]:
+        return text
+    return f"[bold red]{text}: BEYOND TOLERANCE[/]"
+
+
+def _render_costs(console: Console, summary: dict[str, Any]) -> None:
+    """The model's costs and the latency table of an export."""
+    costs = summary.get("costs")
+    if not costs:
+        return
+    console.print(
+        f"costs: {costs['parameters']:,} parameters, {costs['macs_per_beat']:,} multiply-adds "
+        f"per beat, peak activations ~{costs['peak_activation_bytes_float32']:,} bytes in "
+        f"float32 / ~{costs['peak_activation_bytes_int8']:,} in int8 (estimate)",
+        highlight=False,
+    )
+    table = Table(title="latency per beat (median of repeats)")
+    for title in ("file", "runtime", "threads", "batch 1 (us)", "batch 256 (us)"):
+        table.add_column(title, justify="left" if title in ("file", "runtime") else "right")
+    for f in summary["files"]:
+        lat = f.get("latency")
+        if lat:
+            table.add_row(
+                f["file"],
+                lat["runtime"],
+                str(lat["threads"]),
+                f"{lat['batch_1_us_per_beat']:.1f}",
+                f"{lat['batch_256_us_per_beat']:.1f}",
+            )
+    console.print(table)

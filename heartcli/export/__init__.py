@@ -12,19 +12,20 @@ so a failed export leaves nothing behind.
 
 ONNX goes through the torch.export-based exporter (``dynamo=True``, the maintained path,
 onnxscript) at ``[export] opset``; if that exporter fails, the TorchScript-based one is used
-and the card says so. ``--quantize`` (``dynamic``) adds a dynamic int8 copy (ONNX Runtime's
-``quantize_dynamic``), which is not held to ``atol``: its agreement with the float model
-and both test macro-F1 are in the card. ``--format pte`` adds an ExecuTorch program
-(:mod:`heartcli.export.pte`, the extra ``heart[edge]``); ``--quantize static`` adds static
-int8 ONNX and ExecuTorch files calibrated on training beats, each held to ``[export]
-int8_tolerance`` of test macro-F1 (:mod:`heartcli.export.quantize`; a bigger loss is
-flagged, not refused). Every card carries the costs (:mod:`heartcli.export.costs`).
+and the card says so. ``--format pte`` adds an ExecuTorch program
+(:mod:`heartcli.export.pte`, the extra ``heart[edge]``). ``--quantize dynamic|static``
+adds int8 files (:mod:`heartcli.export.int8`), which are not held to ``atol``: each is
+scored on the test part against the float model and held to ``[export] int8_tolerance``
+of macro-F1 (a bigger loss is flagged, not refused), one entry of the same shape per file
+in the card's ``int8``. Every card carries the costs (:mod:`heartcli.export.costs`).
+
+The steps are told to a :class:`heartcli.progress.Progress` (``stage``: each file
+written, checked, quantised, scored and timed); the service prints nothing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,13 +36,7 @@ from heartcli.config import ExportConfig
 from heartcli.data.dataset import BeatSet
 from heartcli.errors import HeartError, UsageError
 from heartcli.export.card import build_card, card_markdown
-from heartcli.export.edge import (
-    check_request,
-    measure_costs,
-    quantize_mode,
-    score_int8_files,
-    write_int8,
-)
+from heartcli.export.costs import measure_costs
 from heartcli.export.formats import (
     EDGE_FORMATS,
     FILENAMES,
@@ -53,18 +48,23 @@ from heartcli.export.formats import (
     probability_module,
 )
 from heartcli.export.guard import CARD_JSON, CARD_MD, SUMS, check_replaceable
+from heartcli.export.int8 import (
+    Int8Files,
+    beyond_tolerance,
+    check_int8,
+    check_int8_request,
+    quantize_mode,
+    write_int8,
+)
 from heartcli.export.parity import (
     ParityError,
     check_parity,
-    compare,
     exported_runner,
-    onnx_runner,
     parity_beats,
-    reload_runner,
     run_batches,
-    test_inputs,
 )
 from heartcli.io import place_dir, sha256_file, staged_dir, write_json, write_text
+from heartcli.progress import Progress
 
 if TYPE_CHECKING:
     from heartcli.model.runs import LoadedRun
@@ -87,7 +87,6 @@ class ExportResult:
             "out": str(self.out),
             "files": self.files,
             "parity": self.card["parity"],
-            "quantized": self.card.get("quantized"),
             "int8": self.card.get("int8"),
             "int8_within_tolerance": all(
                 q["within_tolerance"] for q in self.card.get("int8") or []
@@ -97,6 +96,10 @@ class ExportResult:
             "notes": self.notes,
             "seconds": round(self.seconds, 2),
         }
+
+    def beyond_tolerance(self) -> str | None:
+        """What ``--strict`` fails with: a line per int8 file beyond tolerance, or None."""
+        return beyond_tolerance(self.card.get("int8") or [])
 
 
 def parse_formats(values: list[str] | None, default: list[str]) -> list[str]:
@@ -108,36 +111,6 @@ def parse_formats(values: list[str] | None, default: list[str]) -> list[str]:
     if unknown:
         raise UsageError(f"--format {unknown[0]}: use onnx, pt2, torchscript, pte or all")
     return [f for f in (*FORMATS, *EDGE_FORMATS) if f in wanted]
-
-
-def _quantized_report(
-    tmp: Path,
-    inputs: list[np.ndarray],
-    reference: np.ndarray,
-    test: BeatSet,
-    run: LoadedRun,
-    source: str,
-) -> dict[str, Any]:
-    from heartcli.metrics import confusion_matrix as cm
-    from heartcli.metrics import macro_f1_from_confusion
-
-    int8 = onnx_runner(tmp / FILENAMES["onnx-int8"])
-    flt = onnx_runner(tmp / FILENAMES["onnx"])
-    agreement = compare(reference, run_batches(int8, inputs))
-    xt = test_inputs(run, test, source)
-    pred_f = run_batches(flt, xt).argmax(axis=1)
-    pred_q = run_batches(int8, xt).argmax(axis=1)
-    k = len(run.classes)
-    return {
-        "file": FILENAMES["onnx-int8"],
-        "method": "onnxruntime.quantization.quantize_dynamic, QInt8 weights",
-        "test_beats": len(test),
-        "test_source": source,
-        "macro_f1_float": macro_f1_from_confusion(cm(test.y, pred_f, k)),
-        "macro_f1_int8": macro_f1_from_confusion(cm(test.y, pred_q, k)),
-        "agreement": agreement["argmax_agreement"],
-        "agreement_on_parity_beats": agreement,
-    }
 
 
 def _export_pte(module: Any, example: tuple[Any, ...], path: Path) -> dict[str, Any]:
@@ -162,7 +135,7 @@ class _Export:
     formats: list[str]
     mode: str | None
     data: Path | None
-    say: Callable[[str], None]
+    progress: Progress
     module: Any
     example: tuple[Any, ...]  # two beats (and their rhythm) to trace the module with
     reference: np.ndarray  # PyTorch's probabilities on the parity beats
@@ -182,7 +155,7 @@ def _prepare(
     quantize: bool | str | None,
     data: Path | None,
     force: bool,
-    say: Callable[[str], None],
+    progress: Progress,
 ) -> _Export:
     """Load the run, check the request and ``--out``, and run PyTorch on the parity beats."""
     import torch
@@ -195,7 +168,11 @@ def _prepare(
         raise UsageError(f"--out {out_dir}: a file is in the way; choose a folder")
     check_replaceable(out_dir, force)
     mode = quantize_mode(quantize)
-    check_request(formats, mode)
+    if "pte" in formats:
+        from heartcli.export.pte import require_executorch
+
+        require_executorch()
+    check_int8_request(formats, mode)
     if "onnx" in formats:
         check_opset(config.opset)
     beats = parity_beats(run, config.parity_beats, data)
@@ -204,7 +181,7 @@ def _prepare(
     example = tuple(torch.from_numpy(a[:2].copy()) for a in inputs)
     reference = run_batches(exported_runner(module), inputs)
     job = _Export(
-        run, out_dir, config, formats, mode, data, say, module, example, reference, *beats
+        run, out_dir, config, formats, mode, data, progress, module, example, reference, *beats
     )
     if len(inputs[0]) < config.parity_beats:
         job.notes.append(
@@ -214,8 +191,9 @@ def _prepare(
     return job
 
 
-def _write_files(job: _Export, tmp: Path) -> dict[str, dict[str, Any]]:
-    """Every requested file, and the int8 ones of ``--quantize``, into ``tmp``."""
+def _write_files(job: _Export, tmp: Path) -> tuple[dict[str, dict[str, Any]], Int8Files | None]:
+    """Every requested file into ``tmp``: {format: exporter info}; and the int8 ones of
+    ``--quantize`` (None without it)."""
     module, example = job.module, job.example
     exporters = {
         "onnx": lambda p: export_onnx(module, example, p, job.config.opset),
@@ -225,7 +203,7 @@ def _write_files(job: _Export, tmp: Path) -> dict[str, dict[str, Any]]:
     }
     info: dict[str, dict[str, Any]] = {}
     for fmt in job.formats:
-        job.say(f"exporting {FILENAMES[fmt]}")
+        job.progress.stage(f"exporting {FILENAMES[fmt]}")
         try:
             info[fmt] = exporters[fmt](tmp / FILENAMES[fmt])
         except HeartError:
@@ -237,61 +215,41 @@ def _write_files(job: _Export, tmp: Path) -> dict[str, dict[str, Any]]:
             ) from None
         if info[fmt].get("note"):
             job.notes.append(info[fmt]["note"])
-    if job.mode:
-        written, _calibration = write_int8(
-            tmp, job.formats, job.mode, module, example, job.run, job.config, job.data, job.say
-        )
-        info.update(written)
-    return info
+    if not job.mode:
+        return info, None
+    written = write_int8(
+        tmp, job.formats, job.mode, module, example, job.run, job.config, job.data, job.progress
+    )
+    return info, written
 
 
 def _check_files(
-    job: _Export, tmp: Path, info: dict[str, dict[str, Any]]
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
+    job: _Export, tmp: Path, info: dict[str, dict[str, Any]], written: Int8Files | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Each file reloaded in its runtime: the float ones held to ``atol``, the int8 ones
-    scored on the test part. Returns the files' entries, the card's ``quantized`` and
-    ``int8``."""
+    scored on the test part. Returns the files' entries and the card's ``int8``."""
     files: list[dict[str, Any]] = []
     for fmt in job.formats:
-        job.say(f"checking {FILENAMES[fmt]} on {len(job.inputs[0]):,} real beats")
+        job.progress.stage(f"checking {FILENAMES[fmt]} on {len(job.inputs[0]):,} real beats")
         parity = check_parity(fmt, tmp / FILENAMES[fmt], job.inputs, job.reference, job.config.atol)
         files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "parity": parity})
-    quantized = None
-    if job.mode == "dynamic":
-        job.say("scoring the int8 model")
-        quantized = _quantized_report(
-            tmp, job.inputs, job.reference, job.test, job.run, job.test_source
-        )
-    int8: list[dict[str, Any]] = []
-    int8_formats: list[str] = [f for f in ("onnx-int8", "pte-int8") if f in info]
-    if int8_formats:
-        job.say("scoring the int8 model(s) on the test part")
-        xt = test_inputs(job.run, job.test, job.test_source)
-        int8 = score_int8_files(
-            tmp,
-            int8_formats,
-            run_batches(exported_runner(job.module), xt),
-            xt,
-            job.test,
-            len(job.run.classes),
-            job.config.int8_tolerance,
-        )
-        if job.mode == "static":
-            method = info[int8_formats[0]]["exporter"]
-            quantized = {**int8[0], "method": method, "test_source": job.test_source}
-    for fmt in int8_formats:
-        runner = reload_runner(fmt, tmp / FILENAMES[fmt])
-        agreement = compare(job.reference, run_batches(runner, job.inputs))
-        files.append({"file": FILENAMES[fmt], "format": fmt, **info[fmt], "agreement": agreement})
-    return files, quantized, int8
+    if written is None:
+        return files, []
+    int8_files, scores = check_int8(
+        tmp,
+        written,
+        job.module,
+        job.run,
+        (job.inputs, job.reference),
+        (job.test, job.test_source),
+        job.config.int8_tolerance,
+        job.progress,
+    )
+    return files + int8_files, scores
 
 
 def _write_card(
-    job: _Export,
-    tmp: Path,
-    files: list[dict[str, Any]],
-    quantized: dict[str, Any] | None,
-    int8: list[dict[str, Any]],
+    job: _Export, tmp: Path, files: list[dict[str, Any]], int8: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The files' sizes and SHA-256, their costs, the model card and SHA256SUMS."""
     for entry in files:
@@ -305,11 +263,11 @@ def _write_card(
         "passed": [f["file"] for f in files if "parity" in f],
     }
     model_costs = measure_costs(
-        tmp, files, job.module, job.inputs, job.config.latency_threads, job.say
+        tmp, files, job.module, job.inputs, job.config.latency_threads, job.progress
     )
-    card = build_card(job.run, files, parity_info, quantized, job.notes)
-    card["int8"] = int8
+    card = build_card(job.run, files, parity_info, int8, job.notes)
     card["costs"] = model_costs
+    job.progress.stage(f"writing {CARD_JSON}, {CARD_MD} and {SUMS}")
     write_json(tmp / CARD_JSON, card)
     write_text(tmp / CARD_MD, card_markdown(card))
     names = [f["file"] for f in files] + [CARD_JSON, CARD_MD]
@@ -326,17 +284,26 @@ def export_run(
     quantize: bool | str | None = False,
     data: str | Path | None = None,
     force: bool = False,
-    log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
-    """Export, verify and describe a run; see the module docstring."""
+    """Export, verify and describe a run; see the module docstring. ``progress`` is told
+    each step (``start``, then a ``stage`` per file written, checked, scored and timed)."""
     started = time.perf_counter()
-    say = log or (lambda _msg: None)
+    progress = progress or Progress()
     data_path = Path(data) if data else None
-    job = _prepare(run_path, out, formats, config, quantize, data_path, force, say)
+    job = _prepare(run_path, out, formats, config, quantize, data_path, force, progress)
+    progress.start(
+        {
+            "run": str(job.run.path),
+            "out": str(job.out_dir),
+            "formats": formats,
+            "quantize": job.mode,
+        }
+    )
     with staged_dir(job.out_dir) as tmp:
-        info = _write_files(job, tmp)
-        files, quantized, int8 = _check_files(job, tmp, info)
-        card = _write_card(job, tmp, files, quantized, int8)
+        info, written = _write_files(job, tmp)
+        files, int8 = _check_files(job, tmp, info, written)
+        card = _write_card(job, tmp, files, int8)
         _place(tmp, job.out_dir, force)
     seconds = time.perf_counter() - started
     return ExportResult(Path(job.run.path), job.out_dir, files, card, seconds, job.notes)

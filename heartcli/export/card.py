@@ -3,7 +3,8 @@
 Classes, the input spec (187 samples at 120 Hz, min-max normalised, the lead), the
 preprocessing recipe, the training data and split (with ``[data] classes``), the
 evaluation figures of ``eval.json`` with their CI and the AAMI EC57 figures, the parity
-check, and the SHA-256 of every file.
+check, the SHA-256 of every file, each int8 file's score (its section is
+:mod:`heartcli.export.int8`'s) and the costs (:mod:`heartcli.export.costs`'s).
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def build_card(
     run: LoadedRun,
     files: list[dict[str, Any]],
     parity: dict[str, Any],
-    quantized: dict[str, Any] | None,
+    int8: list[dict[str, Any]],
     notes: list[str],
 ) -> dict[str, Any]:
+    """The card's JSON; ``int8`` holds an :class:`heartcli.export.int8.Int8Score` per int8
+    file (the costs are added by the caller once the files are timed)."""
     from heartcli.data.dataset import training_lead
 
     data = run.manifest.get("data") or {}
@@ -131,7 +134,7 @@ def build_card(
         "evaluation": evaluation_summary(run),
         "files": files,
         "parity": parity,
-        "quantized": quantized,
+        "int8": int8,
         "notes": notes,
     }
 
@@ -236,7 +239,8 @@ USE = [
 
 def card_markdown(card: dict[str, Any]) -> str:
     """MODEL_CARD.md: the card's JSON as a page, section by section."""
-    from heartcli.export.card_edge import costs_markdown, int8_markdown
+    from heartcli.export.costs import costs_markdown
+    from heartcli.export.int8 import int8_markdown
 
     lines = [
         *_model_lines(card),
@@ -244,8 +248,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         *_ensemble_lines(card.get("ensemble")),
         *_evaluation_lines(card["evaluation"]),
         *_files_lines(card),
-        *_dynamic_int8_lines(card),
-        *int8_markdown(card),
+        *int8_markdown(card.get("int8") or []),
         *costs_markdown(card),
     ]
     if card["notes"]:
@@ -348,22 +351,6 @@ def _files_lines(card: dict[str, Any]) -> list[str]:
             f"{p.get('max_abs_diff', float('nan')):.2e} | {p.get('argmax_agreement', 0):.2%} |"
         )
     return lines
-
-
-def _dynamic_int8_lines(card: dict[str, Any]) -> list[str]:
-    """``--quantize dynamic``: the int8 copy's scores (static int8 has its own section)."""
-    q = card.get("quantized")
-    if not q or card.get("int8"):
-        return []
-    return [
-        "",
-        "## Int8 (dynamic quantisation)",
-        "",
-        f"`{q['file']}` is not held to the parity tolerance. On {q['test_beats']:,} test "
-        f"beats ({md(q['test_source'])}): macro-F1 {q['macro_f1_int8']:.4f} (int8) vs "
-        f"{q['macro_f1_float']:.4f} (float); the same class as the float model for "
-        f"{q['agreement']:.2%} of the beats.",
-    ]
 
 
 def rhythm_input(run: LoadedRun) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""What an exported model costs on a device: the "costs" block of every `heart export` card.
+"""What an exported model costs on a device: the "costs" block of every `heart export` card
+(``measure_costs``) and its Costs section in MODEL_CARD.md (``costs_markdown``).
 
 For the model: its **parameters**, its **multiply-adds per beat** (torch's
 ``FlopCounterMode`` on one beat: the convolutions, matrix products and linear layers, FLOPs
@@ -28,6 +29,8 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
+    from heartcli.progress import Progress
+
 LATENCY_REPEATS = 5
 LATENCY_SECONDS = 0.05  # per repeat; the median of the repeats is reported
 LATENCY_BATCHES = (1, 256)
@@ -39,6 +42,22 @@ RUNTIMES = {
     "pt2": "torch",
     "torchscript": "torch",
 }
+
+
+def measure_costs(
+    tmp: Path,
+    files: list[dict[str, Any]],
+    model: nn.Module,
+    inputs: list[np.ndarray],
+    threads: int,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The model's costs; each file's latency goes into its entry of ``files``."""
+    figures = model_costs(model, inputs)
+    for entry in files:
+        progress.stage(f"timing {entry['file']} ({threads} thread(s))")
+        entry["latency"] = latency(entry["format"], tmp / entry["file"], inputs, threads)
+    return figures
 
 
 def model_costs(model: nn.Module, inputs: list[np.ndarray]) -> dict[str, Any]:
@@ -186,3 +205,36 @@ def _restore(runtime: str) -> None:
     import torch
 
     torch.set_num_threads(_saved_threads.pop())
+
+
+def costs_markdown(card: dict[str, Any]) -> list[str]:
+    """The card's Costs section: parameters, multiply-adds, peak activation estimate; size
+    and latency per file."""
+    costs = card.get("costs")
+    if not costs:
+        return []
+    lines = [
+        "",
+        "## Costs",
+        "",
+        f"- parameters: {costs['parameters']:,}",
+        f"- multiply-adds per beat: {costs['macs_per_beat']:,} ({costs['macs_method']})",
+        f"- peak activation memory: ~{costs['peak_activation_bytes_float32']:,} bytes in "
+        f"float32, ~{costs['peak_activation_bytes_int8']:,} in int8 "
+        f"({costs['peak_activation_method']})",
+        "",
+        "| file | bytes | runtime | threads | us per beat, batch 1 | us per beat, batch 256 |",
+        "|---|---|---|---|---|---|",
+    ]
+    method = ""
+    for f in card["files"]:
+        lat = f.get("latency") or {}
+        method = lat.get("method", method)
+        lines.append(
+            f"| {f['file']} | {f['bytes']:,} | {lat.get('runtime', '-')} | "
+            f"{lat.get('threads', '-')} | {lat.get('batch_1_us_per_beat', '-')} | "
+            f"{lat.get('batch_256_us_per_beat', '-')} |"
+        )
+    if method:
+        lines += ["", f"Latency: {method}."]
+    return lines

@@ -1,4 +1,4 @@
-"""The exporters of `heart export`: ONNX, torch.export (.pt2), TorchScript, int8 ONNX.
+"""The exporters of `heart export`: ONNX, torch.export (.pt2), TorchScript.
 
 Each writes the run's CNN followed by a softmax (``probability_module``): beats float32
 ``[batch, length]`` (any batch size) -> probabilities ``[batch, n_classes]``; a rhythm
@@ -8,7 +8,8 @@ through the torch.export-based exporter (``dynamo=True``, onnxscript) at ``[expo
 opset``; if that exporter fails, the TorchScript-based one is used and the card says so.
 The ONNX graph is the CNN's 4-D twin (:mod:`heartcli.export.twin`: its 1-D layers as 2-D
 ones with a 1 x k kernel, which ONNX Runtime runs faster on CPU; the parity check covers
-it). ``quantize_onnx`` makes the dynamic int8 copy.
+it). The int8 files are :mod:`heartcli.export.int8`'s; ``compact_onnx`` slims the static
+one.
 """
 
 from __future__ import annotations
@@ -198,15 +199,34 @@ def export_torchscript(module: nn.Module, example: tuple[Any, ...], path: Path) 
     }
 
 
-def quantize_onnx(src: Path, dst: Path) -> None:
-    """A dynamic int8 copy of the ONNX model at ``src`` (ONNX Runtime's quantize_dynamic)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def compact_onnx(path: Path) -> int:
+    """Rewrite the ONNX file without the exporter's per-node metadata, doc strings and
+    shape annotations, its inner tensors and nodes under short names (the graph's inputs
+    and outputs keep theirs). The arithmetic is unchanged; returns the bytes saved."""
+    import onnx
 
-    root = logging.getLogger()
-    level = root.level
-    with quiet():
-        root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs through the root logger
-        try:
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
+    before = path.stat().st_size
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+        del init.metadata_props[:]
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i}"
+        node.doc_string = ""
+        del node.metadata_props[:]
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    del graph.value_info[:]
+    del proto.metadata_props[:]
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return before - path.stat().st_size

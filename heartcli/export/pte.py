@@ -1,4 +1,4 @@
-"""ExecuTorch programs (``.pte``) of `heart export --format pte`: float and static int8.
+"""ExecuTorch programs (``.pte``) of `heart export --format pte`, and their runtime.
 
 The optional extra ``heart[edge]`` (``executorch``) provides the exporter and the runtime;
 without it ``--format pte`` is a UsageError (exit 2) naming what to install.
@@ -8,9 +8,8 @@ twin (:mod:`heartcli.export.twin`: the same arithmetic on ops XNNPACK delegates)
 with ``torch.export`` with a batch axis of 1 to ``MAX_BATCH`` beats, lowered with
 ``to_edge_transform_and_lower`` and the ``XnnpackPartitioner``, and planned for the
 largest batch (``BatchBound``), its weights aligned to ``SEGMENT_ALIGNMENT`` bytes. The int8
-program is quantised before lowering by PT2E (``prepare_pt2e`` / ``convert_pt2e`` with the
-``XNNPACKQuantizer``: symmetric per-channel int8 weights, int8 activations) calibrated on
-training beats drawn per class (:mod:`heartcli.export.quantize`).
+program is the exported graph quantised before lowering (PT2E, :mod:`heartcli.export.int8`
+hands ``export_pte`` its ``transform``).
 
 Programs run in ExecuTorch's own Python runtime (``executorch.runtime``), which the parity
 check, the latency figures and `heart predict` use.
@@ -22,7 +21,7 @@ import contextlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,12 +83,14 @@ def export_pte(
     module: nn.Module,
     example: tuple[Any, ...],
     path: Path,
-    calibration: list[np.ndarray] | None = None,
+    transform: Callable[[Any], Any] | None = None,
+    program: str = "float32, XNNPACK",
 ) -> dict[str, Any]:
-    """Write the ExecuTorch program of ``module``; int8 when ``calibration`` is given.
+    """Write the ExecuTorch program of ``module``.
 
-    ``example`` holds one tensor per input; ``calibration`` the model's inputs for the
-    calibration beats (beats, and rhythm for a rhythm model).
+    ``example`` holds one tensor per input; ``transform`` rewrites the exported graph
+    module before it is lowered (int8's PT2E quantisation), and ``program`` says what the
+    program computes in.
     """
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -100,17 +101,12 @@ def export_pte(
     net = device_module(module)
     shapes = _dynamic(len(example))
     with quiet():
-        program = torch.export.export(net, example, dynamic_shapes=shapes)
-        method = "float32, XNNPACK"
-        if calibration is not None:
-            program = torch.export.export(
-                _quantized(program.module(), calibration), example, dynamic_shapes=shapes
+        exported = torch.export.export(net, example, dynamic_shapes=shapes)
+        if transform is not None:
+            exported = torch.export.export(
+                transform(exported.module()), example, dynamic_shapes=shapes
             )
-            method = (
-                "PT2E static int8 (XNNPACKQuantizer: symmetric per-channel int8 weights, "
-                "int8 activations), XNNPACK"
-            )
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
         # 16-byte alignment of the weight segments instead of 128: about 4 kB less for the
         # tiny model (XNNPACK repacks the weights when it loads them)
         config = ExecutorchBackendConfig(
@@ -123,7 +119,7 @@ def export_pte(
         "exporter": "torch.export + executorch.exir.to_edge_transform_and_lower"
         " (XnnpackPartitioner)",
         "load": "executorch.runtime.Runtime.get().load_program",
-        "program": method,
+        "program": program,
         "max_batch": MAX_BATCH,
         "delegated_ops": delegated,
     }
@@ -162,29 +158,6 @@ def _batch_bound_pass() -> Any:
             return PassResult(graph_module, True)
 
     return BatchBound()
-
-
-def _quantized(graph: Any, calibration: list[np.ndarray]) -> Any:
-    """PT2E: the exported graph with XNNPACK's int8 observers, calibrated, converted."""
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from heartcli.model.inference import BATCH
-
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(graph, quantizer)
-    n = len(calibration[0])
-    with torch.no_grad():
-        for i in range(0, n, BATCH):
-            prepared(
-                *[torch.from_numpy(np.ascontiguousarray(a[i : i + BATCH])) for a in calibration]
-            )
-    return convert_pt2e(prepared)
 
 
 def _delegated_share(edge: Any) -> str:

@@ -16,6 +16,7 @@ import pytest
 from conftest import SAMPLE, Exported, one_error, quick_args
 
 from heartcli import export as export_service
+from heartcli.export.int8 import INT8_KEYS
 
 
 @pytest.fixture
@@ -62,7 +63,12 @@ def test_export_every_format_passes_parity_and_describes_itself(tiny):
     assert "187 samples at 120 Hz" in md and "95% bootstrap CI" in md
     assert names["model.pt2"]["sha256"] in md
 
-    q = s["quantized"]
+    assert "quantized" not in s and "quantized" not in card
+    [q] = s["int8"]  # the dynamic int8 file, in the one shape of every int8 file
+    assert tuple(q) == INT8_KEYS and q == card["int8"][0]
+    assert q["file"] == "model.int8.onnx" and q["mode"] == "dynamic" and q["calibration"] is None
+    assert q["method"] == names["model.int8.onnx"]["exporter"]
+    assert q["within_tolerance"] == (q["macro_f1_loss"] <= q["tolerance"])
     assert q["test_beats"] == 615 and 0.0 < q["macro_f1_int8"] <= 1.0
     assert q["macro_f1_float"] == pytest.approx(ev["macro_f1"], abs=1e-9)
     assert q["agreement"] >= 0.8

@@ -20,6 +20,8 @@ import sys
 import pytest
 from conftest import EXAMPLES, REPO, SAMPLE, Exported, Heart, evaluate_and_export
 
+from heartcli.export.int8 import INT8_KEYS
+
 pytestmark = pytest.mark.slow  # the device recipe's export costs a minute and more
 
 RECIPE = EXAMPLES / "tiny.toml"  # the device recipe (not conftest's TINY)
@@ -61,12 +63,13 @@ def test_static_int8_onnx_scored_against_float_with_calibration_from_training(ed
     assert "model.onnx" in s["parity"]["passed"]
     q8 = files["model.int8.onnx"]
     assert q8["format"] == "onnx-int8" and "quantize_static" in q8["exporter"]
-    cal = q8["calibration"]
-    assert "train part" in cal["source"] and "test part" not in cal["source"]
-    assert sum(cal["per_class"].values()) == cal["beats"] and min(cal["per_class"].values()) > 0
-    assert q8["bytes"] < files["model.onnx"]["bytes"] / 2
     scores = {q["file"]: q for q in s["int8"]}
     onnx8 = scores["model.int8.onnx"]
+    cal = onnx8["calibration"]  # the int8 file's entry says how it was calibrated
+    assert "train part" in cal["source"] and "test part" not in cal["source"]
+    assert sum(cal["per_class"].values()) == cal["beats"] and min(cal["per_class"].values()) > 0
+    assert onnx8["mode"] == "static" and onnx8["method"] == q8["exporter"]
+    assert q8["bytes"] < files["model.onnx"]["bytes"] / 2
     eval_json = json.loads((edge.run / "eval.json").read_text())
     assert onnx8["macro_f1_float"] == pytest.approx(eval_json["macro_f1"], abs=1e-9)
     assert onnx8["test_beats"] == eval_json["n"] == 615
@@ -95,6 +98,12 @@ def test_pte_float_and_int8_pass_parity_in_executorch(edge):
         assert files[name]["delegated_ops"].startswith("2 XNNPACK partition(s)")
     scores = {q["file"]: q for q in s["int8"]}
     assert set(scores) == {"model.int8.onnx", "model.int8.pte"}
+    # one result shape on the card, whatever the format
+    card = json.loads((edge.export / "model_card.json").read_text())
+    assert card["int8"] == s["int8"] and "quantized" not in card
+    assert all(tuple(q) == INT8_KEYS for q in card["int8"])
+    assert scores["model.int8.pte"]["method"] == q8["program"]
+    assert scores["model.int8.pte"]["calibration"] == scores["model.int8.onnx"]["calibration"]
 
 
 @needs_executorch
@@ -187,7 +196,7 @@ def test_calibration_method_is_a_config_key_and_named_on_the_card(heart, edge, t
     from typing import get_args
 
     from heartcli.config import ExportConfig
-    from heartcli.export.quantize import CALIBRATIONS
+    from heartcli.export.int8 import CALIBRATIONS
 
     # the schema's names and the exporter's table are the same list
     assert set(get_args(ExportConfig.model_fields["calibration"].annotation)) == set(CALIBRATIONS)
@@ -248,6 +257,17 @@ def test_int8_loss_beyond_tolerance_is_written_flagged_and_strict_fails(heart, e
     strict = heart(*args, "--strict", "--out", tmp_path / "strict", expect=1)
     assert "error: model.int8.onnx loses" in strict.stderr
     assert (tmp_path / "strict" / "model.int8.onnx").exists()  # written, and flagged
+    assert "BEYOND TOLERANCE" in strict.stdout  # the result is shown before the error
+    # --strict fails through heart's one error path: with --json one document on stdout,
+    # the error and its exit code, with the export's summary
+    both = heart("--json", *args, "--strict", "--out", tmp_path / "json", expect=1)
+    document = json.loads(both.stdout)
+    assert document["exit_code"] == 1 and document["error"].startswith("model.int8.onnx loses")
+    assert document["error"].endswith(
+        "it was written and the card says so; --strict fails the export"
+    )
+    assert document["result"]["int8_within_tolerance"] is False
+    assert (tmp_path / "json" / "model.int8.onnx").exists()
 
 
 @pytest.mark.parametrize("attention", [False, True])
