@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from heartcli.config import load_config  # noqa: E402
+from heartcli.search.claim import new_search  # noqa: E402
 from heartcli.search.spec import Search  # noqa: E402
-from heartcli.search.state import new_search  # noqa: E402
 from heartcli.search.tpe import run_search  # noqa: E402
 
 QUICKSTART = REPO / "examples" / "quickstart.toml"

@@ -30,7 +30,7 @@ COLUMNS = [
 class LiveTable(Progress):
     """One row per finished trial (stdout; stderr with --json), a spinner while one runs.
 
-    The search tells it (heartcli/search/state.py): ``task("trial-NNN")`` as a trial starts,
+    The search tells it (heartcli/search/events.py): ``task("trial-NNN")`` as a trial starts,
     ``done(name, figures)`` after each of its epochs, ``done("trial-NNN", record)`` as it ends.
     """
 

@@ -6,7 +6,10 @@
   strict base model that checks them
 - :mod:`heartcli.config.load`: reading (``--set`` > file > defaults), every problem at once
   with its line, and writing back with comments
-- :mod:`heartcli.config.space`: the ``[search.space]`` grammar (hyperopt distributions)
+- :mod:`heartcli.config.space`: the ``[search.space]`` grammar (its distributions, checked
+  against the sections)
+- :mod:`heartcli.config.sampling`: a parsed space as hyperopt expressions, a sample as
+  config values
 
 The schema and the loader are re-exported here: ``from heartcli.config import HeartConfig,
 load_config``.

@@ -1,4 +1,4 @@
-"""The `[search.space]` grammar: parse and check it, turn it into a hyperopt space, apply samples.
+"""The `[search.space]` grammar: parse a space and check it against the config's sections.
 
 A space maps config keys (``section.key``) to distributions::
 
@@ -30,6 +30,9 @@ sets (its config keeps the file's value)::
 An option named under ``when`` must be one of the choice's (``true``/``false`` for a bool,
 a choice's value as text); a key under ``when`` is not also searched at the top level, and
 ``when`` does not nest.
+
+A parsed :class:`Space` becomes hyperopt expressions, and a sample of them config values, in
+:mod:`heartcli.config.sampling`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,6 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 KINDS = ("choice", "uniform", "loguniform", "quniform", "bool")
 WHEN = "when"  # the keys under each option of a choice (see the module docstring)
-CHOSEN = "__chosen__"  # a when-branch's own value, in a hyperopt sample
 QUNIFORM_MAX_STEPS = 100_000  # a grid of (high - low) / q steps; more is a typo, not a search
 PER_LAYER_KEYS = ("model.channels", "model.kernel_sizes", "model.pooling")
 LAYERS_KEY = "model.conv_layers"
@@ -82,22 +84,6 @@ class Dist:
             low, high, q = self.args
             return list(range(low, high + 1, q))
         return None
-
-    def hp(self, label: str) -> Any:
-        from hyperopt import hp
-
-        if self.kind == "choice":
-            return hp.choice(label, list(self.args))
-        if self.kind == "bool":
-            return hp.choice(label, [False, True])
-        low, high = self.args[0], self.args[1]
-        if self.kind == "uniform":
-            return hp.uniform(label, low, high)
-        if self.kind == "loguniform":
-            return hp.loguniform(label, math.log(low), math.log(high))
-        q = self.args[2]
-        # hp.quniform rounds to the grid; widen by half a step so the ends are as likely.
-        return hp.quniform(label, low - q / 2, high + q / 2, q)
 
     def describe(self) -> str:
         return f"{{{self.kind} = {list(self.args) if self.kind != 'bool' else 'true'}}}"
@@ -268,7 +254,7 @@ def _parse(space: dict[str, Any], sections: dict[str, Any]) -> tuple[list[Param]
             problems += [
                 SpaceError(
                     p.key,
-                    f"{WHEN}.{_option_text(option)}: {s.key} is also searched at the top level; "
+                    f"{WHEN}.{option_text(option)}: {s.key} is also searched at the top level; "
                     "search it in one place",
                 )
                 for s in subs
@@ -351,7 +337,7 @@ def _parse_param(key: str, spec: Any, sections: dict[str, Any]) -> Param:
     return Param(key, dist=dist)
 
 
-def _option_text(value: Any) -> str:
+def option_text(value: Any) -> str:
     """How a choice's option is named under ``when``: true/false, or the value as text."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -369,7 +355,7 @@ def _parse_when(key: str, spec: dict[str, Any], sections: dict[str, Any]) -> Par
     options = dist.values() or []
     if not all(isinstance(o, str | int | float) for o in options):
         raise SpaceError(key, f"{WHEN} needs a choice of plain values (numbers, strings, bools)")
-    texts = [_option_text(o) for o in options]
+    texts = [option_text(o) for o in options]
     table = spec[WHEN]
     if not isinstance(table, dict) or not table:
         raise SpaceError(
@@ -426,128 +412,3 @@ def _parse_branch(
 def layer_counts(param: Param) -> list[int]:
     assert param.dist is not None
     return [int(v) for v in param.dist.values() or []]
-
-
-# --------------------------------------------------------------------------- hyperopt
-
-
-def label(key: str, layers: int | None = None) -> str:
-    """The hyperopt label of a parameter: its key, plus the branch for per-layer keys."""
-    return key if layers is None else f"{key}|{layers}"
-
-
-def to_hyperopt(space: Space, fixed_layers: int) -> dict[str, Any]:
-    """The hyperopt expression; a sample of it is a dict ``key -> value`` (see flatten)."""
-    plain: dict[str, Any] = {}
-    layered = [p for p in space.params if p.per_layer is not None]
-    for p in space.params:
-        if p.key == LAYERS_KEY or p.per_layer is not None:
-            continue
-        if p.when is not None:
-            plain[p.key] = _when_hp(p)
-        else:
-            plain[p.key] = _param_hp(p)
-    expr: dict[str, Any] = {"plain": plain}
-    layers = space.param(LAYERS_KEY)
-    if layers is not None:
-        from hyperopt import hp
-
-        branches = []
-        for n in layer_counts(layers):
-            branch: dict[str, Any] = {LAYERS_KEY: n}
-            for p in layered:
-                assert p.per_layer is not None
-                branch[p.key] = [p.per_layer[i].hp(label(f"{p.key}[{i}]", n)) for i in range(n)]
-            branches.append(branch)
-        expr["layers"] = hp.choice(LAYERS_KEY, branches)
-    elif layered:
-        expr["layers"] = {
-            p.key: [p.per_layer[i].hp(label(f"{p.key}[{i}]")) for i in range(fixed_layers)]
-            for p in layered
-            if p.per_layer is not None
-        }
-    return expr
-
-
-def _param_hp(p: Param, branch: str = "") -> Any:
-    """A plain or ``each`` parameter's hyperopt expression; ``branch`` tells the labels of
-    one ``when`` option apart (``key|parent=option``)."""
-    if p.each is not None:
-        return [d.hp(label(f"{p.key}[{i}]") + branch) for i, d in enumerate(p.each)]
-    assert p.dist is not None
-    return p.dist.hp(label(p.key) + branch)
-
-
-def _when_hp(p: Param) -> Any:
-    """A choice whose options carry their own keys: one hyperopt branch per option, with
-    the option's index as the choice's value (the same labels and values as a plain
-    choice), so TPE models each option's keys on their own."""
-    from hyperopt import hp
-
-    assert p.when is not None
-    branches = []
-    for option, subs in p.when:
-        suffix = f"|{p.key}={_option_text(option)}"
-        branch: dict[str, Any] = {CHOSEN: option}
-        branch.update({s.key: _param_hp(s, suffix) for s in subs})
-        branches.append(branch)
-    return hp.choice(label(p.key), branches)
-
-
-def _expand(sample: dict[str, Any]) -> dict[str, Any]:
-    """A sample's ``when`` branches ({CHOSEN: option, key: value}) as plain keys."""
-    out: dict[str, Any] = {}
-    for key, value in sample.items():
-        if isinstance(value, dict) and CHOSEN in value:
-            out[key] = value[CHOSEN]
-            out.update({k: v for k, v in value.items() if k != CHOSEN})
-        else:
-            out[key] = value
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and tuples from hyperopt -> plain Python."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, list | dict):
-        return value.item()
-    return value
-
-
-def _cast(dist: Dist, value: Any) -> Any:
-    if dist.kind != "quniform":
-        return value
-    low, high, _ = dist.args
-    value = min(max(float(value), low), high)
-    return round(value) if all(isinstance(a, int) for a in dist.args) else value
-
-
-def flatten(space: Space, sample: dict[str, Any]) -> dict[str, Any]:
-    """A sample of :func:`to_hyperopt` -> ``config key -> value``, integers where meant."""
-    values: dict[str, Any] = {}
-    for key, value in _expand({**sample.get("plain", {}), **sample.get("layers", {})}).items():
-        values[key] = _plain(value)
-    active: list[Param] = []
-    for p in space.params:
-        active.append(p)
-        chosen = values.get(p.key)
-        active += [s for option, subs in p.when or () if option == chosen for s in subs]
-    for p in active:
-        if p.key not in values:
-            continue
-        if p.dist is not None:
-            values[p.key] = _cast(p.dist, values[p.key])
-        else:
-            dists = p.each or p.per_layer or ()
-            values[p.key] = [_cast(d, v) for v, d in zip(values[p.key], dists, strict=False)]
-    return values
-
-
-def apply(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """A config dict (``HeartConfig.to_dict()``) with the sampled ``values`` set."""
-    data = {section: dict(body) for section, body in base.items()}
-    for key, value in values.items():
-        section, _, name = key.partition(".")
-        data[section][name] = value
-    return data

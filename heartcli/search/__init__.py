@@ -4,8 +4,13 @@ Files, by what they do:
 
 - ``spec.py``: the one :class:`Search` object (folder, config, its text, parsed space),
   read once by :func:`tune` and handed to every part below;
-- ``state.py``: trial records, the JSON state, claiming a search folder, the best trial's
-  links (``best``, ``best.toml``, ``runs/best``), what the search tells its Progress;
+- ``records.py``: one trial's record (``TrialRecord``), name, config and the best of them;
+  ``state.py``: the search's files, ``search.toml`` and ``search.json`` (the records), and
+  the space they recorded; ``claim.py``: claiming and locking a search folder;
+  ``checks.py``: what the ``[search]`` settings must agree on; ``metric.py``: the metric;
+  ``trial_dir.py``: a trial's folder (resumed, cleared or closed); ``best.py``: the best
+  trial's links (``best``, ``best.toml``, ``runs/best``); ``events.py``: what the search
+  tells its Progress, and its ``SearchResult``;
 - ``pruners.py``: stopping poor trials early (ASHA, the median stopping rule);
 - ``trial.py``: the one trial runner of both backends (train, or ``[search] folds``
   cross-validation, scored into its record), with a backend's hooks;
@@ -32,16 +37,11 @@ from typing import Any
 from heartcli.config import HeartConfig
 from heartcli.errors import HeartError, UsageError
 from heartcli.progress import Progress
+from heartcli.search.events import SearchResult
+from heartcli.search.records import TrialRecord, best_of, describe, trial_name
 from heartcli.search.report import build_report, write_report
 from heartcli.search.spec import Search
-from heartcli.search.state import (
-    SearchResult,
-    TrialRecord,
-    best_of,
-    describe,
-    read_state,
-    trial_name,
-)
+from heartcli.search.state import read_state
 from heartcli.search.workers import resolve_jobs
 
 __all__ = [
@@ -79,7 +79,7 @@ def tune(
     `heart tune`'s options set as ``--set`` items (:func:`heartcli.config.option_overrides`).
     ``evals``, ``max_minutes`` and ``backend`` are for ``resume``: this invocation's
     budget (0 minutes: none) and backend. ``jobs``: trials at once (the Ray backend's
-    ``[search] concurrency``). ``progress`` is told how it goes (search/state.py)."""
+    ``[search] concurrency``). ``progress`` is told how it goes (search/events.py)."""
     from heartcli.search.ensemble import ensemble_note, make_ensemble
 
     progress = progress or Progress()
@@ -128,9 +128,9 @@ def _start(
     progress: Progress,
 ) -> tuple[Search, SearchResult]:
     """A new search: planned (checked) once, then claimed and run by its backend."""
+    from heartcli.search.claim import new_search
     from heartcli.search.ensemble import check_ensemble
     from heartcli.search.refit import check_refit
-    from heartcli.search.state import new_search
     from heartcli.search.tpe import run_search
     from heartcli.tracking import reachable_config
 
@@ -165,12 +165,13 @@ def _start(
 
 
 def release_search(folder: Path) -> None:
-    """Undo :func:`heartcli.search.state.new_search` for a search that stopped before any
+    """Undo :func:`heartcli.search.claim.new_search` for a search that stopped before any
     trial was recorded (its folder holds its config, its state and nothing else)."""
     import shutil
 
+    from heartcli.search.claim import LOCK
     from heartcli.search.report import REPORT_JSON, REPORT_PNG
-    from heartcli.search.state import CONFIG, LOCK, STATE
+    from heartcli.search.state import CONFIG, STATE
 
     try:
         if read_state(folder).get("trials"):

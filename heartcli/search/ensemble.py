@@ -18,8 +18,9 @@ import numpy as np
 
 from heartcli.config import HeartConfig
 from heartcli.errors import DataError, UsageError
+from heartcli.search.metric import maximize
+from heartcli.search.records import TrialRecord, trial_name
 from heartcli.search.spec import Search
-from heartcli.search.state import TrialRecord, maximize, trial_name
 
 ENSEMBLE = "ensemble"
 

@@ -21,9 +21,10 @@ import numpy as np
 
 from heartcli.errors import DataError, HeartError
 from heartcli.search import select
+from heartcli.search.best import BEST, BEST_CONFIG, link
+from heartcli.search.records import TrialRecord, trial_config, trial_name
 from heartcli.search.refit import REFIT, Hooks, Refit, check_folders, fold_dir
 from heartcli.search.spec import Search
-from heartcli.search.state import BEST, BEST_CONFIG, TrialRecord, link, trial_config, trial_name
 from heartcli.search.workers import drive_folds
 
 FINAL = "final"
@@ -237,7 +238,7 @@ def final_note(final: dict[str, Any]) -> str:
 def link_result(search: Search, result: Any, state: dict[str, Any]) -> None:
     """A search's end, either backend: ``runs/best`` is SEARCH/final when the refit stage
     chose one, else the best trial by the search's metric; ``result.refit`` the stage."""
-    from heartcli.search.state import link_best
+    from heartcli.search.best import link_best
 
     final = final_of(state) if search.s.refit else None
     if final is not None:

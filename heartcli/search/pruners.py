@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from heartcli.config import SearchConfig
-from heartcli.search.state import REFERENCE, TrialRecord
+from heartcli.search.records import REFERENCE, TrialRecord
 
 
 def running_best(curve: list[float], maximise: bool) -> list[float]:

@@ -35,23 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from heartcli.config import SearchConfig
-from heartcli.config.space import to_hyperopt
+from heartcli.config.sampling import to_hyperopt
 from heartcli.errors import HeartError, UsageError
 from heartcli.progress import Progress
+from heartcli.search.claim import SearchLock, new_search
 from heartcli.search.cluster import connect, disconnect
+from heartcli.search.events import SearchResult, start_summary
+from heartcli.search.records import TrialRecord, trial_config
 from heartcli.search.report import finish
 from heartcli.search.spec import Search
-from heartcli.search.state import (
-    SearchLock,
-    SearchResult,
-    TrialRecord,
-    new_search,
-    read_state,
-    records_of,
-    save_state,
-    start_summary,
-    trial_config,
-)
+from heartcli.search.state import read_state, records_of, save_state
 from heartcli.search.trial import shared_folds
 
 EXPERIMENT = "ray"  # Ray Tune's experiment folder inside runs/NAME

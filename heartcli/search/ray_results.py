@@ -24,22 +24,17 @@ from typing import Any
 from ray.tune import Callback
 
 from heartcli.config import HeartConfig
-from heartcli.config.space import flatten
+from heartcli.config.sampling import flatten
 from heartcli.data.dataset import MANIFEST as DATA_MANIFEST
 from heartcli.errors import ConfigError, DataError
 from heartcli.io import atomic_path, sha256_file
 from heartcli.model import runs
 from heartcli.progress import Progress
+from heartcli.search.events import tell_epoch
+from heartcli.search.metric import history, metric_value
+from heartcli.search.records import TrialRecord, trial_config, trial_name
 from heartcli.search.spec import Search
-from heartcli.search.state import (
-    TrialRecord,
-    history,
-    metric_value,
-    save_state,
-    tell_epoch,
-    trial_config,
-    trial_name,
-)
+from heartcli.search.state import save_state
 from heartcli.tracking import Tracker
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_macro_f1", "lr", "beats_per_s")

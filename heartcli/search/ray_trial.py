@@ -26,8 +26,9 @@ from typing import Any
 
 from heartcli.config import HeartConfig
 from heartcli.errors import HeartError, UsageError
+from heartcli.search.metric import metric_value
+from heartcli.search.records import TrialRecord, trial_name
 from heartcli.search.spec import Search
-from heartcli.search.state import TrialRecord, metric_value, trial_name
 from heartcli.search.trial import TrialHooks, run_trial
 from heartcli.training import TrainingDiverged
 
@@ -227,7 +228,7 @@ def trainable(
     import ray
     from ray import tune
 
-    from heartcli.config.space import flatten
+    from heartcli.config.sampling import flatten
 
     key = tune.get_context().get_trial_id()
     final = ray.get(inbox.final.remote(key))

@@ -36,16 +36,16 @@ from heartcli.config import HeartConfig
 from heartcli.config.space import Space
 from heartcli.errors import ConfigError, DataError, HeartError, UsageError
 from heartcli.progress import Progress
-from heartcli.search.spec import Search
-from heartcli.search.state import (
+from heartcli.search.records import (
     DONE,
     REFERENCE,
     TrialRecord,
-    clear_trial_dir,
     failure,
     trial_config,
     trial_name,
 )
+from heartcli.search.spec import Search
+from heartcli.search.trial_dir import clear_trial_dir
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

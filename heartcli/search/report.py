@@ -16,19 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from heartcli.io import atomic_path, write_json
+from heartcli.search.best import BEST_CONFIG
+from heartcli.search.events import SearchResult
 from heartcli.search.pruners import rungs
+from heartcli.search.records import REFERENCE, TrialRecord, best_of, trial_name
 from heartcli.search.spec import Search
-from heartcli.search.state import (
-    BEST_CONFIG,
-    REFERENCE,
-    STATE,
-    SearchResult,
-    TrialRecord,
-    best_of,
-    read_state,
-    records_of,
-    trial_name,
-)
+from heartcli.search.state import STATE, read_state, records_of
 
 TOP = 10
 REPORT_JSON = "report.json"

@@ -19,15 +19,12 @@ import tomlkit
 from heartcli.config import HeartConfig, SearchConfig, dumps, load_config
 from heartcli.config.space import Space
 from heartcli.errors import ConfigError, DataError, UsageError
-from heartcli.search.state import (
-    BEST,
-    CONFIG,
-    check_pruner,
-    check_search_name,
-    max_trial_epochs,
-    maximize,
-    trial_name,
-)
+from heartcli.search.best import BEST
+from heartcli.search.checks import check_pruner, max_trial_epochs
+from heartcli.search.claim import check_search_name
+from heartcli.search.metric import maximize
+from heartcli.search.records import trial_name
+from heartcli.search.state import CONFIG
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class Search:
     @classmethod
     def plan(cls, config: HeartConfig, name: str | None = None, config_base: Any = None) -> Search:
         """A new search of ``config`` under ``runs/NAME``, once its space, pruner and name are
-        fine (nothing is written: :func:`heartcli.search.state.new_search` claims it).
+        fine (nothing is written: :func:`heartcli.search.claim.new_search` claims it).
 
         Its config is the one ``search.toml`` will hold (``config_base``'s comments kept, the
         tracking URI redacted), as every trial reads it."""

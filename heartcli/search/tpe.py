@@ -24,27 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from heartcli.config.space import Space, flatten, to_hyperopt
+from heartcli.config.sampling import flatten, to_hyperopt
+from heartcli.config.space import Space
 from heartcli.progress import Progress
+from heartcli.search.checks import check_pruner
+from heartcli.search.claim import SearchLock
+from heartcli.search.events import SearchResult, start_summary, tell_epoch
 from heartcli.search.pruners import Pruner, make_pruner, why
+from heartcli.search.records import TrialRecord, trial_name
 from heartcli.search.refit import check_refit
 from heartcli.search.report import finish
 from heartcli.search.spec import Search
-from heartcli.search.state import (
-    CONFIG,
-    SearchLock,
-    SearchResult,
-    TrialRecord,
-    check_pruner,
-    check_space_unchanged,
-    mark_ended,
-    read_state,
-    records_of,
-    save_state,
-    start_summary,
-    tell_epoch,
-    trial_name,
-)
+from heartcli.search.state import CONFIG, check_space_unchanged, read_state, records_of, save_state
+from heartcli.search.trial_dir import mark_ended
 from heartcli.search.workers import Worker, WorkerArgs, cores, run_pool
 
 

@@ -21,18 +21,14 @@ from typing import Any
 
 from heartcli.config import HeartConfig
 from heartcli.errors import ConfigError, HeartError
+from heartcli.search.metric import history, metric_value
+from heartcli.search.records import TrialRecord, failure, trial_config
 from heartcli.search.spec import Search
-from heartcli.search.state import (
-    DATA_KEYS,
-    TrialRecord,
-    clear_trial_dir,
-    failure,
-    history,
-    metric_value,
-    restart_trial_dir,
-    trial_config,
-)
+from heartcli.search.trial_dir import clear_trial_dir, restart_trial_dir
 
+# Keys that change the data or the validation fold: with one in the space, every trial
+# loads and carves its own data instead of sharing one fold.
+DATA_KEYS = ("train.val_fraction", "train.val_records", "train.seed")
 # (trial number, epoch, epochs, the metric per epoch so far) -> True to stop the trial.
 Ask = Callable[[int, int, int, list[float]], bool]
 

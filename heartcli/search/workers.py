@@ -109,7 +109,7 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
 
 
 def _serve(conn: Connection, args: WorkerArgs) -> None:
-    from heartcli.search.state import TrialRecord
+    from heartcli.search.records import TrialRecord
     from heartcli.search.trial import AskParent, run_trial, shared_folds
 
     os.chdir(args.cwd)

@@ -9,7 +9,7 @@ from conftest import make_config
 
 from heartcli.config import HeartConfig, load_config
 from heartcli.search.pruners import Asha, MedianStopper, rungs
-from heartcli.search.state import TrialRecord
+from heartcli.search.records import TrialRecord
 from heartcli.search.tpe import Suggester, trial_seed
 
 SPACE = """
