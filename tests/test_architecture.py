@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, ...]] = [
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 FLAT_MAX = 7  # flat modules beside the packages (besides __init__ and __main__)
 FUNCTION_MAX = 80  # lines of a function's body
+MODULE_MAX = 500  # lines of a module: past it, it holds more than one duty
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,15 @@ def test_no_function_longer_than_a_screen() -> None:
     assert not long, f"functions over {FUNCTION_MAX} lines (split them into named steps):\n" + (
         "\n".join(long)
     )
+
+
+def test_no_module_longer_than_one_duty() -> None:
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}: {lines} lines"
+        for path in MODULES.values()
+        if (lines := len(path.read_text().splitlines())) > MODULE_MAX
+    ]
+    assert not long, f"modules over {MODULE_MAX} lines (split them by duty):\n" + "\n".join(long)
 
 
 def test_the_flat_core_stays_small() -> None:
