@@ -435,8 +435,8 @@ def _render_records_table(doc: dict[str, Any]) -> None:
     lines.append(f"time: predict {seconds['predict']:.1f} s, scoring {seconds['score']:.2f} s")
     if doc.get("out"):
         lines.append(f"wrote {doc['out']}")
-    for line in lines:
-        console.print(line, highlight=False)
+    for line in lines:  # not wrapped: a path stays one piece to copy
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _protocol_lines(doc: dict[str, Any]) -> list[str]:
