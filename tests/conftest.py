@@ -64,6 +64,20 @@ TINY: dict[str, dict[str, Any]] = {
 QUICK_SETS = ("resample.target=200", "train.epochs=1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`), the tests of a file that builds its own module- or
+    session-scoped fixture (a trained search, an export, a server) run on one worker, so the
+    fixture is built once, not once per worker; the Ray tests keep their own group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        here = item.nodeid.split("::")[0]
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "session") and d[-1].baseid == here for d in defs):
+            item.add_marker(pytest.mark.xdist_group(here))
+
+
 @pytest.fixture(scope="session")
 def mitdb_dir() -> Path:
     """The real MIT-BIH Arrhythmia Database (48 records), read-only."""
