@@ -59,9 +59,9 @@ docs: setup ## serve the documentation site at http://127.0.0.1:8000, rebuilt on
 docs-build: setup ## build the site as CI does: every warning (a broken link, a command without a page) fails
 	$(BIN)/mkdocs build --strict --site-dir site
 
-# The whole suite on every CPU (pytest-xdist: one worker per CPU; the tests that start Ray
+# The whole suite on every CPU (pytest-xdist: one worker per logical CPU; the tests that start Ray
 # share one worker, `--dist loadgroup`); PYTEST_WORKERS=0 runs it in this one process.
-PYTEST_WORKERS ?= auto
+PYTEST_WORKERS ?= logical
 test: lint docs-build ## lint, types, the documentation site, then the whole test suite
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
