@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from heartcli.data.records import Header, check_record, read_annotations, read_header, record_path
+from heartcli.data.records import (
+    Header,
+    check_record,
+    has_annotations,
+    read_annotations,
+    read_header,
+    record_path,
+)
 from heartcli.errors import DataError, UsageError
 from heartcli.evaluate import ec57
 from heartcli.evaluate.strips import check_plot_dir, plot_record
@@ -97,7 +104,7 @@ def select_records(
     paths: list[Path], *, include_paced: bool = False, skip_missing: bool = False
 ) -> Selection:
     """The records to score: without .atr refused by name (or skipped), paced left out."""
-    missing = [p for p in paths if not Path(f"{p}.atr").is_file()]
+    missing = [p for p in paths if not has_annotations(p)]
     if missing and not skip_missing:
         names = ", ".join(str(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DataError(
@@ -428,7 +435,7 @@ def name_records(document: dict[str, Any], records: str | Path) -> dict[str, Any
     records of one name (``a/100``, ``b/100``: :func:`record_labels`)."""
     listed, notes = listed_records(records)
     paced = set((document.get("excluded") or {}).get("paced") or [])
-    scored = [p for p in listed if Path(f"{p}.atr").is_file() and p.name not in paced]
+    scored = [p for p in listed if has_annotations(p) and p.name not in paced]
     labels = record_labels(scored)
     groups: dict[str, list[Path]] = {}
     for path in scored:

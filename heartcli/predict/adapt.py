@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from heartcli.data.records import has_annotations
 from heartcli.errors import UsageError
 from heartcli.predict.inputs import Beats, read_input
 from heartcli.predict.load import Model
@@ -167,7 +168,7 @@ def _labelled(model: Model, beats: Beats, start: int, learning_period_s: float) 
     """The learning period's beats with their reference classes: the .atr's own beats, cut
     as every beat is (``beats`` themselves when they are the .atr's)."""
     name = Path(beats.source).name
-    if not Path(f"{beats.source}.atr").is_file():
+    if not has_annotations(beats.source):
         raise UsageError(
             f"--adapt labels: {beats.source} has no {name}.atr; the learning period's beats "
             "need their reference labels (use --adapt signal without them)"
