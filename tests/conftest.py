@@ -88,8 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
     """Refuse `--dist loadgroup` where it would group nothing: on pytest 9.2 pytest-xdist
     3.8 cannot mark a test's group (pytest-xdist#1386), and the Ray tests would run beside
     each other (pyproject.toml keeps pytest below 9.2)."""
-    version = tuple(int(part) for part in pytest.__version__.split(".")[:2])
-    if config.getoption("dist", default="no") == "loadgroup" and version >= (9, 2):
+    from packaging.version import Version  # pytest's own dependency
+
+    release = Version(pytest.__version__).release[:2]
+    if config.getoption("dist", default="no") == "loadgroup" and release >= (9, 2):
         raise pytest.UsageError(
             f"pytest-xdist's --dist loadgroup groups nothing on pytest {pytest.__version__} "
             "(pytest-xdist#1386); install the locked versions: make setup"
