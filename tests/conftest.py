@@ -98,6 +98,15 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def mitdb_dir() -> Path:
     """The real MIT-BIH Arrhythmia Database (48 records), read-only."""

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli, quick_args
+from conftest import cli, free_port, quick_args
 
 pytestmark = pytest.mark.slow  # a system test (tests/system): whole processes, slow
 
@@ -28,18 +28,12 @@ BIN = Path(sys.executable).parent
 QUICK = quick_args()  # the quick-start CNN, 1 epoch on the sample (conftest)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module", autouse=True)
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """A real `mlflow server` on 127.0.0.1, started when the module starts so that it is up
     by the time the last test needs it (it takes a while to start)."""
     server_dir = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{server_dir / 'mlflow.db'}",

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_config, one_error, quick_args
+from conftest import free_port, make_config, one_error, quick_args
 
 BIN = Path(sys.executable).parent
 SECRET = "Zq7Kx9Wv"  # the part of every password below that must never be shown
@@ -77,12 +77,6 @@ def test_a_1mb_config_is_shown_in_seconds(tmp_path):
     assert cpu <= 5.0, f"{cpu:.1f} s of CPU"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_for(port: int, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 180
     while proc.poll() is None and time.monotonic() < deadline:
@@ -94,7 +88,7 @@ def _wait_for(port: int, proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_a_tracking_server_that_dies_mid_run_ends_in_one_hidden_line(tmp_path):
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
