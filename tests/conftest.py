@@ -293,6 +293,21 @@ def error_line(result: Any, exit_code: int) -> str:
     return lines[0]
 
 
+def sh_order(records: list[dict]) -> list[int]:
+    """Successive halving's ranking: ran its course, then the rung reached, then value."""
+    done = [r for r in records if r["metric"] is not None and r["status"] != "failed"]
+    ranked = sorted(
+        done,
+        key=lambda r: (
+            r["status"] not in ("completed", "early_stopped"),
+            -max([int(e) for e in r["rungs"]] or [0]),
+            -r["metric"],
+            r["number"],
+        ),
+    )
+    return [r["number"] for r in ranked]
+
+
 # --------------------------------------------------------------------------- configs
 
 

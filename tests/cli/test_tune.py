@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EXAMPLES, cli, error_line, make_config, one_error, quick_args
+from conftest import EXAMPLES, cli, error_line, make_config, one_error, quick_args, sh_order
 
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
 from heartcli.search.tpe import Suggester
+from heartcli.training.oof import read_oof
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,8 +213,10 @@ def test_ray_backend_maps_the_search_keys_onto_rays_schedulers(tmp_path, sample_
 @pytest.mark.xdist_group("ray")  # one Ray at a time (tests/system/test_ray_cluster.py)
 def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     ray = pytest.importorskip("ray")
-    # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving.
-    config = asha_config(tmp_path, sample_dir)
+    # The same [search] keys as the ASHA test: rungs at 1, 2 and 4 epochs, halving; Ray
+    # Tune runs the rungs, then the refit stage (the top 2 on 2 folds) runs on the driver's
+    # worker processes.
+    config = asha_config(tmp_path, sample_dir, refit=2, folds=2, ensemble="greedy")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         summary = heart.json(
@@ -258,7 +261,14 @@ def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     assert all(t["epochs_run"] == 4 for t in trials if t["status"] == "completed"), trials
     assert all(t["epochs_run"] < 4 for t in trials if t["status"] == "pruned"), trials
     assert [t["status"] for t in trials].count("pruned") >= 1
-    assert (search / "best" / "model.safetensors").exists()
+    refit = summary["refit"]
+    assert refit["order"] == sh_order(summary["records"])[:2]
+    for number in refit["order"]:
+        assert refit["trials"][str(number)]["refit"] == "completed"
+        oof = read_oof(search / f"trial-{number:03d}")
+        assert sorted(set(oof["fold"].tolist())) == [1, 2]
+    assert (tmp_path / "runs" / "best").resolve() == (search / "final").resolve()
+    assert heart.json("evaluate", search / "final")["n"] > 0
 
 
 def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
@@ -284,7 +294,7 @@ def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
     )
 
 
-def asha_config(tmp_path: Path, sample_dir: Path, **search: int) -> Path:
+def asha_config(tmp_path: Path, sample_dir: Path, **search: object) -> Path:
     """TINY (conftest), 4 epochs, searched by ASHA: rungs at 1, 2 and 4 epochs, halving."""
     return make_config(
         tmp_path / "asha.toml",

@@ -23,6 +23,7 @@ from conftest import (
     last_line,
     make_config,
     read_state,
+    sh_order,
     start,
 )
 
@@ -73,21 +74,6 @@ def searched(tmp_path_factory):
             "tune", "--config", refit_config(root), "--name", "s", "--jobs", "2"
         )  # fmt: skip
     return root, summary
-
-
-def sh_order(records: list[dict]) -> list[int]:
-    """Successive halving's ranking: ran its course, then the rung reached, then value."""
-    done = [r for r in records if r["metric"] is not None and r["status"] != "failed"]
-    ranked = sorted(
-        done,
-        key=lambda r: (
-            r["status"] not in ("completed", "early_stopped"),
-            -max([int(e) for e in r["rungs"]] or [0]),
-            -r["metric"],
-            r["number"],
-        ),
-    )
-    return [r["number"] for r in ranked]
 
 
 @pytest.mark.slow
@@ -490,27 +476,3 @@ def test_greedy_selection_with_replacement_keeps_the_best_prefix():
     # kept prefix is its first round alone.
     best = select.greedy([probas[0], np.eye(2)[y] * 0.8 + 0.1], y, rounds=4)
     assert best.trace == [1.0] * 4 and best.kept == 1 and list(best.weights) == [0.0, 1.0]
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("ray")  # one Ray at a time (tests/system/test_ray_cluster.py)
-def test_the_ray_backend_refits_through_the_same_workers_on_the_driver(heart, tmp_path):
-    ray = pytest.importorskip("ray")
-    # Ray Tune runs the rungs; the refit stage then runs on the driver's worker processes.
-    config = refit_config(tmp_path, evals=3, startup_trials=2, refit=2, folds=2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        summary = heart.json(
-            "tune", "--config", config, "--name", "r", "--backend", "ray", "--jobs", "1"
-        )  # fmt: skip
-    finally:
-        ray.shutdown()
-    search = tmp_path / "runs" / "r"
-    refit = summary["refit"]
-    assert refit["order"] == sh_order(summary["records"])[:2]
-    for number in refit["order"]:
-        assert refit["trials"][str(number)]["refit"] == "completed"
-        oof = read_oof(search / f"trial-{number:03d}")
-        assert sorted(set(oof["fold"].tolist())) == [1, 2]
-    assert (tmp_path / "runs" / "best").resolve() == (search / "final").resolve()
-    assert heart.json("evaluate", search / "final")["n"] > 0
