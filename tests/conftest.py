@@ -308,6 +308,28 @@ def sh_order(records: list[dict]) -> list[int]:
     return [r["number"] for r in ranked]
 
 
+_STORE: list[Path] = []
+
+
+def mlflow_store(where: Path) -> None:
+    """An empty MLflow store in ``where`` (mlflow.db, where heart's default tracking URI
+    points when it runs from there): a copy of one made once per test process. Making a
+    store runs MLflow's database migrations, 2-3 s each time; the searches that log to
+    MLflow need a store, not its making (tests/cli/test_train.py checks a new one)."""
+    if not _STORE:
+        import tempfile
+        import warnings
+
+        from mlflow.tracking import MlflowClient
+
+        path = Path(tempfile.mkdtemp(prefix="heart-mlflow-")) / "mlflow.db"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+        _STORE.append(path)
+    shutil.copyfile(_STORE[0], where / "mlflow.db")
+
+
 # --------------------------------------------------------------------------- configs
 
 

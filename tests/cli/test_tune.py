@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EXAMPLES, cli, error_line, make_config, one_error, quick_args, sh_order
+from conftest import (
+    EXAMPLES,
+    cli,
+    error_line,
+    make_config,
+    mlflow_store,
+    one_error,
+    quick_args,
+    sh_order,
+)
 
 from heartcli.config import load_config
 from heartcli.search.pruners import rungs
@@ -40,6 +49,7 @@ TRACKED = {"enabled": None, "experiment": "tune-test"}  # MLflow on (the default
 
 
 def tiny(tmp_path: Path, sample_dir: Path, seed: int) -> Path:
+    mlflow_store(tmp_path)
     return make_config(
         tmp_path,
         data={"dir": str(sample_dir)},
@@ -296,6 +306,7 @@ def test_resume_of_a_missing_or_damaged_search_is_one_line(heart, tmp_path):
 
 def asha_config(tmp_path: Path, sample_dir: Path, **search: object) -> Path:
     """TINY (conftest), 4 epochs, searched by ASHA: rungs at 1, 2 and 4 epochs, halving."""
+    mlflow_store(tmp_path)
     return make_config(
         tmp_path / "asha.toml",
         data={"dir": str(sample_dir)},

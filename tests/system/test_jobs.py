@@ -17,6 +17,7 @@ from conftest import (
     heart_env,
     interrupt,
     make_config,
+    mlflow_store,
     read_state,
     start,
     wait_for,
@@ -38,6 +39,8 @@ def slow(
 ) -> Path:
     """TINY (conftest) on 400 beats a class, ``epochs`` epochs, MLflow on unless ``mlflow``
     is False: 5 trials."""
+    if mlflow:
+        mlflow_store(tmp_path)
     return make_config(
         tmp_path / "slow.toml",
         data={"dir": str(sample_dir)},

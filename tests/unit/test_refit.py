@@ -224,19 +224,22 @@ def test_a_weighted_ensemble_with_decision_weights_is_one_model_in_every_format(
 
 
 def export_outputs(export: Path, test) -> dict[str, np.ndarray]:
-    """Every exported file's probabilities on the test beats (the .pte where there is one)."""
+    """Every exported file's probabilities on the test beats, by format."""
     from heartcli.export.pte import pte_runner
 
     x, r = test.x.astype(np.float32), test.rhythm.astype(np.float32)
-    session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
-    program = torch.export.load(str(export / "model.pt2")).module()
-    script = torch.jit.load(str(export / "model.torchscript.pt"))
+    tx, tr = torch.from_numpy(x), torch.from_numpy(r)
+    outputs = {}
+    if (export / "model.onnx").exists():
+        providers = ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(export / "model.onnx"), providers=providers)
+        outputs["onnx"] = session.run(None, {"beats": x, "rhythm": r})[0]
     with torch.no_grad():
-        outputs = {
-            "onnx": session.run(None, {"beats": x, "rhythm": r})[0],
-            "pt2": program(torch.from_numpy(x), torch.from_numpy(r)).numpy(),
-            "torchscript": script(torch.from_numpy(x), torch.from_numpy(r)).numpy(),
-        }
+        if (export / "model.pt2").exists():
+            outputs["pt2"] = torch.export.load(str(export / "model.pt2")).module()(tx, tr).numpy()
+        if (export / "model.torchscript.pt").exists():
+            script = torch.jit.load(str(export / "model.torchscript.pt"))
+            outputs["torchscript"] = script(tx, tr).numpy()
     if (export / "model.pte").exists():
         outputs["pte"] = pte_runner(export / "model.pte")(x, r)
     return outputs
@@ -254,12 +257,12 @@ def test_the_recommended_model_exports_as_the_weighted_mean(searched, heart, tmp
     if decision:
         mean = mean * np.array([decision[c] for c in test.classes])
         mean /= mean.sum(axis=1, keepdims=True)
-    # ONNX, .pt2 and TorchScript: the .pte of a weighted ensemble with decision weights is
-    # the test above's (an ExecuTorch program of nine members takes half a minute to lower)
+    # ONNX: every other format of a weighted ensemble with decision weights is the test
+    # above's (tracing nine members for .pt2 and .pte took half a minute each)
     export = tmp_path / "export"
-    heart("-q", "export", root / "runs" / "best", "--format", "all", "--out", export)
+    heart("-q", "export", root / "runs" / "best", "--format", "onnx", "--out", export)
     outputs = export_outputs(export, test)
-    assert sorted(outputs) == ["onnx", "pt2", "torchscript"]
+    assert sorted(outputs) == ["onnx"]
     for name, got in outputs.items():
         np.testing.assert_allclose(got, mean, atol=1e-5, err_msg=name)
 
