@@ -301,12 +301,12 @@ def test_a_resumed_finished_search_trains_nothing_again(searched, heart, tmp_pat
 
 @pytest.mark.slow
 def test_sigterm_in_the_refit_stage_then_resume_trains_no_finished_fold_again(tmp_path):
-    # Two trials of 20 epochs each (no pruning), both refitted on 3 folds, one fold at a
+    # Two trials of 10 epochs each (no pruning), both refitted on 3 folds, one fold at a
     # time: SIGTERM once a fold has finished and the next one has trained an epoch.
     config = make_config(
         tmp_path / "slow.toml",
         resample={"target": 400},
-        train={"epochs": 20, "patience": 50},
+        train={"epochs": 10, "patience": 50},
         search={
             "evals": 2, "seed": 5, "startup_trials": 2, "pruner": "none", "refit": 2,
             "folds": 3, "ensemble": "greedy",
