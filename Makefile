@@ -63,7 +63,7 @@ docs-build: setup ## build the site as CI does: every warning (a broken link, a 
 # share one worker, `--dist loadgroup`); PYTEST_WORKERS=0 runs it in this one process.
 PYTEST_WORKERS ?= logical
 test: lint docs-build ## lint, types, the documentation site, then the whole test suite
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25
 
 # The quick loop while changing code (about a minute on 2 cores): lint and format checks, then
 # the unit tests (tests/unit) without the `slow` ones, stopping at the first failure. The
