@@ -116,13 +116,12 @@ def _exit_now() -> None:
     synchronous) are done before its "done" message, and TensorBoard's writer is closed by
     the trial. An exception out of _serve does not come here: it ends the process as usual,
     its traceback on stderr."""
+    import contextlib
     import sys
 
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
     os._exit(0)
 
 
