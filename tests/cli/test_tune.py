@@ -275,6 +275,7 @@ def test_ray_backend_on_a_local_instance(heart, tmp_path, sample_dir):
     assert refit["order"] == sh_order(summary["records"])[:2]
     for number in refit["order"]:
         assert refit["trials"][str(number)]["refit"] == "completed"
+        assert (search / f"trial-{number:03d}" / "model.safetensors").exists()
         oof = read_oof(search / f"trial-{number:03d}")
         assert sorted(set(oof["fold"].tolist())) == [1, 2]
     assert (tmp_path / "runs" / "best").resolve() == (search / "final").resolve()
