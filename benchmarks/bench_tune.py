@@ -10,16 +10,21 @@ data/sample, MLflow off so the figures are the search's own:
    wall time, epochs trained, best validation macro-F1. Target: asha >= 3x less wall time
    than none, best within 0.01.
 3. jobs: a 20-trial asha search with --jobs 2 against --jobs 1.
+4. exit: how long the parent waits, once it has told a worker to exit, for a spawned
+   process with heart's training loaded (torch, an optimizer) to end: through the
+   interpreter's teardown, or through workers._exit_now as heart's workers do;
+   interleaved and repeated.
 
 Prints the ratios and writes benchmarks/results/bench_tune.json.
 
-    python benchmarks/bench_tune.py [--evals 30] [--jobs-evals 20] [--repeats 2]
+    python benchmarks/bench_tune.py [--evals 30] [--jobs-evals 20] [--repeats 2] [--only exit]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shutil
 import statistics
 import sys
@@ -118,25 +123,69 @@ def jobs(work: Path, evals: int) -> dict[str, Any]:
     return {"jobs1": one, "jobs2": two, "ratio": round(ratio, 2)}
 
 
+def _exiting_worker(conn: Any, exit_now: bool) -> None:
+    """A worker's start (heart's training imported, an optimizer built), then its end: the
+    interpreter's teardown, or workers._exit_now as heart's tune workers end."""
+    import torch
+
+    import heartcli.search.trial  # noqa: F401  (what a worker imports)
+    from heartcli.search.workers import _exit_now
+
+    torch.optim.AdamW(torch.nn.Linear(4, 4).parameters())
+    conn.send("ready")
+    conn.recv()
+    conn.close()
+    if exit_now:
+        _exit_now()
+
+
+def worker_exit(repeats: int) -> dict[str, Any]:
+    """Seconds from the parent's "exit" to the worker's end, both ways, interleaved."""
+    ctx = multiprocessing.get_context("spawn")
+    waits: dict[str, list[float]] = {"teardown": [], "exit_now": []}
+    for _ in range(repeats):
+        for way in ("teardown", "exit_now"):
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=_exiting_worker, args=(child, way == "exit_now"))
+            process.start()
+            child.close()
+            parent.recv()
+            started = time.perf_counter()
+            parent.send("exit")
+            process.join()
+            waits[way].append(round(time.perf_counter() - started, 3))
+    ratio = statistics.median(waits["teardown"]) / statistics.median(waits["exit_now"])
+    print(
+        f"a worker's end: teardown {statistics.median(waits['teardown']):.3f}s, _exit_now "
+        f"{statistics.median(waits['exit_now']):.3f}s (medians of {repeats}) -> {ratio:.1f}x",
+        flush=True,
+    )
+    return {**waits, "ratio": round(ratio, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evals", type=int, default=30)
     parser.add_argument("--jobs-evals", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--only", choices=["threads", "pruners", "jobs"])
+    parser.add_argument("--only", choices=["threads", "pruners", "jobs", "exit"])
     parser.add_argument("--png", type=Path, help="copy the asha search's report.png here")
     args = parser.parse_args()
     out: dict[str, Any] = {"evals": args.evals, "jobs_evals": args.jobs_evals}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # Warm-up: the first search of a process pays for imports and the disk cache.
-        search(work, "warmup", ["search.evals=1", "train.epochs=1", "train.threads=1"], 1)
+        if args.only == "exit":
+            out["exit"] = worker_exit(max(args.repeats, 5))
+        else:  # the first search of a process pays for imports and the disk cache
+            search(work, "warmup", ["search.evals=1", "train.epochs=1", "train.threads=1"], 1)
         if args.only in (None, "threads"):
             out["threads"] = threads(work, args.repeats)
         if args.only in (None, "pruners"):
             out["pruners"] = pruners(work, args.evals, args.png)
         if args.only in (None, "jobs"):
             out["jobs"] = jobs(work, args.jobs_evals)
+        if args.only is None:
+            out["exit"] = worker_exit(max(args.repeats, 5))
     path = (
         REPO / "benchmarks" / "results" / f"bench_tune{'-' + args.only if args.only else ''}.json"
     )
