@@ -12,7 +12,7 @@ data/sample, MLflow off so the figures are the search's own:
 3. jobs: a 20-trial asha search with --jobs 2 against --jobs 1.
 4. exit: how long the parent waits, once it has told a worker to exit, for a spawned
    process with heart's training loaded (torch, an optimizer) to end: through the
-   interpreter's teardown, or through workers._exit_now as heart's workers do;
+   interpreter's teardown, or through workers.exit_now as heart's workers do;
    interleaved and repeated.
 
 Prints the ratios and writes benchmarks/results/bench_tune.json.
@@ -123,20 +123,20 @@ def jobs(work: Path, evals: int) -> dict[str, Any]:
     return {"jobs1": one, "jobs2": two, "ratio": round(ratio, 2)}
 
 
-def _exiting_worker(conn: Any, exit_now: bool) -> None:
+def _exiting_worker(conn: Any, fast: bool) -> None:
     """A worker's start (heart's training imported, an optimizer built), then its end: the
-    interpreter's teardown, or workers._exit_now as heart's tune workers end."""
+    interpreter's teardown, or workers.exit_now as heart's tune workers end."""
     import torch
 
     import heartcli.search.trial  # noqa: F401  (what a worker imports)
-    from heartcli.search.workers import _exit_now
+    from heartcli.search.workers import exit_now
 
     torch.optim.AdamW(torch.nn.Linear(4, 4).parameters())
     conn.send("ready")
     conn.recv()
     conn.close()
-    if exit_now:
-        _exit_now()
+    if fast:
+        exit_now()
 
 
 def worker_exit(repeats: int) -> dict[str, Any]:
@@ -156,7 +156,7 @@ def worker_exit(repeats: int) -> dict[str, Any]:
             waits[way].append(round(time.perf_counter() - started, 3))
     ratio = statistics.median(waits["teardown"]) / statistics.median(waits["exit_now"])
     print(
-        f"a worker's end: teardown {statistics.median(waits['teardown']):.3f}s, _exit_now "
+        f"a worker's end: teardown {statistics.median(waits['teardown']):.3f}s, exit_now "
         f"{statistics.median(waits['exit_now']):.3f}s (medians of {repeats}) -> {ratio:.1f}x",
         flush=True,
     )

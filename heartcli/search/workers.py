@@ -106,16 +106,16 @@ def worker_main(conn: Connection, args: WorkerArgs) -> None:
         pass  # Ctrl-C reaches every process; the parent handles the search's state
     finally:
         conn.close()
-    _exit_now()
+    exit_now()
 
 
-def _exit_now() -> None:
-    """End the worker without the interpreter's teardown: with torch loaded it takes a
-    second or more, and the parent waits for it at the end of every search and refit stage.
-    Nothing is left to write: a trial's files, checkpoint and MLflow calls (MlflowClient,
-    synchronous) are done before its "done" message, and TensorBoard's writer is closed by
-    the trial. An exception out of _serve does not come here: it ends the process as usual,
-    its traceback on stderr."""
+def exit_now() -> None:
+    """End the worker without the interpreter's teardown: with torch loaded it takes most
+    of a second (benchmarks/bench_tune.py --only exit), and the parent waits for it at the
+    end of every trial pool and refit stage. Nothing is left to write: a trial's files,
+    checkpoint and MLflow calls (MlflowClient, synchronous) are done before its "done"
+    message, and TensorBoard's writer is closed by the trial. An exception out of _serve
+    does not come here: it ends the process as usual, its traceback on stderr."""
     import contextlib
     import sys
 
