@@ -317,13 +317,16 @@ def mlflow_store(where: Path) -> None:
     store runs MLflow's database migrations, 2-3 s each time; the searches that log to
     MLflow need a store, not its making (tests/cli/test_train.py checks a new one)."""
     if not _STORE:
+        import contextlib
         import tempfile
         import warnings
 
         from mlflow.tracking import MlflowClient
 
         path = Path(tempfile.mkdtemp(prefix="heart-mlflow-")) / "mlflow.db"
-        with warnings.catch_warnings():
+        # made from its own folder: the store's Default experiment records the folder it
+        # was made from (./mlruns), which must not be the repository
+        with warnings.catch_warnings(), contextlib.chdir(path.parent):
             warnings.simplefilter("ignore")
             MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
         _STORE.append(path)
