@@ -210,6 +210,7 @@ def test_interrupt_keeps_the_best_checkpoint_and_pruning_stops(tmp_path, sample_
 
 
 def test_nested_tracking_under_a_parent_run(tmp_path, sample_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the store's artifacts (./mlruns) land here, not in the repo
     store = f"sqlite:///{tmp_path / 'nested.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     from mlflow.tracking import MlflowClient
